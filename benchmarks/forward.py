@@ -1,0 +1,196 @@
+"""Forward-pass throughput of every segray model variant on this machine's CPU.
+
+Usage::
+
+    python benchmarks/forward.py [--sizes 256 512] [--models unet resnet_unet-resnet50 ...]
+                                 [--batch 2] [--repeats N] [--min-time 3]
+                                 [--output benchmarks/results/forward.json]
+
+For each variant and square input size: eval mode under ``torch.inference_mode``, one warm-up
+forward, then timed forwards (``--repeats`` exactly, or as many as fit in ``--min-time``
+seconds, at least one). FLOPs per image are counted with
+``torch.utils.flop_counter.FlopCounterMode`` on a meta-device copy (convolutions and matmuls,
+2 FLOPs per multiply-add; norms, activations and resizes are not counted). The ceiling is the
+best GFLOP/s of a 2048 x 2048 @ 2048 x 2048 fp32 matmul timed in the same run. Prints a table
+and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from segray.models import create_model
+
+# variant name -> (registry name, kwargs); all take 3 channels and produce 1 class.
+VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
+    "unet": ("unet", {"base_width": 64}),
+    "resnet_unet-resnet18": ("resnet_unet", {"encoder": "resnet18"}),
+    "resnet_unet-resnet34": ("resnet_unet", {"encoder": "resnet34"}),
+    "resnet_unet-resnet50": ("resnet_unet", {"encoder": "resnet50"}),
+    "resnet_unet-resnet34-plain": ("resnet_unet", {"encoder": "resnet34", "atrous": False}),
+    "deeplabv3": ("deeplabv3", {}),
+}
+MATMUL_SIZE = 2048  # square fp32 matmul used as the machine's GFLOP/s ceiling
+CEILING_SECONDS = 2.0  # how long the matmul ceiling is sampled
+
+
+def matmul_ceiling_gflops(size: int = MATMUL_SIZE, seconds: float = CEILING_SECONDS) -> float:
+    """Best GFLOP/s of ``size x size @ size x size`` fp32 matmuls repeated for ``seconds``."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def gflops_per_image(name: str, kwargs: dict[str, object], size: int) -> float:
+    """Forward GFLOPs of one ``3 x size x size`` image, counted on the meta device (no compute)."""
+    with torch.device("meta"):
+        model = create_model(name, in_channels=3, num_classes=1, **kwargs).eval()
+        x = torch.empty(1, 3, size, size)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(x)
+    return counter.get_total_flops() / 1e9
+
+
+def time_forward(
+    model: torch.nn.Module, x: torch.Tensor, repeats: int | None, min_time: float
+) -> tuple[int, float]:
+    """Warm up once, then time forwards; return (number of forwards, total seconds)."""
+    count, elapsed = 0, 0.0
+
+    def enough() -> bool:
+        return count >= repeats if repeats else count >= 1 and elapsed >= min_time
+
+    with torch.inference_mode():
+        model(x)
+        while not enough():
+            start = time.perf_counter()
+            model(x)
+            elapsed += time.perf_counter() - start
+            count += 1
+    return count, elapsed
+
+
+def run(
+    variants: list[str], sizes: list[int], batch: int, repeats: int | None, min_time: float
+) -> dict[str, object]:
+    """Benchmark ``variants`` x ``sizes``; return the JSON-ready report."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    load_before = os.getloadavg()[0]
+    ceiling = matmul_ceiling_gflops()
+    print(
+        f"{os.cpu_count()} CPU threads, torch {torch.__version__}, load average {load_before:.2f}; "
+        f"ceiling ({MATMUL_SIZE}^3 fp32 matmul): {ceiling:.1f} GFLOP/s",
+        flush=True,
+    )
+    rows = []
+    for variant in variants:
+        name, kwargs = VARIANTS[variant]
+        torch.manual_seed(0)
+        model = create_model(name, in_channels=3, num_classes=1, **kwargs).eval()
+        params = sum(p.numel() for p in model.parameters())
+        for size in sizes:
+            flops = gflops_per_image(name, kwargs, size)
+            count, elapsed = time_forward(
+                model, torch.randn(batch, 3, size, size), repeats, min_time
+            )
+            images_per_s = batch * count / elapsed
+            achieved = flops * images_per_s
+            row = {
+                "variant": variant,
+                "model": name,
+                "kwargs": kwargs,
+                "size": size,
+                "batch": batch,
+                "params_m": params / 1e6,
+                "forwards": count,
+                "seconds_per_forward": elapsed / count,
+                "images_per_s": images_per_s,
+                "gflops_per_image": flops,
+                "achieved_gflops": achieved,
+                "pct_of_ceiling": 100 * achieved / ceiling,
+            }
+            rows.append(row)
+            print(
+                f"  {variant} @ {size}: {images_per_s:.2f} img/s, {achieved:.1f} GFLOP/s",
+                flush=True,
+            )
+    return {
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg()[0],
+            "ceiling_gflops": ceiling,
+            "ceiling": f"{MATMUL_SIZE}x{MATMUL_SIZE} @ {MATMUL_SIZE}x{MATMUL_SIZE} fp32 matmul",
+        },
+        "settings": {"batch": batch, "repeats": repeats, "min_time_s": min_time, "sizes": sizes},
+        "results": rows,
+    }
+
+
+def format_table(report: dict[str, object]) -> str:
+    """The report's results as a fixed-width text table."""
+    header = (
+        f"{'variant':<27}{'size':>5}{'params M':>10}{'GFLOP/img':>11}{'img/s':>8}"
+        f"{'s/fwd':>8}{'GFLOP/s':>9}{'% ceil':>8}{'n':>4}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in report["results"]:
+        lines.append(
+            f"{r['variant']:<27}{r['size']:>5}{r['params_m']:>10.1f}{r['gflops_per_image']:>11.1f}"
+            f"{r['images_per_s']:>8.2f}{r['seconds_per_forward']:>8.2f}"
+            f"{r['achieved_gflops']:>9.1f}{r['pct_of_ceiling']:>8.1f}{r['forwards']:>4}"
+        )
+    machine = report["machine"]
+    lines.append(
+        f"batch {report['settings']['batch']}; ceiling {machine['ceiling_gflops']:.1f} GFLOP/s "
+        f"({machine['ceiling']}, {machine['threads']} threads); load average "
+        f"{machine['load_average_before']:.2f} before, {machine['load_average_after']:.2f} after"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments, run the benchmark, print the table and write the JSON report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="square H = W")
+    parser.add_argument(
+        "--models", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="variants"
+    )
+    parser.add_argument("--batch", type=int, default=2, help="images per forward")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed forwards per cell (default: --min-time)"
+    )
+    parser.add_argument(
+        "--min-time",
+        type=float,
+        default=3.0,
+        help="without --repeats: time forwards until this many seconds (at least one forward)",
+    )
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/forward.json"))
+    args = parser.parse_args(argv)
+
+    report = run(args.models, args.sizes, args.batch, args.repeats, args.min_time)
+    print(format_table(report))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

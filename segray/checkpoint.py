@@ -1,0 +1,157 @@
+"""Self-describing checkpoint directories: the weights and the config that built them.
+
+    CKPT/model.pt         state_dict only (loads with torch.load(..., weights_only=True))
+    CKPT/config.yaml      the full resolved config; loading rebuilds the architecture from it
+    CKPT/metrics.json     val_dice, val_iou, val_loss, epoch, ... of the epoch it was taken at
+    CKPT/train_state.pt   optimizer, scheduler, scaler, epoch, history (for --resume; optional)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from segray.config import Config, load_config
+
+MODEL_FILE = "model.pt"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+STATE_FILE = "train_state.pt"
+
+__all__ = [
+    "CheckpointError",
+    "build_model",
+    "copy_checkpoint",
+    "load_checkpoint_config",
+    "load_metrics",
+    "load_model",
+    "load_train_state",
+    "model_id",
+    "save_checkpoint",
+    "unwrap",
+]
+
+
+class CheckpointError(FileNotFoundError):
+    """A path that is not a usable segray checkpoint directory."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model under DDP / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def build_model(cfg: Config, *, pretrained: bool | None = None) -> nn.Module:
+    """Build the model a config describes (``pretrained`` overrides ``model.pretrained``)."""
+    from segray.models import create_model
+
+    kwargs = cfg.model.kwargs(cfg.num_classes)
+    if pretrained is not None and "pretrained" in kwargs:
+        kwargs["pretrained"] = pretrained
+    return create_model(cfg.model.name, **kwargs)
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    model: nn.Module,
+    config: Config,
+    metrics: dict[str, Any],
+    train_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory (created; existing files of the same names replaced)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    torch.save(state, directory / MODEL_FILE)
+    config.save(directory / CONFIG_FILE)
+    (directory / METRICS_FILE).write_text(json.dumps(_jsonable(metrics), indent=2, sort_keys=True))
+    if train_state is not None:
+        torch.save(train_state, directory / STATE_FILE)
+    return directory
+
+
+def _check(directory: str | Path) -> Path:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: checkpoint directory not found")
+    for name in (MODEL_FILE, CONFIG_FILE):
+        if not (directory / name).is_file():
+            raise CheckpointError(f"{directory}: not a segray checkpoint (no {name})")
+    return directory
+
+
+def load_checkpoint_config(directory: str | Path) -> Config:
+    return load_config(_check(directory) / CONFIG_FILE)
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config]:
+    """Rebuild the architecture from ``config.yaml`` and load ``model.pt`` (weights only), eval mode."""
+    directory = _check(directory)
+    cfg = load_checkpoint_config(directory)
+    model = build_model(cfg, pretrained=False)  # the weights come from the file, not the network
+    state = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.to(device).eval(), cfg
+
+
+def load_metrics(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / METRICS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def load_train_state(directory: str | Path) -> dict[str, Any] | None:
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def model_id(directory: str | Path) -> str:
+    """Content hash of the weights and the config: the provenance of every prediction."""
+    directory = _check(directory)
+    h = hashlib.sha256()
+    for name in (MODEL_FILE, CONFIG_FILE):
+        with open(directory / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Replace ``dst`` by a copy of ``src`` atomically (a reader never sees half a checkpoint)."""
+    src, dst = _check(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
+    shutil.copytree(src, tmp, dirs_exist_ok=True)
+    old = dst.with_name(f".{dst.name}-old")
+    if dst.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    shutil.rmtree(old, ignore_errors=True)
+    return dst
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.item() if obj.numel() == 1 else obj.tolist()
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return obj.item()
+    return obj

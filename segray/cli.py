@@ -1,0 +1,194 @@
+"""The `segray` command line: one sub-command per stage of the data flow.
+
+Every command that takes a config accepts ``--config FILE`` and trailing ``key.path=value``
+overrides (defaults < YAML < overrides). Heavy imports happen inside the commands so that
+``segray --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from segray import __version__
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+def _add_config_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    p.add_argument("--config", "-c", metavar="FILE", required=required, help="YAML config file")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.path=value",
+        help="config overrides, e.g. optim.lr=3e-4 model.dilation_rates=[1,2,4,8]",
+    )
+
+
+def _load(args: argparse.Namespace):
+    from segray.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_models(args: argparse.Namespace) -> int:
+    """Print the registered models with their encoders and parameter counts."""
+    from segray.models import create_model, list_models, model_info
+
+    rows = [("model", "encoder", "params (3 ch, 1 class)", "description")]
+    for name in list_models():
+        info = model_info(name)
+        for enc in info["encoders"] or [None]:
+            kwargs = {"encoder": enc} if enc else {}
+            model = create_model(name, in_channels=3, num_classes=1, **kwargs)
+            n = sum(p.numel() for p in model.parameters())
+            rows.append((name, enc or "-", f"{n / 1e6:.1f} M", info["description"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Write the deterministic synthetic dataset (images/ + masks/)."""
+    from segray.data.synth import generate
+
+    out = generate(
+        args.output,
+        num=args.num,
+        size=args.size,
+        num_classes=args.classes,
+        seed=args.seed,
+        progress=True,
+    )
+    print(f"synthetic dataset: {args.num} images of {args.size}x{args.size}, "
+          f"{args.classes} classes -> {out}")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    """Print the resolved config as YAML."""
+    print(_load(args).to_yaml(), end="")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train with DDP on Ray Train (local Ray, or the cluster in RAY_ADDRESS)."""
+    from segray.config import load_config
+    from segray.train import run_training
+
+    if args.resume:
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise FileNotFoundError(f"{args.resume}: no config.yaml: not a segray training output")
+        cfg = load_config(saved, args.overrides)
+        output = Path(args.resume)
+    else:
+        cfg = _load(args)
+        output = Path(args.output)
+    result = run_training(cfg, output, resume=bool(args.resume), address=args.address)
+    m = result.best_metrics
+    print(
+        f"done: best val_dice {m.get('val_dice', float('nan')):.4f} (epoch {m.get('epoch')}), "
+        f"{len(result.history)} epochs -> {result.best}"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Full metric report of a checkpoint: metrics.json, per_image.parquet, roc_pr.png, overlays/."""
+    from segray.evaluate import evaluate_checkpoint
+
+    m = evaluate_checkpoint(
+        args.checkpoint, data=args.data, split=args.split, output=args.output,
+        batch_size=args.batch_size, worst_k=args.worst,
+    )
+    keys = ("dice", "iou", "accuracy", "precision", "recall", "f1", "mse", "roc_auc", "pr_auc")
+    print("  ".join(f"{k} {m[k]:.4f}" for k in keys if k in m) + f"  ({m.get('num_images')} images)")
+    print(f"report -> {args.output}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a checkpoint to TorchScript or ONNX (uint8 images in, probabilities out)."""
+    from segray.export import export_model
+
+    report = export_model(args.checkpoint, args.format, args.output)
+    diffs = ", ".join(f"{size}: {d:.2e}" for size, d in report.max_abs_diff.items())
+    print(f"exported {report.format} -> {report.path}  (parity vs eager, max abs diff: {diffs})")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segray",
+        description="Tune, train and run image-segmentation models on Ray "
+        "(a laptop in local mode, or a cluster via RAY_ADDRESS / ray job submit).",
+    )
+    parser.add_argument("--version", action="version", version=f"segray {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("models", help="list models, encoders and parameter counts")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("synth", help="write the built-in synthetic dataset")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="dataset folder")
+    p.add_argument("--num", type=int, default=64, help="number of images (default 64)")
+    p.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
+    p.add_argument("--classes", type=int, default=2, help="classes incl. background (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("config", help="inspect configs")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    s = csub.add_parser("show", help="print the resolved config (defaults < YAML < overrides)")
+    _add_config_args(s)
+    s.set_defaults(func=cmd_config_show)
+
+    p = sub.add_parser("train", help="train with DDP on Ray Train (local or cluster)")
+    _add_config_args(p)
+    p.add_argument("--output", "-o", default="runs/train", metavar="DIR",
+                   help="run folder: config.yaml, history.parquet, checkpoints/{last,best} (default runs/train)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint: metrics, curves, overlays")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint directory")
+    p.add_argument("--data", metavar="DIR", help="folder with images/ and masks/ (default: the checkpoint's dataset)")
+    p.add_argument("--split", choices=["val", "test", "all"], default="val", help="which split (default val)")
+    p.add_argument("--output", "-o", required=True, metavar="OUT", help="report folder")
+    p.add_argument("--batch-size", type=int, default=None, help="tiles per forward (default: segment.batch_size)")
+    p.add_argument("--worst", type=int, default=8, help="overlays of the N worst images by Dice (default 8)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="export a checkpoint to TorchScript or ONNX")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint directory")
+    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    p.add_argument("--output", "-o", required=True, metavar="FILE", help="artifact path")
+    p.set_defaults(func=cmd_export)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from segray.errors import USER_ERRORS
+
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as e:  # bad input: one clear line, no traceback
+        print(f"segray: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("segray: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,547 @@
+"""The one typed, validated configuration tree of segray.
+
+Precedence: defaults < YAML file < ``key.path=value`` overrides (command line or a search).
+Every section forbids unknown keys; every field documents itself; every error names the key,
+the value and what is allowed, on one line, before any work starts.
+
+    cfg = load_config("configs/train_local.yaml", ["loss.bce_weight=0.3", "optim.lr=1e-3"])
+    cfg.num_classes            # 1 for a binary task (one sigmoid logit), K for K > 2 classes
+    print(cfg.to_yaml())       # the resolved config, as written next to every output
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "SegmentConfig",
+    "SynthConfig",
+    "TrainConfig",
+    "TuneConfig",
+    "apply_overrides",
+    "load_config",
+    "parse_overrides",
+]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names key, value and what is allowed."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- data
+class SynthConfig(Section):
+    """The built-in synthetic dataset (``data.source: synthetic``); classes come from data.classes."""
+
+    num: int = Field(64, ge=4, description="number of image/mask pairs to generate")
+    size: int = Field(96, ge=32, le=4096, description="side of the square images, pixels")
+    seed: int = Field(0, description="generator seed: same seed, same pixels")
+
+
+class DataConfig(Section):
+    """Where images and masks come from, how masks map to classes, splits and augmentation."""
+
+    source: Literal["synthetic", "folder", "pet"] = Field(
+        "synthetic",
+        description="synthetic: generated on first use; folder: ROOT/images + ROOT/masks matched "
+        "by stem; pet: the Oxford-IIIT Pet layout (images/, annotations/trimaps/)",
+    )
+    root: str | None = Field(
+        None,
+        description="dataset root (any relative path is resolved against the working directory "
+        "before workers start); synthetic: where to generate (default: a cache dir)",
+    )
+    images_dir: str = Field("images", description="folder source: image folder under root")
+    masks_dir: str = Field("masks", description="folder source: mask folder under root")
+    classes: list[str] = Field(
+        ["background", "foreground"],
+        description="class names, background first; 2 names = binary (one sigmoid logit)",
+    )
+    mask_mode: Literal["threshold", "index", "values", "trimap"] = Field(
+        "threshold",
+        description="threshold: value > mask_threshold is foreground; index: pixel value is the "
+        "class index; values: mask_values maps pixel values to classes; trimap: Oxford Pet",
+    )
+    mask_threshold: int = Field(127, ge=0, le=65534, description="threshold mode cut-off")
+    mask_values: dict[int, int] | None = Field(
+        None, description="values mode: pixel value -> class index; other values are ignored"
+    )
+    trimap_uncertain: Literal["foreground", "ignore", "random"] = Field(
+        "foreground",
+        description="trimap class 3 (border): foreground, ignored, or a seeded coin per image",
+    )
+    ignore_index: int = Field(255, ge=0, description="target value of pixels that never count")
+    split: list[float] = Field(
+        [0.7, 0.15, 0.15], description="train/val/test fractions (stable per file stem)"
+    )
+    split_seed: int = Field(0, description="seed of the stem-hash split")
+    split_ids: dict[Literal["train", "val", "test"], list[str]] | None = Field(
+        None, description="explicit stems per split; overrides `split` when set"
+    )
+    image_size: int = Field(256, ge=32, description="train crop/resize side; eval resize side")
+    train_transform: Literal["random_crop", "resize"] = Field(
+        "random_crop", description="how training images reach image_size"
+    )
+    eval_transform: Literal["none", "resize", "pad"] = Field(
+        "none",
+        description="none: full resolution; resize: to image_size; pad: up to image_size with "
+        "ignored mask pixels",
+    )
+    hflip: float = Field(0.5, ge=0, le=1, description="p of a horizontal flip (train)")
+    vflip: float = Field(0.0, ge=0, le=1, description="p of a vertical flip (train)")
+    rotate90: float = Field(0.0, ge=0, le=1, description="p of a random 90-degree rotation")
+    brightness_contrast: float = Field(0.2, ge=0, le=1, description="p of brightness/contrast")
+    mean: list[float] | None = Field(
+        None, description="per-channel normalisation mean in [0, 1]; default ImageNet or 0.5"
+    )
+    std: list[float] | None = Field(None, description="per-channel normalisation std")
+    batch_size: int = Field(8, ge=1, description="training batch size per worker")
+    eval_batch_size: int | None = Field(None, ge=1, description="default: batch_size")
+    loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per worker")
+    synthetic: SynthConfig = Field(default_factory=SynthConfig)
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: list[str]) -> list[str]:
+        if len(v) < 2:
+            raise ValueError("need at least 2 class names, background first (2 = binary)")
+        if len(set(v)) != len(v):
+            raise ValueError("class names must be unique")
+        return v
+
+    @field_validator("split")
+    @classmethod
+    def _split(cls, v: list[float]) -> list[float]:
+        if len(v) != 3 or any(f < 0 for f in v) or v[0] <= 0 or abs(sum(v) - 1) > 1e-6:
+            raise ValueError("need 3 fractions [train, val, test], >= 0, train > 0, summing to 1")
+        return v
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _norm(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (len(v) not in (1, 3) or any(x < 0 for x in v)):
+            raise ValueError("need 1 or 3 non-negative values (one per input channel)")
+        return v
+
+    @model_validator(mode="after")
+    def _modes(self) -> DataConfig:
+        if self.mask_mode == "values" and not self.mask_values:
+            raise ValueError("mask_mode 'values' needs data.mask_values (pixel value -> class)")
+        if self.source == "folder" and not self.root:
+            raise ValueError("source 'folder' needs data.root (a folder with images/ and masks/)")
+        if self.source == "pet" and not self.root:
+            raise ValueError("source 'pet' needs data.root (the Oxford-IIIT Pet folder)")
+        if self.std is not None and any(x == 0 for x in self.std):
+            raise ValueError("data.std must be > 0")
+        return self
+
+
+# --------------------------------------------------------------------------- model
+class ModelConfig(Section):
+    """Which architecture and its hyperparameters (see `segray models`)."""
+
+    name: str = Field("resnet_unet", description="registered model name (`segray models`)")
+    in_channels: Literal[1, 3] = Field(3, description="1 = grayscale input, 3 = RGB")
+    encoder: Literal["resnet18", "resnet34", "resnet50"] = Field(
+        "resnet50", description="resnet_unet: torchvision ResNet encoder"
+    )
+    dilation_rates: list[int] = Field(
+        [1, 6, 12, 18], description="resnet_unet: dilation of each parallel atrous branch"
+    )
+    kernel_sizes: list[int] = Field(
+        [1, 3, 3, 3], description="resnet_unet: kernel of each atrous branch (odd)"
+    )
+    decoder_channels: list[int] | None = Field(
+        None, description="resnet_unet: 4 decoder widths; default by encoder"
+    )
+    atrous: bool = Field(True, description="resnet_unet: atrous decoder blocks (false = plain)")
+    base_width: int = Field(64, ge=4, description="unet: channels of the first level")
+    pretrained: bool = Field(False, description="load torchvision pretrained weights")
+    weights_path: str | None = Field(
+        None, description="local weights file for pretrained=true without network"
+    )
+
+    @field_validator("dilation_rates")
+    @classmethod
+    def _rates(cls, v: list[int]) -> list[int]:
+        if not v or any(r < 1 for r in v):
+            raise ValueError("need a non-empty list of dilation rates, each >= 1")
+        return v
+
+    @field_validator("kernel_sizes")
+    @classmethod
+    def _kernels(cls, v: list[int]) -> list[int]:
+        if not v or any(k < 1 or k % 2 == 0 for k in v):
+            raise ValueError("need a non-empty list of odd kernel sizes >= 1")
+        return v
+
+    @field_validator("decoder_channels")
+    @classmethod
+    def _decoder(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (len(v) != 4 or any(c < 1 for c in v)):
+            raise ValueError("need 4 positive decoder widths (deepest first)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        from segray.models import list_models, model_kwargs
+
+        if self.name not in list_models():
+            raise ValueError(f"unknown model {self.name!r}; valid: {', '.join(list_models())}")
+        if len(self.dilation_rates) != len(self.kernel_sizes):
+            raise ValueError(
+                f"dilation_rates {self.dilation_rates} and kernel_sizes {self.kernel_sizes} "
+                "must have the same length"
+            )
+        accepted = model_kwargs(self.name)
+        # A non-default value for a knob this model does not have is a mistake (a dump of a
+        # whole config, which repeats every default, is not).
+        unused = sorted(
+            f
+            for f in self.model_fields_set - {"name"}
+            if f not in accepted and getattr(self, f) != type(self).model_fields[f].default
+        )
+        if unused:
+            raise ValueError(
+                f"model.{unused[0]} is not a parameter of model {self.name!r} "
+                f"(it takes: {', '.join(sorted(k for k in accepted if k != 'num_classes'))})"
+            )
+        return self
+
+    def kwargs(self, num_classes: int) -> dict[str, Any]:
+        """Constructor arguments for `segray.models.create_model(self.name, ...)`."""
+        from segray.models import model_kwargs
+
+        accepted = model_kwargs(self.name)
+        values = self.model_dump()
+        out = {k: values[k] for k in accepted if k in values}
+        out["num_classes"] = num_classes
+        return out
+
+
+# --------------------------------------------------------------------------- loss / optim
+class LossConfig(Section):
+    """Training loss (`segray.losses.create_loss`)."""
+
+    name: Literal["bce_dice", "dice", "bce", "ce"] = Field(
+        "bce_dice", description="bce_dice = bce_weight*BCE + (1-bce_weight)*Dice (CE if K>2)"
+    )
+    bce_weight: float = Field(0.5, ge=0, le=1, description="weight of BCE/CE against Dice")
+    smooth: float = Field(1.0, ge=0, description="Dice smoothing (keeps empty-empty at 1)")
+
+
+class OptimConfig(Section):
+    """Optimizer, learning-rate schedule and gradient clipping."""
+
+    name: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimizer")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="L2 / decoupled weight decay")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum")
+    scheduler: Literal["none", "cosine", "plateau"] = Field(
+        "cosine", description="cosine to min_lr over the run, or halve on a val-Dice plateau"
+    )
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up epochs before the schedule")
+    min_lr: float = Field(1e-6, ge=0, description="floor of cosine / plateau")
+    plateau_factor: float = Field(0.5, gt=0, lt=1, description="plateau: LR multiplier")
+    plateau_patience: int = Field(3, ge=0, description="plateau: epochs without improvement")
+    grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; null = off")
+
+
+# --------------------------------------------------------------------------- train
+class TrainConfig(Section):
+    """Distributed training: DDP workers through Ray Train."""
+
+    epochs: int = Field(10, ge=1, description="epochs to train")
+    num_workers: int = Field(2, ge=1, description="DDP workers (Ray Train workers)")
+    use_gpu: bool = Field(False, description="one or more GPUs per worker, NCCL backend")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
+    gpus_per_worker: float = Field(1.0, ge=0, description="GPUs per worker when use_gpu")
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="mixed precision: auto = bf16 on CUDA if supported, off on CPU"
+    )
+    channels_last: bool = Field(False, description="NHWC memory format (faster on CUDA)")
+    sync_batchnorm: bool = Field(False, description="convert BatchNorm to SyncBatchNorm")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after this many epochs without a better val Dice"
+    )
+    seed: int = Field(0, description="seeds torch, numpy, random and the sampler")
+    threshold: float = Field(0.5, gt=0, lt=1, description="binary probability threshold")
+    max_failures: int = Field(1, ge=0, description="worker-group restarts from the last ckpt")
+    torch_threads: int | None = Field(
+        None, ge=1, description="intra-op threads per worker; default: cpus_per_worker"
+    )
+
+
+# --------------------------------------------------------------------------- tune
+class TuneConfig(Section):
+    """Hyperparameter search: Ray Tune + Optuna; each trial a DDP training."""
+
+    num_samples: int = Field(8, ge=1, description="number of trials")
+    space: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="dotted config key -> {choice|uniform|loguniform|quniform|randint|"
+        "qrandint|qloguniform: ...}",
+    )
+    metric: str = Field("val_dice", description="reported metric to optimise")
+    mode: Literal["max", "min"] = Field("max", description="maximise or minimise the metric")
+    searcher: Literal["optuna", "random"] = Field("optuna", description="TPE or random search")
+    scheduler: Literal["asha", "none"] = Field("asha", description="early stopping of trials")
+    grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial can be stopped")
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA: keep 1/rf per rung")
+    max_epochs: int | None = Field(None, ge=1, description="ASHA max_t; default train.epochs")
+    seed: int = Field(0, description="searcher seed")
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="default: cluster resources // one trial's resources"
+    )
+    max_failures: int = Field(1, ge=0, description="retries of a failed trial (from its ckpt)")
+
+
+# --------------------------------------------------------------------------- segment
+class SegmentConfig(Section):
+    """Bulk segmentation with Ray Data."""
+
+    batch_size: int = Field(8, ge=1, description="images per inference batch")
+    concurrency: int = Field(1, ge=1, description="inference actors")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs per inference actor")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per inference actor")
+    tile_size: int = Field(512, ge=32, description="sliding-window tile side, pixels")
+    tile_overlap: float = Field(0.25, ge=0, lt=0.9, description="tile overlap fraction")
+    threshold: float = Field(0.5, gt=0, lt=1, description="binary probability threshold")
+    max_pixels: int = Field(
+        100_000_000, ge=1, description="larger images become error rows (decompression bombs)"
+    )
+    image_column: str = Field("image", description="Parquet inputs: column with image bytes")
+    id_column: str | None = Field(None, description="Parquet inputs: column with image ids")
+
+
+# --------------------------------------------------------------------------- root
+class Config(Section):
+    """The whole resolved configuration."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
+
+    @model_validator(mode="after")
+    def _cross(self) -> Config:
+        binary = len(self.data.classes) == 2
+        if self.loss.name == "bce" and not binary:
+            raise ValueError(f"loss.name='bce' needs 2 classes, got {len(self.data.classes)}: use 'ce'")
+        if self.loss.name == "ce" and binary:
+            raise ValueError("loss.name='ce' is for more than 2 classes: use 'bce' for binary")
+        if self.data.mask_mode in ("threshold", "trimap") and not binary:
+            raise ValueError(
+                f"data.mask_mode={self.data.mask_mode!r} makes binary masks but data.classes has "
+                f"{len(self.data.classes)} names: use 'index' or 'values'"
+            )
+        for name in ("mean", "std"):
+            v = getattr(self.data, name)
+            if v is not None and len(v) not in (1, self.model.in_channels):
+                raise ValueError(
+                    f"data.{name} has {len(v)} values but model.in_channels={self.model.in_channels}"
+                )
+        return self
+
+    # -- derived -------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """Logit channels: 1 for a binary task (sigmoid), K for K > 2 classes (softmax)."""
+        k = len(self.data.classes)
+        return 1 if k == 2 else k
+
+    # -- io ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-safe dict."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_yaml())
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Config:
+        """Validate a (possibly partial) dict; errors become one-line ConfigErrors."""
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as e:
+            raise ConfigError(_format_errors(e, data)) from None
+
+
+# --------------------------------------------------------------------------- loading
+def load_config(
+    path: str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    *,
+    base: Mapping[str, Any] | None = None,
+) -> Config:
+    """Defaults < ``base`` dict < YAML ``path`` < ``overrides`` (``"a.b=value"`` or a dict)."""
+    data: dict[str, Any] = copy.deepcopy(dict(base or {}))
+    if path is not None:
+        data = _deep_merge(data, _read_yaml(Path(path)))
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(overrides)
+    for key, value in overrides.items():
+        _set_path(data, key, value)
+    return Config.from_dict(data)
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, Any] | Iterable[str]) -> Config:
+    """A new, re-validated Config with dotted-key overrides applied (used per search trial)."""
+    return load_config(None, overrides, base=cfg.to_dict())
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["optim.lr=1e-3", "model.dilation_rates=[1,2,4,8]"]`` -> dotted key -> YAML value."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key.path=value, e.g. optim.lr=3e-4")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({e.problem})") from None
+        out[key] = _yaml_number(value)
+    return out
+
+
+def _yaml_number(value: Any) -> Any:
+    """YAML 1.1 reads '1e-3' as a string; a CLI user means the number."""
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value.lower() for c in ".e") else value
+        except ValueError:
+            return value
+    return value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _deep_merge(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``dotted`` in ``data`` by walking the schema: sections nest, dict fields take the rest.
+
+    ``tune.space.optim.lr`` therefore sets the key ``optim.lr`` of the dict field ``tune.space``.
+    """
+    parts = dotted.split(".")
+    model: type[BaseModel] = Config
+    node = data
+    for i, part in enumerate(parts):
+        fields = model.model_fields
+        if part not in fields:
+            where = ".".join(parts[:i]) or "the top level"
+            raise ConfigError(
+                f"{dotted}={value!r}: unknown key {part!r} in {where}; valid: {', '.join(fields)}"
+            )
+        annotation = fields[part].annotation
+        last = i == len(parts) - 1
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if last:
+                node[part] = value
+                return
+            model = annotation
+            child = node.get(part)
+            node = node.setdefault(part, {}) if isinstance(child, dict) or child is None else child
+            if not isinstance(node, dict):
+                raise ConfigError(f"{dotted}: {'.'.join(parts[: i + 1])} is not a section")
+            continue
+        if last:
+            node[part] = value
+        else:  # a dict-valued field: the remaining dotted path is one key of it
+            sub = node.get(part)
+            if not isinstance(sub, dict):
+                sub = node[part] = {}
+            sub[".".join(parts[i + 1 :])] = value
+        return
+
+
+def _format_errors(err: ValidationError, data: Mapping[str, Any]) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            valid = _valid_keys(e["loc"][:-1])
+            msg = f"unknown key; valid keys here: {', '.join(valid)}"
+        value = _lookup(data, e["loc"])
+        if loc and not isinstance(value, Mapping):  # a field: name its value
+            lines.append(f"{loc}={_short(value)}: {msg}")
+        elif loc:  # a whole section's rule: the message names the keys
+            lines.append(f"{loc}: {msg}")
+        else:
+            lines.append(msg)
+    head = "invalid config: " if len(lines) == 1 else "invalid config:\n  "
+    return head + "\n  ".join(lines)
+
+
+def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        ann = model.model_fields.get(str(part))
+        if ann is None or not (isinstance(ann.annotation, type) and issubclass(ann.annotation, BaseModel)):
+            return []
+        model = ann.annotation
+    return list(model.model_fields)
+
+
+def _lookup(data: Any, loc: tuple[Any, ...]) -> Any:
+    node = data
+    for part in loc:
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return "<default>"
+    return node
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

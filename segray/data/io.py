@@ -1,0 +1,186 @@
+"""Image and mask decoding shared by training and the bulk-segmentation job.
+
+Every failure is an `ImageError` whose message is one line, ``"<name>: <problem>"``, so a bad
+file in a folder of thousands (or a bad row in a Parquet shard) is named, not just reported.
+
+    image = decode_image("photo.jpg", channels=3)          # (H, W, 3) uint8, EXIF-rotated
+    raw = read_mask("mask.png")                             # (H, W) int64, raw values
+    png = encode_png(prediction.astype(np.uint8) * 255)     # bytes
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageError",
+    "decode_image",
+    "encode_png",
+    "image_size",
+    "read_mask",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+# Our own pixel limit (`max_pixels`, checked from the header) replaces PIL's global
+# decompression-bomb warning/error, which would fire before we could name the file.
+Image.MAX_IMAGE_PIXELS = None
+
+# Divisors that map the full range of a high-bit-depth mode onto 0..255.
+_FULL_RANGE = {"I;16": 257.0, "I;16L": 257.0, "I;16B": 257.0, "I;16N": 257.0, "I": (2**31 - 1) / 255}
+# EXIF orientations that swap width and height (transpose, rotations by 90 degrees).
+_SWAPS_AXES = {5, 6, 7, 8}
+Source = bytes | str | Path
+
+
+class ImageError(ValueError):
+    """A file that is not a usable image or mask; the message is ``"<name>: <problem>"``."""
+
+
+def decode_image(
+    source: Source, *, channels: int, max_pixels: int | None = None, name: str | None = None
+) -> np.ndarray:
+    """Decode an image file or its bytes to ``(H, W, channels)`` uint8.
+
+    EXIF orientation is applied. Any PIL mode is accepted: palette and bilevel images keep their
+    colours, alpha is composited on black, 16-bit and 32-bit integers are scaled by the full
+    range of their type (``value / 257`` for 16 bits) and float (``F``) images are taken as
+    intensities in [0, 1]. ``channels`` is 1 (grayscale, ITU-R 601 luma) or 3 (RGB).
+    ``max_pixels`` is checked from the header, before any pixel is decoded.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    label = _label(source, name)
+    img = _open(source, label, max_pixels)
+    try:
+        rgb = _to_8bit(img)
+        out = rgb.convert("L" if channels == 1 else "RGB")
+    except (OSError, ValueError) as e:
+        raise ImageError(f"{label}: cannot convert mode {img.mode} ({e})") from None
+    array = np.asarray(out, dtype=np.uint8)
+    return np.ascontiguousarray(array[..., None] if channels == 1 else array)
+
+
+def read_mask(source: Source, *, name: str | None = None) -> np.ndarray:
+    """Decode a mask to ``(H, W)`` int64 holding its RAW values (no class mapping).
+
+    Palette images keep their palette indices, grayscale and 16-bit images their values,
+    bilevel images become 0/255, colour images are converted to grayscale.
+    """
+    label = _label(source, name)
+    img = _open(source, label, None)
+    if img.mode in ("1", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "PA"):
+        img = img.convert("L")
+    array = np.asarray(img)
+    if array.ndim != 2:
+        raise ImageError(f"{label}: mask has {array.shape[2]} channels in mode {img.mode}")
+    if array.dtype.kind == "f":
+        array = np.rint(array)
+    return array.astype(np.int64)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of an image as `decode_image` returns it, from the header only."""
+    label = str(path)
+    img = _open_header(path, label, None)
+    with img:
+        width, height = img.size
+        try:
+            orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+        except (OSError, ValueError, SyntaxError):  # unreadable EXIF: decode ignores it too
+            orientation = 1
+    return (height, width) if orientation in _SWAPS_AXES else (width, height)
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)`` uint8 -> PNG bytes (fast level)."""
+    if array.dtype != np.uint8:
+        raise ValueError(f"encode_png needs uint8, got {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ValueError(f"encode_png needs (H, W) or (H, W, 1|3|4), got {array.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- helpers
+def _label(source: Source, name: str | None) -> str:
+    if name is not None:
+        return name
+    return "<bytes>" if isinstance(source, bytes | bytearray) else str(source)
+
+
+def _open_header(source: Source, label: str, max_pixels: int | None) -> Image.Image:
+    """Open lazily (header only) and enforce ``max_pixels``; every failure is an ImageError."""
+    if isinstance(source, bytes | bytearray):
+        if not source:
+            raise ImageError(f"{label}: empty file (0 bytes)")
+        fp: io.BytesIO | Path = io.BytesIO(source)
+    else:
+        fp = Path(source)
+        try:
+            if fp.stat().st_size == 0:
+                raise ImageError(f"{label}: empty file (0 bytes)")
+        except OSError as e:
+            raise ImageError(f"{label}: cannot read file ({e.strerror or e})") from None
+    try:
+        img = Image.open(fp)
+    except UnidentifiedImageError:
+        raise ImageError(f"{label}: not an image (cannot identify image file)") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{label}: cannot open image ({_one_line(e)})") from None
+    width, height = img.size
+    if max_pixels is not None and width * height > max_pixels:
+        img.close()
+        raise ImageError(
+            f"{label}: {width}x{height} = {width * height} pixels exceeds the limit of "
+            f"{max_pixels} (segment.max_pixels)"
+        )
+    return img
+
+
+def _open(source: Source, label: str, max_pixels: int | None) -> Image.Image:
+    """Open, check the size, decode every pixel and apply EXIF orientation."""
+    img = _open_header(source, label, max_pixels)
+    try:
+        img.load()
+        return ImageOps.exif_transpose(img)
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        problem = "truncated file" if "truncated" in str(e) else _one_line(e)
+        raise ImageError(f"{label}: cannot decode image ({problem})") from None
+    finally:
+        img.close()
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """An L, RGB or (for 3-channel-convertible modes) other 8-bit image; alpha on black."""
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in _FULL_RANGE:
+        values = np.asarray(img).astype(np.float64) / _FULL_RANGE[img.mode]
+        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+    if img.mode == "F":
+        values = np.asarray(img, dtype=np.float64) * 255
+        return Image.fromarray(np.clip(np.rint(np.nan_to_num(values)), 0, 255).astype(np.uint8))
+    if img.mode in ("LA", "PA", "RGBA", "La", "RGBa"):
+        if img.mode == "PA":
+            img = img.convert("RGBA")
+        premultiplied = img.mode in ("La", "RGBa")
+        array = np.asarray(img).astype(np.float64)
+        color = array[..., :-1]
+        if not premultiplied:
+            color = color * (array[..., -1:] / 255.0)
+        color = np.clip(np.rint(color), 0, 255).astype(np.uint8)
+        return Image.fromarray(color[..., 0] if color.shape[2] == 1 else color)
+    return img
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__

@@ -1,0 +1,16 @@
+"""The exceptions that mean "bad input": the CLI prints them as one line, without a traceback."""
+
+from __future__ import annotations
+
+from segray.config import ConfigError
+from segray.data.folder import DatasetError
+from segray.data.io import ImageError
+from segray.models import PretrainedWeightsError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    DatasetError,
+    ImageError,
+    PretrainedWeightsError,
+    FileNotFoundError,
+)

@@ -1,0 +1,136 @@
+"""Pretrained weights: torchvision's weights API, a local-file alternative, a clear offline error.
+
+Models are always built with random initialisation first; :func:`load_pretrained` then
+fetches a state dict (:func:`fetch_state_dict`) and copies it in. The state dict comes either
+from torchvision's weights API (``WeightsEnum.get_state_dict``, which downloads into
+``$TORCH_HOME/hub/checkpoints/`` once and reuses the cached file) or, when ``weights_path`` is
+given, from that local file, which is what an offline cluster node uses.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torchvision.models import WeightsEnum
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights were requested but could not be downloaded (typically no network)."""
+
+
+def check_pretrained_args(
+    model_name: str, pretrained: bool, weights_path: str | None, *, available: bool = True
+) -> None:
+    """Validate the ``pretrained`` / ``weights_path`` pair every model accepts.
+
+    Args:
+        model_name: registry name, used in the error messages.
+        pretrained: whether the caller asked for pretrained weights.
+        weights_path: local weights file, only meaningful with ``pretrained=True``.
+        available: ``False`` for models that have no pretrained weights at all.
+    """
+    if pretrained and not available:
+        raise ValueError(f"model '{model_name}' has no pretrained weights")
+    if weights_path is not None and not pretrained:
+        raise ValueError(
+            f"model '{model_name}' got weights_path={weights_path!r} with pretrained=False; "
+            "set pretrained=True to load that file"
+        )
+
+
+def fetch_state_dict(weights: WeightsEnum, weights_path: str | None) -> dict[str, torch.Tensor]:
+    """Return the state dict of ``weights``, from ``weights_path`` if given, else downloaded.
+
+    Args:
+        weights: the torchvision weights entry, e.g. ``ResNet50_Weights.IMAGENET1K_V2``.
+        weights_path: a local copy of that file (``.pth``); skips the weights API entirely.
+
+    Raises:
+        FileNotFoundError: ``weights_path`` does not exist.
+        PretrainedWeightsError: the download failed (no network, DNS, proxy, HTTP error).
+    """
+    if weights_path is not None:
+        path = os.path.expanduser(weights_path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"pretrained weights file not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, Mapping):
+            raise ValueError(
+                f"pretrained weights file {path} holds a {type(state).__name__}, "
+                "expected a state dict (parameter name -> tensor)"
+            )
+        return dict(state)
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except OSError as err:  # URLError, HTTPError, ConnectionError and socket timeouts are OSErrors
+        cause = " ".join(f"{type(err).__name__}: {err}".split())
+        hub_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
+        raise PretrainedWeightsError(
+            f"cannot download pretrained weights {weights!r} ({weights.url}): {cause}; "
+            "no network? Download that file on a machine with network and pass "
+            "model.weights_path=/path/to/file.pth "
+            f"(or put it in $TORCH_HOME/hub/checkpoints/, here {hub_dir}/)"
+        ) from err
+
+
+def load_pretrained(
+    module: nn.Module,
+    weights: WeightsEnum,
+    weights_path: str | None,
+    *,
+    input_conv: str,
+    ignore_prefixes: tuple[str, ...] = (),
+    skip_mismatched: bool = False,
+) -> None:
+    """Copy pretrained weights into ``module`` (in place).
+
+    Args:
+        module: the freshly built network (or encoder) the state dict was saved from.
+        weights: torchvision weights entry to download when ``weights_path`` is None.
+        weights_path: local file to load instead of downloading.
+        input_conv: key of the first conv's weight (e.g. ``"conv1.weight"``). When ``module``
+            takes 1 input channel there, the pretrained RGB filters are summed into one.
+        ignore_prefixes: keys of the file to drop (a classifier ``module`` no longer has).
+        skip_mismatched: keep ``module``'s own initialisation for keys whose shapes differ
+            (a replaced classifier); when False any difference is an error.
+
+    Raises:
+        ValueError: the file's keys or shapes do not fit ``module`` (after the rules above).
+    """
+    source = weights_path or repr(weights)
+    state = {
+        key: value
+        for key, value in fetch_state_dict(weights, weights_path).items()
+        if not key.startswith(ignore_prefixes)
+    }
+    target = module.state_dict()
+    rgb = state.get(input_conv)
+    if rgb is not None and rgb.ndim == 4 and target[input_conv].shape[1] == 1:
+        state[input_conv] = rgb.sum(dim=1, keepdim=True)
+
+    mismatched = sorted(
+        key for key in state.keys() & target.keys() if state[key].shape != target[key].shape
+    )
+    if skip_mismatched:
+        for key in mismatched:
+            del state[key]
+    elif mismatched:
+        key = mismatched[0]
+        raise ValueError(
+            f"pretrained weights {source} do not fit {type(module).__name__}: {key} has shape "
+            f"{tuple(state[key].shape)}, the model {tuple(target[key].shape)} "
+            f"({len(mismatched)} mismatched tensors)"
+        )
+
+    missing = sorted(target.keys() - state.keys() - set(mismatched))
+    unexpected = sorted(state.keys() - target.keys())
+    if missing or unexpected:
+        raise ValueError(
+            f"pretrained weights {source} do not fit {type(module).__name__}: "
+            f"{len(missing)} missing keys {missing[:3]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:3]}"
+        )
+    module.load_state_dict(state, strict=False)

@@ -1,0 +1,298 @@
+"""Distributed training with Ray Train: the per-worker loop and the TorchTrainer around it.
+
+``run_training`` is the one entry point: `segray train`, `jobs/train.py` and every Tune trial
+call it. Workers run `segray.engine` under DDP (gloo on CPU, NCCL on GPU); rank 0 writes a
+self-describing checkpoint every epoch, which Ray Train persists to storage and restores
+from after a worker failure or on ``--resume``.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from torch.utils.data import DataLoader, DistributedSampler
+
+from segray.checkpoint import (
+    build_model,
+    copy_checkpoint,
+    load_metrics,
+    load_train_state,
+    save_checkpoint,
+    unwrap,
+)
+from segray.cluster import check_fits, ensure_ray
+from segray.config import Config
+from segray.data import build_datasets, prepare_data
+from segray.engine import (
+    EarlyStopping,
+    EpochScheduler,
+    ShardSampler,
+    StepConfig,
+    build_optimizer,
+    evaluate,
+    rank_param_spread,
+    seed_everything,
+    train_one_epoch,
+)
+from segray.losses import create_loss
+from segray.metrics import SegMetrics
+
+__all__ = ["TrainResult", "run_training", "train_loop_per_worker", "worker_resources"]
+
+RUN_NAME = "train"
+HEADLINE = ("val_dice", "val_iou", "val_loss", "val_accuracy")
+
+
+@dataclass
+class TrainResult:
+    """What a finished run leaves behind."""
+
+    output: Path | None
+    best: Path | None  # exported best checkpoint dir (by val Dice)
+    last: Path | None
+    best_metrics: dict[str, Any]
+    history: pd.DataFrame
+
+
+# --------------------------------------------------------------------------- worker side
+def build_loss(cfg: Config):
+    return create_loss(
+        cfg.loss.name,
+        num_classes=cfg.num_classes,
+        bce_weight=cfg.loss.bce_weight,
+        ignore_index=cfg.data.ignore_index,
+        smooth=cfg.loss.smooth,
+    )
+
+
+def build_metrics(cfg: Config, device: torch.device | str = "cpu") -> SegMetrics:
+    return SegMetrics(
+        cfg.num_classes,
+        class_names=cfg.data.classes,
+        threshold=cfg.train.threshold,
+        ignore_index=cfg.data.ignore_index,
+        device=device,
+    )
+
+
+def applied_hparams(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss) -> dict[str, Any]:
+    """The hyperparameters as actually built, read back from the live objects."""
+    out = {f"model.{k}": v for k, v in unwrap(model).applied_hparams().items()}
+    out["optim.lr"] = optimizer.defaults["lr"]
+    out["optim.weight_decay"] = optimizer.defaults.get("weight_decay", 0.0)
+    if hasattr(loss, "bce_weight"):
+        out["loss.bce_weight"] = float(loss.bce_weight)
+    return out
+
+
+def _format_epoch(row: dict[str, Any], epochs: int, elapsed: float, done_epochs: int) -> str:
+    eta = elapsed / max(done_epochs, 1) * (epochs - row["epoch"])
+    parts = [f"epoch {row['epoch']}/{epochs}", f"train_loss {row['train_loss']:.4f}"]
+    extra = [f"{k[6:]} {row[k]:.4f}" for k in ("train_bce", "train_ce", "train_dice") if k in row]
+    if extra:
+        parts[-1] += f" ({', '.join(extra)})"
+    parts += [f"{k} {row[k]:.4f}" for k in HEADLINE if k in row]
+    parts += [f"lr {row['lr']:.2e}", f"{row['epoch_time_s']:.1f}s/epoch", f"ETA {_hms(eta)}"]
+    return "  ".join(parts)
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: build, (resume,) train, evaluate, report, checkpoint."""
+    cfg = Config.from_dict(loop_config["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)))
+    device = ray.train.torch.get_device()
+    seed_everything(cfg.train.seed)  # identical init on every rank
+
+    datasets = build_datasets(cfg)
+    model = build_model(cfg)
+    state = None
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            model.load_state_dict(torch.load(Path(d) / "model.pt", map_location="cpu", weights_only=True))
+            state = load_train_state(d)
+    if cfg.train.sync_batchnorm and world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)
+
+    loss_fn = build_loss(cfg)
+    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    scheduler = EpochScheduler(optimizer, cfg.optim, cfg.train.epochs)
+    step = StepConfig.from_config(cfg.train, cfg.optim, device)
+    scaler = torch.amp.GradScaler(device.type) if step.precision.needs_scaler else None
+    early = EarlyStopping(cfg.train.early_stopping_patience)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        early.best, early.bad_epochs = state["early_best"], state["early_bad_epochs"]
+        history, start_epoch = list(state["history"]), int(state["epoch"])
+
+    train_ds, val_ds = datasets["train"], datasets["val"]
+    batch = cfg.data.batch_size
+    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed)
+    # Drop the last incomplete batch (BatchNorm cannot train on a batch of 1) unless that
+    # would leave a shard with no batch at all.
+    drop_last = len(sampler) >= batch
+    train_loader = DataLoader(
+        train_ds, batch_size=batch, sampler=sampler, drop_last=drop_last,
+        num_workers=cfg.data.loader_workers, pin_memory=device.type == "cuda",
+        persistent_workers=cfg.data.loader_workers > 0,
+    )
+    train_loader = ray.train.torch.prepare_data_loader(train_loader, add_dist_sampler=False)
+    val_loader = DataLoader(
+        val_ds, batch_size=cfg.data.eval_batch_size or batch,
+        sampler=ShardSampler(len(val_ds), rank, world), num_workers=cfg.data.loader_workers,
+    )
+    metrics = build_metrics(cfg, device)
+    applied = applied_hparams(model, optimizer, loss_fn)
+
+    t_start = time.time()
+    for epoch in range(start_epoch, cfg.train.epochs):
+        t0 = time.time()
+        lr = scheduler.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
+        row.update({f"train_{k}": v for k, v in train_one_epoch(model, train_loader, loss_fn, optimizer, step, scaler).items()})
+        if len(val_ds):
+            row.update({f"val_{k}": v for k, v in evaluate(model, val_loader, loss_fn, metrics, step).items()})
+        row["param_rank_spread"], row["param_fingerprint"] = rank_param_spread(model)
+        score = row.get("val_dice", -row["train_loss"])
+        scheduler.observe(score)
+        stop = early.step(score)
+        row["epoch_time_s"] = time.time() - t0
+        history.append(row)
+        best = max(h.get("val_dice", -math.inf) for h in history)
+        report = {**row, "best_val_dice": best, "stopped_early": stop}
+        if rank == 0:
+            print(_format_epoch(row, cfg.train.epochs, time.time() - t_start, epoch + 1 - start_epoch), flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(
+                    tmp, model=model, config=cfg, metrics={**report, "applied": applied},
+                    train_state={
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict() if scaler is not None else None,
+                        "early_best": early.best, "early_bad_epochs": early.bad_epochs,
+                        "epoch": epoch + 1, "history": history,
+                    },
+                )
+                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                 checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}")
+        else:
+            ray.train.report(report)  # every rank reports the same number of times
+        if stop:
+            if rank == 0:
+                print(f"early stopping: no val Dice gain in {early.patience} epochs", flush=True)
+            break
+
+
+# --------------------------------------------------------------------------- driver side
+def worker_resources(cfg: Config) -> dict[str, float]:
+    res = {"CPU": cfg.train.cpus_per_worker}
+    if cfg.train.use_gpu:
+        res["GPU"] = cfg.train.gpus_per_worker
+    return res
+
+
+def build_trainer(
+    cfg: Config,
+    *,
+    storage_path: str,
+    name: str,
+    callbacks: Sequence[Any] = (),
+) -> ray.train.torch.TorchTrainer:
+    """A TorchTrainer for ``cfg`` persisting to ``storage_path/name`` (same name = resume)."""
+    return ray.train.torch.TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict()},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker=worker_resources(cfg),
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            # controller_failure_limit: fail instead of retrying worker start-up forever.
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures, controller_failure_limit=3),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute="val_dice", checkpoint_score_order="max"
+            ),
+            callbacks=list(callbacks),
+        ),
+    )
+
+
+def run_training(
+    cfg: Config,
+    output: str | Path | None = None,
+    *,
+    resume: bool = False,
+    storage_path: str | None = None,
+    name: str = RUN_NAME,
+    callbacks: Sequence[Any] = (),
+    address: str | None = None,
+) -> TrainResult:
+    """Train ``cfg`` with DDP on Ray Train.
+
+    ``output`` (a local folder) receives ``config.yaml``, ``history.parquet`` and
+    ``checkpoints/{last,best}``; Ray's run state lives in ``storage_path`` (default
+    ``output/ray``; any URI Ray storage accepts). Running again with the same storage and
+    ``name`` continues from the latest checkpoint; ``resume=False`` refuses to do so silently.
+    """
+    ensure_ray(address)
+    out = Path(output).resolve() if output is not None else None
+    if storage_path is None:
+        if out is None:
+            raise ValueError("run_training needs an output folder or a storage_path")
+        storage_path = str(out / "ray")
+    run_dir = Path(storage_path) / name
+    if out is not None and not resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"{out} already holds a training run: continue it with --resume {out} or choose another --output")
+    cfg = prepare_data(cfg)
+    check_fits(worker_resources(cfg), cfg.train.num_workers, f"training with {cfg.train.num_workers} workers")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.yaml")
+
+    result = build_trainer(cfg, storage_path=storage_path, name=name, callbacks=callbacks).fit()
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+
+    best_ckpt = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_dice", -math.inf))[0] if result.best_checkpoints else result.checkpoint
+    with result.checkpoint.as_directory() as last_dir:
+        state = load_train_state(last_dir) or {}
+        history = pd.DataFrame(state.get("history", []))
+        last = copy_checkpoint(last_dir, out / "checkpoints" / "last") if out else None
+    with best_ckpt.as_directory() as best_dir:
+        best_metrics = load_metrics(best_dir)
+        best = copy_checkpoint(best_dir, out / "checkpoints" / "best") if out else None
+    if out is not None:
+        history.to_parquet(out / "history.parquet", index=False)
+    return TrainResult(out, best, last, best_metrics, history)

@@ -1,0 +1,82 @@
+"""Shared fixtures: a real local Ray per integration module, tiny configs, isolated caches.
+
+Only one local Ray may run on a machine at a time (Train's State-API calls fail with "Found
+multiple active Ray instances" otherwise), so every fixture that starts Ray, in this run or in
+a parallel one, first takes an exclusive file lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+RAY_LOCK = Path(os.environ.get("SEGRAY_RAY_LOCK", "/tmp/segray-ray-tests.lock"))
+
+
+@contextmanager
+def ray_lock() -> Iterator[None]:
+    """Hold the machine-wide lock that serialises local Ray instances."""
+    with open(RAY_LOCK, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory) -> Iterator[None]:
+    """Synthetic datasets go to a per-session cache, never the user's."""
+    old = os.environ.get("SEGRAY_CACHE")
+    os.environ["SEGRAY_CACHE"] = str(tmp_path_factory.mktemp("segray-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SEGRAY_CACHE", None)
+    else:
+        os.environ["SEGRAY_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    """A real single-node Ray with 2 CPUs and the dashboard (Train V2 polls the State API)."""
+    import ray
+
+    with ray_lock():
+        ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=True)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_exclusive() -> Iterator[None]:
+    """No Ray here, but the right to start one in a subprocess."""
+    with ray_lock():
+        yield
+
+
+# Keys 0000..0015 of the synthetic set: 11 train, 5 val (odd on purpose: 2 workers can't split it evenly).
+TINY = [
+    "data.synthetic.num=16",
+    "data.synthetic.size=64",
+    "data.image_size=64",
+    "data.train_transform=resize",
+    "data.batch_size=4",
+    "data.split_ids={train: ['0000','0001','0002','0003','0004','0005','0006','0007','0008','0009','0010'], val: ['0011','0012','0013','0014','0015']}",
+    "model.name=unet",
+    "model.base_width=8",
+    "optim.lr=0.01",
+    "train.epochs=2",
+    "train.num_workers=2",
+]
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    return list(TINY)

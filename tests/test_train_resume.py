@@ -1,0 +1,55 @@
+"""Kill a training run after its first epoch, then `segray train --resume`: same end, unbroken history."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import TINY
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _segray(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "segray.cli", *args], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Poll for a file Ray Train writes once an epoch's checkpoint is persisted."""
+    root, pattern = path_glob
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if root.exists() and any(root.glob(pattern)):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before the checkpoint appeared:\n{proc.stdout.read()}")
+        time.sleep(0.5)
+    raise AssertionError("no checkpoint within the timeout")
+
+
+def test_kill_after_epoch_one_then_resume(ray_exclusive, tmp_path):
+    out = tmp_path / "run"
+    first = _segray("train", "--output", str(out), *TINY, "train.epochs=4")
+    _wait_for((out / "ray" / "train", "checkpoint_epoch_0001/model.pt"), first)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not (out / "history.parquet").exists()  # the run really was cut short
+
+    second = _segray("train", "--resume", str(out))
+    log, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, log
+    history = pd.read_parquet(out / "history.parquet")
+    assert history["epoch"].tolist() == [1, 2, 3, 4]
+    # The resumed run started after epoch 1 or later: it never re-ran epoch 1.
+    assert "epoch 1/4" not in log
+    # Same LR schedule as an uninterrupted cosine run over 4 epochs.
+    lrs = history["lr"].to_numpy()
+    assert (lrs[1:] < lrs[:-1]).all()
