@@ -122,6 +122,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Hyperparameter search: Tune + Optuna + ASHA, each trial a DDP training."""
+    from segray.tune import run_tune
+
+    cfg = None if args.resume else _load(args)
+    output = args.resume or args.output
+    result = run_tune(cfg, output, resume=bool(args.resume), address=args.address)
+    s = result.summary
+    print(f"search: {s['num_trials']} trials ({s['completed']} completed, {s['errored']} errored, "
+          f"{s['stopped_early']} stopped early by ASHA), {s['trial_epochs_total']} trial-epochs, "
+          f"{s['wall_time_s']:.0f}s")
+    if not s["best"]:
+        print("no trial reported a metric: see the errors in trials.parquet", file=sys.stderr)
+        return 1
+    b = s["best"]
+    params = ", ".join(f"{k}={v}" for k, v in b["params"].items())
+    print(f"best: {s['metric']} {b[s['metric']]:.4f} at epoch {b['epoch']} with {params}")
+    print(f"outputs -> {result.output} (trials.parquet, history.parquet, summary.json, plots/, best/)")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -156,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="search hyperparameters (Ray Tune + Optuna + ASHA, DDP trials)")
+    _add_config_args(p)
+    p.add_argument("--output", "-o", default="runs/tune", metavar="DIR",
+                   help="search folder, a local path or a URI Ray storage accepts (default runs/tune)")
+    p.add_argument("--resume", metavar="DIR", help="continue the interrupted search in DIR")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint: metrics, curves, overlays")
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint directory")

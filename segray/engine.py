@@ -205,6 +205,14 @@ def rank_param_spread(model: nn.Module) -> tuple[float, float]:
     return float((stacked - stacked[0]).abs().max()), fingerprint
 
 
+def _accumulate(sums: dict[str, float], n: int, loss: torch.Tensor, parts: Mapping[str, Any]) -> None:
+    """Sample-weighted sums of the loss and its parts (``loss_bce``, ``loss_dice``: not metrics)."""
+    sums["n"] += n
+    sums["loss"] += loss.item() * n
+    for k, v in parts.items():
+        sums[f"loss_{k}"] = sums.get(f"loss_{k}", 0.0) + float(v) * n
+
+
 # --------------------------------------------------------------------------- loops
 @dataclass
 class StepConfig:
@@ -249,11 +257,7 @@ def train_one_epoch(
             scaler.update()
         else:
             optimizer.step()
-        b = images.shape[0]
-        sums["n"] += b
-        sums["loss"] += loss.item() * b
-        for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * b
+        _accumulate(sums, images.shape[0], loss, parts)
     sums = _all_reduce_sums(sums, step.device)
     n = max(sums.pop("n"), 1.0)
     return {k: v / n for k, v in sums.items()}
@@ -283,11 +287,7 @@ def evaluate(
         logits = logits.float()
         loss, parts = loss_fn.compute(logits, masks)
         metrics.update(probs_from_logits(logits), masks)
-        b = images.shape[0]
-        sums["n"] += b
-        sums["loss"] += loss.item() * b
-        for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * b
+        _accumulate(sums, images.shape[0], loss, parts)
     sums = _all_reduce_sums(sums, step.device)
     metrics.all_reduce()
     n = sums.pop("n")

@@ -43,6 +43,7 @@ NaN. Per-class keys ``<metric>_<class name>`` are reported for every class, back
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -65,7 +66,7 @@ def probs_from_logits(logits: Tensor) -> Tensor:
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
-def _ratio(num: np.ndarray, den: np.ndarray, empty: float | np.ndarray) -> np.ndarray:
+def _ratio(num: npt.ArrayLike, den: npt.ArrayLike, empty: npt.ArrayLike) -> np.ndarray:
     """num / den elementwise, ``empty`` where den == 0."""
     num, den = np.broadcast_arrays(np.asarray(num, np.float64), np.asarray(den, np.float64))
     out = np.broadcast_to(np.asarray(empty, np.float64), num.shape).copy()
@@ -108,7 +109,7 @@ def _headline(values: np.ndarray, binary: bool) -> float:
     return float(defined.mean()) if defined.size else float("nan")
 
 
-def _sweep(hist: np.ndarray) -> tuple[np.ndarray, ...]:
+def _sweep(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Curve points from (..., 2, bins) negative/positive histograms, thresholds high to low.
 
     Point 0 is threshold +inf (nothing predicted positive), point i the lower edge of bin
@@ -127,7 +128,7 @@ def _sweep(hist: np.ndarray) -> tuple[np.ndarray, ...]:
 def _aucs(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ROC-AUC (trapezoidal) and average precision per leading index of (..., 2, bins)."""
     fpr, tpr, precision, recall = _sweep(hist)
-    roc_auc = np.trapezoid(tpr, fpr, axis=-1)
+    roc_auc = np.sum(np.diff(fpr, axis=-1) * (tpr[..., 1:] + tpr[..., :-1]) / 2, axis=-1)
     pr_auc = np.sum(np.diff(recall, axis=-1) * precision[..., 1:], axis=-1)
     return roc_auc, pr_auc
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import pandas as pd
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from torch.utils.data import DataLoader, DistributedSampler
 
 from segray.checkpoint import (
@@ -48,7 +48,7 @@ from segray.engine import (
 from segray.losses import create_loss
 from segray.metrics import SegMetrics
 
-__all__ = ["TrainResult", "run_training", "train_loop_per_worker", "worker_resources"]
+__all__ = ["AppliedMismatchError", "TrainResult", "check_applied", "run_training", "train_loop_per_worker", "worker_resources"]
 
 RUN_NAME = "train"
 HEADLINE = ("val_dice", "val_iou", "val_loss", "val_accuracy")
@@ -96,10 +96,45 @@ def applied_hparams(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lo
     return out
 
 
+class AppliedMismatchError(RuntimeError):
+    """A trial built something other than what the search sampled."""
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def check_applied(expected: Mapping[str, Any], applied: Mapping[str, Any], cfg: Config) -> None:
+    """Fail loudly unless every sampled value is what the worker actually built.
+
+    Keys the live objects report (``applied``) are compared with what they report; other keys
+    with the worker's resolved config. Catches the classic HPO bug where every trial silently
+    trains the same model.
+    """
+    resolved = cfg.to_dict()
+    problems = []
+    for key, want in expected.items():
+        if key in applied:
+            got, where = applied[key], "built"
+        else:
+            node: Any = resolved
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            got, where = node, "configured"
+        if not _same(got, want):
+            problems.append(f"{key}: sampled {want!r} but {where} {got!r}")
+    if problems:
+        raise AppliedMismatchError("applied != sampled: " + "; ".join(problems))
+
+
 def _format_epoch(row: dict[str, Any], epochs: int, elapsed: float, done_epochs: int) -> str:
     eta = elapsed / max(done_epochs, 1) * (epochs - row["epoch"])
     parts = [f"epoch {row['epoch']}/{epochs}", f"train_loss {row['train_loss']:.4f}"]
-    extra = [f"{k[6:]} {row[k]:.4f}" for k in ("train_bce", "train_ce", "train_dice") if k in row]
+    extra = [f"{k[11:]} {row[k]:.4f}" for k in ("train_loss_bce", "train_loss_ce", "train_loss_dice") if k in row]
     if extra:
         parts[-1] += f" ({', '.join(extra)})"
     parts += [f"{k} {row[k]:.4f}" for k in HEADLINE if k in row]
@@ -169,6 +204,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     metrics = build_metrics(cfg, device)
     applied = applied_hparams(model, optimizer, loss_fn)
+    check_applied(loop_config.get("expect") or {}, applied, cfg)
 
     t_start = time.time()
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -224,11 +260,16 @@ def build_trainer(
     storage_path: str,
     name: str,
     callbacks: Sequence[Any] = (),
+    expect: Mapping[str, Any] | None = None,
+    monitor: tuple[str, str] = ("val_dice", "max"),
 ) -> ray.train.torch.TorchTrainer:
-    """A TorchTrainer for ``cfg`` persisting to ``storage_path/name`` (same name = resume)."""
+    """A TorchTrainer for ``cfg`` persisting to ``storage_path/name`` (same name = resume).
+
+    Ray keeps the latest checkpoint and the best one by ``monitor`` (metric, mode).
+    """
     return ray.train.torch.TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict()},
+        train_loop_config={"config": cfg.to_dict(), "expect": dict(expect or {})},
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
@@ -240,9 +281,10 @@ def build_trainer(
             # controller_failure_limit: fail instead of retrying worker start-up forever.
             failure_config=FailureConfig(max_failures=cfg.train.max_failures, controller_failure_limit=3),
             checkpoint_config=CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute="val_dice", checkpoint_score_order="max"
+                num_to_keep=2, checkpoint_score_attribute=monitor[0], checkpoint_score_order=monitor[1]
             ),
             callbacks=list(callbacks),
+            logging_config=LoggingConfig(log_level="WARNING"),  # epochs print their own line
         ),
     )
 
@@ -256,11 +298,13 @@ def run_training(
     name: str = RUN_NAME,
     callbacks: Sequence[Any] = (),
     address: str | None = None,
+    expect: Mapping[str, Any] | None = None,
+    monitor: tuple[str, str] = ("val_dice", "max"),
 ) -> TrainResult:
     """Train ``cfg`` with DDP on Ray Train.
 
     ``output`` (a local folder) receives ``config.yaml``, ``history.parquet`` and
-    ``checkpoints/{last,best}``; Ray's run state lives in ``storage_path`` (default
+    ``checkpoints/{last,best}`` (best by ``monitor``, default val Dice); Ray's run state lives in ``storage_path`` (default
     ``output/ray``; any URI Ray storage accepts). Running again with the same storage and
     ``name`` continues from the latest checkpoint; ``resume=False`` refuses to do so silently.
     """
@@ -279,13 +323,15 @@ def run_training(
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.yaml")
 
-    result = build_trainer(cfg, storage_path=storage_path, name=name, callbacks=callbacks).fit()
+    result = build_trainer(cfg, storage_path=storage_path, name=name, callbacks=callbacks, expect=expect, monitor=monitor).fit()
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
 
-    best_ckpt = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_dice", -math.inf))[0] if result.best_checkpoints else result.checkpoint
+    metric, sign = monitor[0], (1.0 if monitor[1] == "max" else -1.0)
+    scored = [(c, m) for c, m in result.best_checkpoints if metric in m]
+    best_ckpt = max(scored, key=lambda cm: sign * cm[1][metric])[0] if scored else result.checkpoint
     with result.checkpoint.as_directory() as last_dir:
         state = load_train_state(last_dir) or {}
         history = pd.DataFrame(state.get("history", []))

@@ -32,9 +32,12 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 Image.MAX_IMAGE_PIXELS = None
 
 # Divisors that map the full range of a high-bit-depth mode onto 0..255.
-_FULL_RANGE = {"I;16": 257.0, "I;16L": 257.0, "I;16B": 257.0, "I;16N": 257.0, "I": (2**31 - 1) / 255}
+_FULL_RANGE = {m: 257.0 for m in ("I;16", "I;16L", "I;16B", "I;16N")} | {"I": (2**31 - 1) / 255}
+# Single-channel modes whose values read_mask returns as they are.
+_RAW_MASK_MODES = ("L", "P", "F", *_FULL_RANGE)
 # EXIF orientations that swap width and height (transpose, rotations by 90 degrees).
 _SWAPS_AXES = {5, 6, 7, 8}
+_EXIF_ERRORS = (OSError, ValueError, SyntaxError, KeyError, TypeError)
 Source = bytes | str | Path
 
 
@@ -74,11 +77,12 @@ def read_mask(source: Source, *, name: str | None = None) -> np.ndarray:
     """
     label = _label(source, name)
     img = _open(source, label, None)
-    if img.mode in ("1", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "PA"):
-        img = img.convert("L")
+    if img.mode not in _RAW_MASK_MODES:
+        try:
+            img = img.convert("L")
+        except (OSError, ValueError) as e:
+            raise ImageError(f"{label}: cannot convert mask mode {img.mode} ({e})") from None
     array = np.asarray(img)
-    if array.ndim != 2:
-        raise ImageError(f"{label}: mask has {array.shape[2]} channels in mode {img.mode}")
     if array.dtype.kind == "f":
         array = np.rint(array)
     return array.astype(np.int64)
@@ -92,7 +96,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
         width, height = img.size
         try:
             orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
-        except (OSError, ValueError, SyntaxError):  # unreadable EXIF: decode ignores it too
+        except _EXIF_ERRORS:  # decoding ignores unreadable EXIF too
             orientation = 1
     return (height, width) if orientation in _SWAPS_AXES else (width, height)
 
@@ -147,39 +151,36 @@ def _open_header(source: Source, label: str, max_pixels: int | None) -> Image.Im
 
 
 def _open(source: Source, label: str, max_pixels: int | None) -> Image.Image:
-    """Open, check the size, decode every pixel and apply EXIF orientation."""
+    """Open, check the size, decode every pixel and apply EXIF orientation (if readable)."""
     img = _open_header(source, label, max_pixels)
-    try:
-        img.load()
-        return ImageOps.exif_transpose(img)
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-        problem = "truncated file" if "truncated" in str(e) else _one_line(e)
-        raise ImageError(f"{label}: cannot decode image ({problem})") from None
-    finally:
-        img.close()
+    with img:
+        try:
+            img.load()
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
+            problem = "truncated file" if "truncated" in str(e) else _one_line(e)
+            raise ImageError(f"{label}: cannot decode image ({problem})") from None
+        try:
+            return ImageOps.exif_transpose(img)  # a new image, valid after img is closed
+        except _EXIF_ERRORS:
+            return img.copy()
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
-    """An L, RGB or (for 3-channel-convertible modes) other 8-bit image; alpha on black."""
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    """An 8-bit image PIL converts to L or RGB correctly: palettes expanded, high bit depths
+    scaled by the range of their type, alpha composited on black."""
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
     if img.mode in _FULL_RANGE:
         values = np.asarray(img).astype(np.float64) / _FULL_RANGE[img.mode]
-        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
-    if img.mode == "F":
-        values = np.asarray(img, dtype=np.float64) * 255
-        return Image.fromarray(np.clip(np.rint(np.nan_to_num(values)), 0, 255).astype(np.uint8))
-    if img.mode in ("LA", "PA", "RGBA", "La", "RGBa"):
-        if img.mode == "PA":
-            img = img.convert("RGBA")
-        premultiplied = img.mode in ("La", "RGBa")
+    elif img.mode == "F":
+        values = np.nan_to_num(np.asarray(img, dtype=np.float64)) * 255
+    elif img.mode in ("LA", "RGBA"):
         array = np.asarray(img).astype(np.float64)
-        color = array[..., :-1]
-        if not premultiplied:
-            color = color * (array[..., -1:] / 255.0)
-        color = np.clip(np.rint(color), 0, 255).astype(np.uint8)
-        return Image.fromarray(color[..., 0] if color.shape[2] == 1 else color)
-    return img
+        values = array[..., :-1] * (array[..., -1:] / 255)
+        values = values[..., 0] if img.mode == "LA" else values
+    else:
+        return img
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
 
 
 def _one_line(e: BaseException) -> str:

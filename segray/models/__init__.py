@@ -37,7 +37,7 @@ __all__ = [
 class _Entry:
     constructor: Callable[..., nn.Module]  # the model class (keyword-only constructor)
     description: str  # one line for `segray` listings
-    encoders: tuple[str, ...]  # encoder names the model accepts, empty if it has none
+    encoders: tuple[str, ...]  # values of the model's `encoder` kwarg; empty if it has none
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -51,7 +51,8 @@ def register_model(
     Args:
         name: registry key passed to :func:`create_model`.
         description: one-line summary shown by :func:`model_info`.
-        encoders: encoder names the model's ``encoder`` argument accepts (empty if none).
+        encoders: values the model's ``encoder`` argument accepts; empty for models without
+            that argument (so ``"encoder" in model_kwargs(name)`` iff ``encoders``).
 
     Raises:
         ValueError: ``name`` is already registered.

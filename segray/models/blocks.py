@@ -176,8 +176,8 @@ class SegmentationModel(nn.Module):
         if x.shape[1] != self.in_channels:
             raise ValueError(
                 f"{type(self).__name__} expects input {expected}, got {x.shape[1]} channels "
-                f"(shape {tuple(x.shape)}); build the model with in_channels={x.shape[1]} "
-                "or convert the images"
+                f"(shape {tuple(x.shape)}); convert the images to {self.in_channels} channels "
+                "or build the model with a matching in_channels"
             )
         if min(x.shape[-2:]) < MIN_INPUT_SIZE:
             raise ValueError(

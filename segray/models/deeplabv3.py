@@ -21,9 +21,7 @@ from segray.models.weights import check_pretrained_args, load_pretrained
 
 
 @register_model(
-    "deeplabv3",
-    description="torchvision DeepLabV3 (ASPP head) on a dilated ResNet50 backbone",
-    encoders=("resnet50",),
+    "deeplabv3", description="torchvision DeepLabV3 (ASPP head) on a dilated ResNet50 backbone"
 )
 class DeepLabV3(SegmentationModel):
     """DeepLabV3-ResNet50 returning plain logits.

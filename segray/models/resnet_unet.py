@@ -2,18 +2,16 @@
 
 ::
 
-    input ─ stem (conv1/bn1/relu, /2) ─ layer1 (/4) ─ layer2 (/8) ─ layer3 (/16) ─ layer4 (/32)
-              │                           │             │             │               │
-              │                           │             │             │            bridge
-              │                           │             │             └──── decoder[0] (/16)
-              │                           │             └────────────────── decoder[1] (/8)
-              │                           └──────────────────────────────── decoder[2] (/4)
-              └──────────────────────────────────────────────────────────── decoder[3] (/2)
-                                                                     upsample (/1) ─ 1x1 head
+    input ─ stem (/2) ─ layer1 (/4) ─ layer2 (/8) ─ layer3 (/16) ─ layer4 (/32) ─ bridge
+              │           │             │             └─ skip ─ decoder[0] (/16) ─┘
+              │           │             └─ skip ─────── decoder[1] (/8)
+              │           └─ skip ───────────────────── decoder[2] (/4)
+              └─ skip ───────────────────────────────── decoder[3] (/2)
+                                                          upsample to input ─ 1x1 head
 
-Each decoder stage upsamples to its skip's size, concatenates the skip, applies a 3x3
-ConvBNReLU, then an :class:`AtrousBlock` (``atrous=True``) or a second 3x3 ConvBNReLU
-(``atrous=False``, i.e. a plain U-Net decoder).
+Each decoder stage upsamples the deeper output (bridge or previous stage) to its skip's size,
+concatenates the skip, applies a 3x3 ConvBNReLU, then an :class:`AtrousBlock` (``atrous=True``)
+or a second 3x3 ConvBNReLU (``atrous=False``, i.e. a plain U-Net decoder).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ def check_pretrained_args(
         weights_path: local weights file, only meaningful with ``pretrained=True``.
         available: ``False`` for models that have no pretrained weights at all.
     """
-    if pretrained and not available:
+    if not available and (pretrained or weights_path is not None):
         raise ValueError(f"model '{model_name}' has no pretrained weights")
     if weights_path is not None and not pretrained:
         raise ValueError(
@@ -88,7 +88,7 @@ def load_pretrained(
     """Copy pretrained weights into ``module`` (in place).
 
     Args:
-        module: the freshly built network (or encoder) the state dict was saved from.
+        module: the freshly built network (or encoder) to fill; the state dict must fit it.
         weights: torchvision weights entry to download when ``weights_path`` is None.
         weights_path: local file to load instead of downloading.
         input_conv: key of the first conv's weight (e.g. ``"conv1.weight"``). When ``module``

@@ -39,10 +39,14 @@ VARIANTS: dict[str, list[tuple[str, dict[str, object], list[tuple[int, int]]]]] 
 }
 
 
+def _variants(name: str) -> list[tuple[str, dict[str, object], list[tuple[int, int]]]]:
+    return VARIANTS.get(name, [("default", {}, PAIRED_COMBOS)])
+
+
 def _forward_cases() -> list[object]:
     cases = []
     for name in list_models():
-        for variant, kwargs, combos in VARIANTS.get(name, [("default", {}, PAIRED_COMBOS)]):
+        for variant, kwargs, combos in _variants(name):
             for in_channels, num_classes in combos:
                 for size in SIZES:
                     cases.append(
@@ -59,8 +63,7 @@ def _forward_cases() -> list[object]:
 
 
 def _cheap_kwargs(name: str) -> dict[str, object]:
-    variants = VARIANTS.get(name, [("default", {}, PAIRED_COMBOS)])
-    return dict(variants[0][1])
+    return dict(_variants(name)[0][1])
 
 
 @pytest.fixture(autouse=True)
@@ -106,6 +109,13 @@ def test_model_kwargs_and_info() -> None:
     assert info["defaults"] == model_kwargs("resnet_unet")
     assert isinstance(info["description"], str) and info["description"]
     assert model_info("unet")["encoders"] == []
+    for name in list_models():
+        info = model_info(name)
+        assert info["name"] == name
+        # `encoders` lists exactly the values of an `encoder` kwarg, for models that have one.
+        assert bool(info["encoders"]) == ("encoder" in info["defaults"])
+        if info["encoders"]:
+            assert info["defaults"]["encoder"] in info["encoders"]
     # Callers may mutate what they get without changing the registry.
     model_kwargs("resnet_unet")["dilation_rates"].append(99)
     assert model_kwargs("resnet_unet")["dilation_rates"] == [1, 6, 12, 18]
@@ -263,9 +273,11 @@ def test_resnet_unet_bad_args_raise_one_line(kwargs: dict[str, object], message:
     assert "\n" not in str(info.value)
 
 
-def test_unet_has_no_pretrained_weights() -> None:
+def test_unet_has_no_pretrained_weights(tmp_path) -> None:
     with pytest.raises(ValueError, match="^model 'unet' has no pretrained weights$"):
         create_model("unet", pretrained=True)
+    with pytest.raises(ValueError, match="^model 'unet' has no pretrained weights$"):
+        create_model("unet", weights_path=str(tmp_path / "w.pth"))
 
 
 def test_weights_path_requires_pretrained(tmp_path) -> None:
@@ -361,7 +373,11 @@ def offline(tmp_path, monkeypatch) -> list[str]:
     "name, kwargs, weights",
     [
         ("resnet_unet", {"encoder": "resnet18"}, "ResNet18_Weights.IMAGENET1K_V1"),
-        ("resnet_unet", {"encoder": "resnet50"}, "ResNet50_Weights.IMAGENET1K_V2"),
+        (
+            "resnet_unet",
+            {"encoder": "resnet50", "decoder_channels": SMALL_DECODER},
+            "ResNet50_Weights.IMAGENET1K_V2",
+        ),
         ("deeplabv3", {}, "DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1"),
     ],
 )

@@ -1,0 +1,131 @@
+"""From the data config to train/val/test torch datasets.
+
+cfg = prepare_data(cfg)            # on the driver, once: absolute root, synthetic data made
+datasets = build_datasets(cfg)     # on every worker: {"train": ..., "val": ..., "test": ...}
+image, mask = datasets["train"][0] # (C, H, W) float32, (H, W) int64
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from segray.config import Config, DataConfig, apply_overrides
+from segray.data.folder import Sample, find_pairs
+from segray.data.io import ImageError, decode_image, read_mask
+from segray.data.masks import MaskMapper
+from segray.data.pet import pet_samples
+from segray.data.split import split_samples
+from segray.data.synth import generate, synth_params
+from segray.data.transforms import transforms_from_config
+
+__all__ = ["SegmentationDataset", "build_datasets", "cache_dir", "list_samples", "prepare_data"]
+
+PairFn = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
+
+
+class SegmentationDataset(Dataset):
+    """Decodes, maps and transforms one (image, mask) pair per item; errors name the file."""
+
+    def __init__(
+        self, samples: Sequence[Sample], *, channels: int, mapper: MaskMapper, transform: PairFn
+    ) -> None:
+        self.samples = list(samples)
+        self.channels = channels
+        self.mapper = mapper
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image (C, H, W) float32, mask (H, W) int64)`` of sample ``i``."""
+        sample = self.samples[i]
+        if sample.mask is None:
+            raise ImageError(f"{sample.image}: no mask for this image")
+        image = decode_image(sample.image, channels=self.channels)
+        target = self.mapper(read_mask(sample.mask), sample.key, name=sample.mask)
+        if image.shape[:2] != target.shape:
+            raise ImageError(
+                f"{sample.image}: image is {image.shape[1]}x{image.shape[0]} but its mask "
+                f"{sample.mask} is {target.shape[1]}x{target.shape[0]}"
+            )
+        return self.transform(image, target)
+
+
+def cache_dir() -> Path:
+    """segray's cache: ``$SEGRAY_CACHE``, default ``~/.cache/segray``."""
+    return Path(os.environ.get("SEGRAY_CACHE") or Path.home() / ".cache" / "segray").expanduser()
+
+
+def _root(data_cfg: DataConfig) -> Path:
+    """Absolute dataset root; synthetic without ``data.root``: a cache folder named by a hash
+    of the generator parameters."""
+    if data_cfg.root:
+        return Path(data_cfg.root).expanduser().absolute()
+    if data_cfg.source != "synthetic":  # DataConfig's validator requires a root for these
+        raise ValueError(f"data.source {data_cfg.source!r} needs data.root")
+    s = data_cfg.synthetic
+    params = synth_params(num=s.num, size=s.size, num_classes=len(data_cfg.classes), seed=s.seed)
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir() / "synth" / digest
+
+
+def prepare_data(cfg: Config) -> Config:
+    """Run once on the driver before any worker starts; returns the config workers should use.
+
+    ``data.root`` becomes absolute (workers run in other folders). For ``synthetic`` the dataset
+    is generated (or found complete) in ``data.root`` or the cache, that folder becomes
+    ``data.root``, and ``data.mask_mode`` follows the generator's convention: ``threshold``
+    for 2 classes (0/255 masks), ``index`` for more. For ``folder`` and ``pet`` the dataset is
+    listed and checked here, so a broken one fails before any worker starts.
+    """
+    data = cfg.data
+    root = _root(data)
+    updates: dict[str, object] = {"data.root": str(root)}
+    if data.source == "synthetic":
+        s = data.synthetic
+        generate(root, num=s.num, size=s.size, num_classes=len(data.classes), seed=s.seed)
+        updates["data.mask_mode"] = "threshold" if len(data.classes) == 2 else "index"
+    prepared = apply_overrides(cfg, updates)
+    list_samples(prepared.data, check=True)
+    return prepared
+
+
+def list_samples(data_cfg: DataConfig, *, check: bool = True) -> list[Sample]:
+    """Every sample of the configured source, sorted by key (``check``: read file headers)."""
+    root = _root(data_cfg)
+    if data_cfg.source == "pet":
+        return pet_samples(root, "trainval")
+    if data_cfg.source == "synthetic":
+        return find_pairs(root / "images", root / "masks", check=check)
+    return find_pairs(root / data_cfg.images_dir, root / data_cfg.masks_dir, check=check)
+
+
+def build_datasets(cfg: Config) -> dict[str, SegmentationDataset]:
+    """``{"train", "val", "test"}`` datasets (a split may be empty) of a prepared config.
+
+    Splits come from ``data.split_ids`` if set, else the stable hash split by ``data.split``
+    and ``data.split_seed``; train gets the training augmentation, val and test the eval one.
+    """
+    data = cfg.data
+    samples = list_samples(data, check=False)  # prepare_data checked them on the driver
+    splits = split_samples(samples, data.split, data.split_seed, data.split_ids)
+    train_fn, eval_fn = transforms_from_config(data, cfg.model.in_channels)
+    mapper = MaskMapper.from_config(data)
+    return {
+        name: SegmentationDataset(
+            split,
+            channels=cfg.model.in_channels,
+            mapper=mapper,
+            transform=train_fn if name == "train" else eval_fn,
+        )
+        for name, split in splits.items()
+    }

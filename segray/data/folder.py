@@ -1,0 +1,140 @@
+"""Image/mask pairs from two folders, matched by relative path without extension.
+
+``images/a/1.jpg`` pairs with ``masks/a/1.png`` (key ``"a/1"``). Every problem in a dataset is
+collected and reported at once, in one `DatasetError`, so a user fixes a folder in one pass:
+
+    dataset /data/x: 3 problems (2 images without a mask, 1 size mismatch); first:
+    images/a.png: no mask in /data/x/masks; images/b.png: no mask in /data/x/masks; ...
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from segray.data.io import IMAGE_EXTENSIONS, ImageError, image_size
+
+__all__ = ["DatasetError", "Sample", "find_pairs", "list_images"]
+
+_MAX_LISTED = 5
+
+
+class DatasetError(ValueError):
+    """A dataset folder that cannot be used as it is; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its mask: ``key`` is the relative path without extension, '/'-separated."""
+
+    key: str
+    image: str
+    mask: str | None
+
+
+def list_images(folder: str | Path, what: str = "image") -> dict[str, list[Path]]:
+    """Key -> image files under ``folder`` (recursive, hidden files and folders skipped).
+
+    More than one file for a key (``a.png`` and ``a.jpg``) is kept, for the caller to report.
+    An empty or missing folder is a one-line DatasetError naming it.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: {what} folder not found")
+    found: dict[str, list[Path]] = defaultdict(list)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in sorted(filenames):
+            path = Path(dirpath, filename)
+            if filename.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            found[path.relative_to(root).with_suffix("").as_posix()].append(path)
+    if not found:
+        raise DatasetError(
+            f"{root}: no {what} files found (extensions {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    return dict(found)
+
+
+def find_pairs(
+    images_dir: str | Path, masks_dir: str | Path, *, check: bool = True
+) -> list[Sample]:
+    """Every (image, mask) pair, sorted by key; all problems raised together as a DatasetError.
+
+    Problems: images without a mask, masks without an image, two files with one key, and (with
+    ``check``, from the file headers) unreadable files and image/mask size mismatches.
+    """
+    images_dir, masks_dir = Path(images_dir).absolute(), Path(masks_dir).absolute()
+    images = list_images(images_dir, "image")
+    masks = list_images(masks_dir, "mask")
+    root = Path(os.path.commonpath([images_dir, masks_dir]))
+    problems = _Problems(root)
+
+    for files in (images, masks):
+        for paths in files.values():
+            for extra in paths[1:]:
+                problems.add("duplicate name", extra, f"same name as {problems.rel(paths[0])}")
+    for key in sorted(images.keys() - masks.keys()):
+        problems.add("image without a mask", images[key][0], f"no mask in {masks_dir}")
+    for key in sorted(masks.keys() - images.keys()):
+        problems.add("mask without an image", masks[key][0], f"no image in {images_dir}")
+
+    samples = [
+        Sample(key, str(images[key][0]), str(masks[key][0]))
+        for key in sorted(images.keys() & masks.keys())
+    ]
+    if check:
+        for sample in samples:
+            sizes = []
+            for path in (sample.image, sample.mask):
+                try:
+                    sizes.append(image_size(path))
+                except ImageError as e:
+                    problems.add("unreadable file", Path(path), str(e).removeprefix(f"{path}: "))
+            if len(sizes) == 2 and sizes[0] != sizes[1]:
+                (iw, ih), (mw, mh) = sizes
+                problems.add(
+                    "size mismatch",
+                    Path(sample.image),
+                    f"{iw}x{ih} but {problems.rel(Path(sample.mask))} is {mw}x{mh}",
+                )
+    problems.raise_if_any()
+    return samples
+
+
+class _Problems:
+    """Collects (kind, file, problem) and raises them as one summarised DatasetError."""
+
+    _PLURALS = {
+        "image without a mask": "images without a mask",
+        "mask without an image": "masks without an image",
+        "size mismatch": "size mismatches",
+    }
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.items: list[tuple[str, str]] = []
+        self.counts: dict[str, int] = {}
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def add(self, kind: str, path: Path, problem: str) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        self.items.append((kind, f"{self.rel(path)}: {problem}"))
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        n = len(self.items)
+        kinds = ", ".join(
+            f"{c} {kind if c == 1 else self._PLURALS.get(kind, kind + 's')}"
+            for kind, c in self.counts.items()
+        )
+        listed = "; ".join(text for _, text in self.items[:_MAX_LISTED])
+        more = f"; ... and {n - _MAX_LISTED} more" if n > _MAX_LISTED else ""
+        raise DatasetError(
+            f"dataset {self.root}: {n} problem{'s' * (n != 1)} ({kinds}); first: {listed}{more}"
+        )

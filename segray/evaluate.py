@@ -1,0 +1,272 @@
+"""Evaluate a checkpoint on labelled images: the full report of seed 003, at full resolution.
+
+    metrics = evaluate_checkpoint("runs/train/checkpoints/best", data="data/new", split="all",
+                                  output="reports/best")
+
+Every image goes through a `segray.predict.Segmenter` at its own size (so large images are
+tiled exactly as in production); its probabilities feed one `SegMetrics` accumulator (metrics
+from counts over all pixels, never an average of per-image scores), and its mask the
+per-image scores. Written into ``output/``:
+
+    metrics.json        accuracy, dice, iou, precision, recall, f1, specificity, mse, roc_auc,
+                        pr_auc, <metric>_<class> for every class, num_images, split, data,
+                        checkpoint, model_id (NaN, e.g. an AUC without positives, as null)
+    per_image.parquet   key, image, width, height, dice, iou, precision, recall, accuracy,
+                        foreground_fraction_true, foreground_fraction_pred (over non-ignored
+                        pixels; foreground = any class but 0)
+    roc_pr.png          ROC and PR curves side by side, AUCs in the legends (one curve per
+                        foreground class)
+    overlays/           the ``worst_k`` images with the lowest Dice, worst first:
+                        image | ground truth | prediction, titled with key and Dice
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from segray.config import Config
+from segray.data import (
+    DatasetError,
+    ImageError,
+    MaskMapper,
+    Sample,
+    decode_image,
+    find_pairs,
+    list_samples,
+    prepare_data,
+    read_mask,
+    split_samples,
+)
+from segray.metrics import SegMetrics, per_image_metrics
+from segray.predict import load_segmenter
+
+__all__ = ["SPLITS", "evaluate_checkpoint"]
+
+SPLITS = ("val", "test", "all")
+Split = Literal["val", "test", "all"]
+_OVERLAY_ALPHA = 0.5
+_IGNORE_RGBA = (0.6, 0.6, 0.6, 0.7)  # ignored ground-truth pixels in overlays
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    data: str | Path | None = None,
+    split: Split = "val",
+    output: str | Path,
+    batch_size: int | None = None,
+    device: str | torch.device = "auto",
+    worst_k: int = 8,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` and write the report into ``output`` (module docstring).
+
+    Args:
+        checkpoint: a segray checkpoint directory.
+        data: a folder with ``images/`` and ``masks/`` (masks mapped by the checkpoint's
+            ``data`` config); None: the checkpoint config's own dataset.
+        split: ``val`` / ``test``: that split under the checkpoint config's ``data.split``,
+            ``data.split_seed`` and ``data.split_ids``; ``all``: every pair.
+        output: report folder (created).
+        batch_size: images (same size) or tiles per forward; default ``segment.batch_size``.
+        device: ``"auto"`` = CUDA when available, else CPU.
+        worst_k: number of overlays (the lowest-Dice images).
+        progress: show a progress bar over the images.
+
+    Returns:
+        The metrics written to ``metrics.json`` (NaN kept as float NaN).
+
+    Raises:
+        DatasetError: the chosen split has no images, or an image has no mask.
+        ImageError: an unreadable file, or a mask whose size differs from its image.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    if worst_k < 0:
+        raise ValueError(f"worst_k must be >= 0, got {worst_k}")
+    segmenter = load_segmenter(checkpoint, device=device, batch_size=batch_size)
+    config, source = _dataset_config(segmenter.config, data)
+    samples = _samples(config, data, split, source)
+    output = Path(output)
+    (output / "overlays").mkdir(parents=True, exist_ok=True)
+
+    mapper = MaskMapper.from_config(config.data)
+    classes, ignore = config.data.classes, config.data.ignore_index
+    metrics = SegMetrics(
+        segmenter.num_classes,
+        class_names=classes,
+        threshold=segmenter.threshold,
+        ignore_index=ignore,
+    )
+    rows: list[dict[str, Any]] = []
+    worst: list[tuple[float, int, Sample, np.ndarray, np.ndarray]] = []  # heap, see below
+    with tqdm(total=len(samples), desc="evaluate", unit="img", disable=not progress) as bar:
+        for start in range(0, len(samples), segmenter.batch_size):
+            chunk = samples[start : start + segmenter.batch_size]
+            probas = segmenter.predict_batch_proba([s.image for s in chunk])
+            for sample, proba in zip(chunk, probas, strict=True):
+                assert sample.mask is not None  # _samples checked
+                target = mapper(read_mask(sample.mask), sample.key, name=sample.mask)
+                if target.shape != proba.shape[-2:]:
+                    raise ImageError(
+                        f"{sample.image}: image is {proba.shape[-1]}x{proba.shape[-2]} but its "
+                        f"mask {sample.mask} is {target.shape[1]}x{target.shape[0]}"
+                    )
+                probs = torch.from_numpy(proba).reshape(1, -1, *target.shape)
+                metrics.update(probs, torch.from_numpy(target)[None])
+                pred = segmenter.mask_from_proba(proba)
+                row = _image_row(sample, pred, target, segmenter.num_classes, ignore)
+                rows.append(row)
+                # Min-heap on (-dice, -index): its root is the best of the kept worst_k, so a
+                # new image replaces it only if strictly worse (ties keep the earlier image).
+                entry = (-row["dice"], -len(rows), sample, pred, target)
+                if len(worst) < worst_k:
+                    heapq.heappush(worst, entry)
+                elif worst_k:
+                    heapq.heappushpop(worst, entry)
+            bar.update(len(chunk))
+
+    result: dict[str, Any] = metrics.compute()
+    result.update(
+        num_images=len(samples),
+        split=split,
+        data=str(source),
+        checkpoint=str(Path(checkpoint).absolute()),
+        model_id=segmenter.model_id,
+    )
+    (output / "metrics.json").write_text(json.dumps(_nan_to_none(result), indent=2))
+    pd.DataFrame(rows).to_parquet(output / "per_image.parquet", index=False)
+    _plot_curves(metrics, result, output / "roc_pr.png")
+    for rank, (neg_dice, _, sample, pred, target) in enumerate(sorted(worst, reverse=True)):
+        image = decode_image(sample.image, channels=segmenter.channels)
+        name = f"{rank:02d}_{sample.key.replace('/', '__')}.png"
+        title = f"{sample.key}  -  Dice {-neg_dice:.4f}"
+        _plot_overlay(image, target, pred, title, len(classes), ignore, output / "overlays" / name)
+    return result
+
+
+# --------------------------------------------------------------------------- data
+def _dataset_config(config: Config, data: str | Path | None) -> tuple[Config, Path]:
+    """The config whose ``data`` maps the masks, and the dataset root, for ``data``.
+
+    The checkpoint's own dataset is prepared first (absolute root; a synthetic one generated
+    and its mask convention set), exactly as training prepared it.
+    """
+    if data is not None:
+        return config, Path(data).absolute()
+    prepared = prepare_data(config)
+    assert prepared.data.root is not None  # prepare_data always sets it
+    return prepared, Path(prepared.data.root)
+
+
+def _samples(config: Config, data: str | Path | None, split: str, source: Path) -> list[Sample]:
+    """The samples of ``split``: from ``data/images`` + ``data/masks`` or the config's source."""
+    if data is not None:
+        samples = find_pairs(source / "images", source / "masks")
+    else:
+        samples = list_samples(config.data, check=False)  # prepare_data checked them
+    if split != "all":
+        d = config.data
+        samples = split_samples(samples, d.split, d.split_seed, d.split_ids)[split]
+    if not samples:
+        raise DatasetError(f"{source}: split {split!r} has no images (try --split all)")
+    unlabelled = [s.image for s in samples if s.mask is None]
+    if unlabelled:
+        raise DatasetError(f"{unlabelled[0]}: no mask to evaluate against")
+    return list(samples)
+
+
+def _image_row(
+    sample: Sample, pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int
+) -> dict[str, Any]:
+    """One row of per_image.parquet."""
+    scores = per_image_metrics(pred, target, num_classes=num_classes, ignore_index=ignore_index)
+    valid = target != ignore_index
+    n_valid = int(valid.sum())
+    fraction_true = float(np.count_nonzero(target[valid])) / n_valid if n_valid else math.nan
+    fraction_pred = float(np.count_nonzero(pred[valid])) / n_valid if n_valid else math.nan
+    return {
+        "key": sample.key,
+        "image": sample.image,
+        "width": int(target.shape[1]),
+        "height": int(target.shape[0]),
+        **scores,
+        "foreground_fraction_true": fraction_true,
+        "foreground_fraction_pred": fraction_pred,
+    }
+
+
+def _nan_to_none(values: dict[str, Any]) -> dict[str, Any]:
+    """Strict JSON: NaN floats become null."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
+
+
+# --------------------------------------------------------------------------- plots
+def _plot_curves(metrics: SegMetrics, result: dict[str, Any], path: Path) -> None:
+    """ROC (left) and PR (right) curves of every foreground class, AUCs in the legends."""
+    fig = Figure(figsize=(11, 4.8))
+    roc_ax, pr_ax = fig.subplots(1, 2)
+    foreground = [1] if metrics.binary else range(1, metrics.num_classes)
+    for c in foreground:
+        name = metrics.class_names[c]
+        curve = metrics.curves(c)
+        roc_auc, pr_auc = result[f"roc_auc_{name}"], result[f"pr_auc_{name}"]
+        roc_ax.plot(curve["fpr"], curve["tpr"], label=f"{name} (AUC {roc_auc:.3f})")
+        pr_ax.plot(curve["recall"], curve["precision"], label=f"{name} (AUC {pr_auc:.3f})")
+    roc_ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
+    for ax, title, xlabel, ylabel in (
+        (roc_ax, "ROC", "false positive rate", "true positive rate"),
+        (pr_ax, "Precision-recall", "recall", "precision"),
+    ):
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right" if ax is roc_ax else "lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _colorize(mask: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
+    """(H, W) class map -> (H, W, 4) RGBA overlay: class c > 0 in palette colour c, background
+    transparent, ignored pixels grey."""
+    palette = colormaps["tab10"].colors if num_classes <= 11 else colormaps["tab20"].colors
+    rgba = np.zeros((*mask.shape, 4))
+    for c in range(1, num_classes):
+        rgba[mask == c] = (*palette[(c - 1) % len(palette)][:3], _OVERLAY_ALPHA)
+    rgba[mask == ignore_index] = _IGNORE_RGBA
+    return rgba
+
+
+def _plot_overlay(
+    image: np.ndarray,
+    target: np.ndarray,
+    pred: np.ndarray,
+    title: str,
+    num_classes: int,
+    ignore_index: int,
+    path: Path,
+) -> None:
+    """image | ground truth | prediction, masks overlaid in colour on the image."""
+    height, width = target.shape
+    fig = Figure(figsize=(12, 4 * height / width + 0.6))
+    gray = image.shape[2] == 1
+    shown = image[..., 0] if gray else image
+    panels = (("image", None), ("ground truth", target), ("prediction", pred))
+    for ax, (label, mask) in zip(fig.subplots(1, 3), panels, strict=True):
+        ax.imshow(shown, cmap="gray" if gray else None, vmin=0, vmax=255)
+        if mask is not None:
+            ax.imshow(_colorize(mask, num_classes, ignore_index), interpolation="nearest")
+        ax.set_title(label)
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100, bbox_inches="tight")

@@ -1,0 +1,290 @@
+"""The Python inference API: a checkpoint in, probabilities and masks out, at input resolution.
+
+    seg = load_segmenter("runs/train/checkpoints/best")       # device "auto": CUDA if present
+    mask = seg.predict("photo.jpg")                           # (H, W) uint8: 0/1 or class index
+    proba = seg.predict_proba(array)                          # (H, W) P(fg), or (K, H, W)
+    masks = seg.predict_batch([img_a, img_b, img_c])          # mixed sizes; same sizes batched
+
+Preprocessing is exactly training's eval path: pixels scaled to [0, 1] and normalised with
+``data.mean`` / ``data.std`` (`segray.data.default_norm` when unset); no resize. `Preprocess` is
+the one implementation, shared by `Segmenter`, the exported artifacts (`segray.export`) and the
+evaluation report (`segray.evaluate`).
+
+Images no larger than ``tile_size`` on both sides run whole (same-size images batched together).
+Larger ones are segmented by sliding-window tiles of ``tile_size`` (``min(tile_size, side)`` on
+a shorter side), ``tile_overlap`` apart; the last tile on each axis is shifted inwards so every
+tile lies inside the image (no padding). Tiles run ``batch_size`` at a time, so accelerator
+memory is bounded by the tile batch, not the image; their probabilities are blended on the CPU
+with a separable Hann window (sampled at pixel centres, so never zero) and divided by the summed
+weights. An image side below the models' 32-pixel minimum is edge-padded and cropped back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from segray.checkpoint import load_model, model_id
+from segray.config import Config
+from segray.data import decode_image, default_norm
+from segray.engine import Precision
+from segray.metrics import probs_from_logits
+from segray.models.blocks import MIN_INPUT_SIZE
+
+__all__ = ["ImageInput", "Preprocess", "Segmenter", "load_segmenter", "resolve_device"]
+
+ImageInput: TypeAlias = str | Path | bytes | bytearray | Image.Image | np.ndarray
+
+# PIL modes whose pixels np.asarray returns as the arrays `Segmenter` accepts.
+_ARRAY_MODES = ("L", "LA", "RGB", "RGBA", "I;16")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as `torch.device` reads it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Preprocess(nn.Module):
+    """Raw images ``(N, H, W, C)`` uint8 -> normalised ``(N, C, H, W)`` float32.
+
+    ``(pixel / 255 - mean) / std`` per channel, as training's eval transform. ``mean`` and
+    ``std`` are buffers (one value, or one per channel), so they travel with exported models.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        for name, values in (("mean", mean), ("std", std)):
+            buffer = torch.tensor(list(values), dtype=torch.float32).view(1, -1, 1, 1)
+            self.register_buffer(name, buffer)
+
+    @classmethod
+    def from_config(cls, config: Config, channels: int) -> Preprocess:
+        """``data.mean`` / ``data.std`` of ``config``, or `default_norm` of ``channels``."""
+        default_mean, default_std = default_norm(channels)
+        mean, std = config.data.mean or default_mean, config.data.std or default_std
+        for name, values in (("mean", mean), ("std", std)):
+            if len(values) not in (1, channels):
+                raise ValueError(
+                    f"data.{name} has {len(values)} values but the model takes {channels} channels"
+                )
+        return cls(mean, std)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        return (x - self.mean) / self.std
+
+
+class Segmenter:
+    """A model, its config and the inference settings: images in, probabilities or masks out.
+
+    Args:
+        model: a segmentation model mapping (N, in_channels, H, W) to logits (N, K, H, W);
+            it must have ``in_channels`` and ``num_classes`` attributes (every registered model
+            has). Moved to ``device`` and put in eval mode.
+        config: the config that built it (normalisation, tiling and threshold defaults).
+        device: where the model runs; ``"auto"`` = CUDA when available, else CPU.
+        model_id: provenance string (`segray.checkpoint.model_id` of the checkpoint).
+        tile_size: sliding-window tile side; default ``segment.tile_size``.
+        tile_overlap: overlap fraction of neighbouring tiles; default ``segment.tile_overlap``.
+        threshold: binary: foreground where P(fg) >= threshold; default ``segment.threshold``.
+        batch_size: images or tiles per forward pass; default ``segment.batch_size``.
+        amp: autocast the model to bfloat16 (CUDA only; ignored on CPU).
+        channels_last: run the model in NHWC memory format.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: Config,
+        *,
+        device: str | torch.device = "cpu",
+        model_id: str = "",
+        tile_size: int | None = None,
+        tile_overlap: float | None = None,
+        threshold: float | None = None,
+        batch_size: int | None = None,
+        amp: bool = False,
+        channels_last: bool = False,
+    ) -> None:
+        seg = config.segment
+        self.device = resolve_device(device)
+        self.config = config
+        self.model_id = model_id
+        self.channels = int(model.in_channels)
+        self.num_classes = int(model.num_classes)
+        self.tile_size = seg.tile_size if tile_size is None else tile_size
+        self.tile_overlap = seg.tile_overlap if tile_overlap is None else tile_overlap
+        self.threshold = seg.threshold if threshold is None else threshold
+        self.batch_size = seg.batch_size if batch_size is None else batch_size
+        if self.tile_size < MIN_INPUT_SIZE:
+            raise ValueError(f"tile_size must be >= {MIN_INPUT_SIZE}, got {self.tile_size}")
+        if not 0 <= self.tile_overlap < 1:
+            raise ValueError(f"tile_overlap must lie in [0, 1), got {self.tile_overlap}")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        self.channels_last = channels_last
+        self.precision = Precision(torch.bfloat16 if amp and self.device.type == "cuda" else None)
+        self.model = model.to(self.device).eval()
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.preprocess = Preprocess.from_config(config, self.channels).to(self.device)
+
+    # -- public API ----------------------------------------------------------
+    def predict_proba(self, image: ImageInput) -> np.ndarray:
+        """float32 probabilities at the input resolution: (H, W) P(fg) if binary, else (K, H, W)."""
+        return self.predict_batch_proba([image])[0]
+
+    def predict(self, image: ImageInput) -> np.ndarray:
+        """(H, W) uint8 mask: binary 0/1 by ``threshold``, multi-class the argmax."""
+        return self.mask_from_proba(self.predict_proba(image))
+
+    def predict_batch(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
+        """`predict` of every image; same-size images share forward passes."""
+        return [self.mask_from_proba(p) for p in self.predict_batch_proba(images)]
+
+    @torch.inference_mode()
+    def predict_batch_proba(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
+        """`predict_proba` of every image (mixed sizes); same-size small images are batched."""
+        arrays = [self.to_array(image) for image in images]
+        out: list[np.ndarray | None] = [None] * len(arrays)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, array in enumerate(arrays):
+            if max(array.shape[:2]) > self.tile_size:
+                out[i] = self._finish(self._predict_tiled(array))
+            else:
+                groups.setdefault(array.shape, []).append(i)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                probs = self._forward(np.stack([arrays[i] for i in chunk])).cpu()
+                for i, p in zip(chunk, probs, strict=True):
+                    out[i] = self._finish(p)
+        return out  # type: ignore[return-value]  # every slot was filled above
+
+    def mask_from_proba(self, proba: np.ndarray) -> np.ndarray:
+        """`predict_proba` output -> (H, W) uint8 mask (threshold if binary, else argmax)."""
+        if proba.ndim == 2:
+            return (proba >= self.threshold).astype(np.uint8)
+        return proba.argmax(axis=0).astype(np.uint8)
+
+    def to_array(self, image: ImageInput) -> np.ndarray:
+        """Any accepted image -> (H, W, channels) uint8, the model's input channels.
+
+        Paths and bytes are decoded by `segray.data.decode_image` (EXIF rotation, any PIL mode,
+        ``segment.max_pixels`` limit). Arrays may be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4),
+        uint8 or uint16 (divided by 257), or bool; alpha is dropped. PIL images become such an
+        array (other modes are converted to RGB/RGBA first). Grayscale <-> RGB uses PIL's
+        conversions (ITU-R 601 luma), as decoding a file does.
+        """
+        if isinstance(image, str | Path | bytes | bytearray):
+            max_pixels = self.config.segment.max_pixels
+            return decode_image(image, channels=self.channels, max_pixels=max_pixels)
+        if isinstance(image, Image.Image):
+            if image.mode not in _ARRAY_MODES:
+                image = image.convert("RGBA" if image.has_transparency_data else "RGB")
+            image = np.asarray(image)
+        if not isinstance(image, np.ndarray):
+            raise TypeError(
+                "image must be a path, bytes, a PIL image or a numpy array, "
+                f"got {type(image).__name__}"
+            )
+        return _array_channels(_array_to_uint8(image), self.channels)
+
+    # -- internals -----------------------------------------------------------
+    def _forward(self, images: np.ndarray) -> torch.Tensor:
+        """(N, H, W, C) uint8 -> (N, K, H, W) float32 probabilities on ``device``."""
+        x = self.preprocess(torch.from_numpy(images).to(self.device))
+        h, w = x.shape[-2:]
+        if min(h, w) < MIN_INPUT_SIZE:
+            pad_w, pad_h = max(0, MIN_INPUT_SIZE - w), max(0, MIN_INPUT_SIZE - h)
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.precision.autocast(self.device):
+            logits = self.model(x)
+        return probs_from_logits(logits.float()[..., :h, :w])
+
+    def _predict_tiled(self, image: np.ndarray) -> torch.Tensor:
+        """(K, H, W) CPU probabilities of an image larger than a tile, by blended tiles."""
+        h, w = image.shape[:2]
+        th, tw = min(self.tile_size, h), min(self.tile_size, w)
+        stride = max(1, round(self.tile_size * (1 - self.tile_overlap)))
+        corners = [(y, x) for y in _starts(h, th, stride) for x in _starts(w, tw, stride)]
+        window = _hann(th)[:, None] * _hann(tw)[None, :]
+        total = torch.zeros(self.num_classes, h, w)
+        weight = torch.zeros(h, w)
+        for start in range(0, len(corners), self.batch_size):
+            chunk = corners[start : start + self.batch_size]
+            tiles = np.stack([image[y : y + th, x : x + tw] for y, x in chunk])
+            probs = self._forward(tiles).cpu()
+            for (y, x), p in zip(chunk, probs, strict=True):
+                total[:, y : y + th, x : x + tw] += p * window
+                weight[y : y + th, x : x + tw] += window
+        return total / weight
+
+    @staticmethod
+    def _finish(probs: torch.Tensor) -> np.ndarray:
+        """(K, H, W) tensor -> float32 numpy; (H, W) when binary (K == 1)."""
+        array = probs.cpu().numpy().astype(np.float32, copy=False)
+        return array[0] if array.shape[0] == 1 else array
+
+
+def _starts(length: int, tile: int, stride: int) -> list[int]:
+    """Tile offsets along one axis: every ``stride``, the last one flush with the far edge."""
+    if length <= tile:
+        return [0]
+    return [*range(0, length - tile, stride), length - tile]
+
+
+def _hann(n: int) -> torch.Tensor:
+    """A Hann window sampled at pixel centres: smooth, peaking mid-tile, never zero."""
+    return torch.sin(torch.pi * (torch.arange(n, dtype=torch.float64) + 0.5) / n).square().float()
+
+
+def _array_to_uint8(array: np.ndarray) -> np.ndarray:
+    """uint8 as is, uint16 scaled by its full range (/ 257), bool to 0/255; alpha dropped."""
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype == np.uint16:
+        array = np.rint(array / 257.0).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ValueError(f"image arrays must be uint8, uint16 or bool, got {array.dtype}")
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise ValueError(f"image arrays must be (H, W) or (H, W, 1|3|4), got {array.shape}")
+    if array.shape[2] in (2, 4):  # gray + alpha, RGB + alpha
+        array = array[..., :-1]
+    return array
+
+
+def _array_channels(array: np.ndarray, channels: int) -> np.ndarray:
+    """(H, W, 1|3) uint8 -> (H, W, channels) with PIL's gray <-> RGB conversions."""
+    if array.shape[2] == channels:
+        return np.ascontiguousarray(array)
+    if channels == 3:
+        return np.ascontiguousarray(np.repeat(array, 3, axis=2))
+    return np.asarray(Image.fromarray(array).convert("L"))[..., None]
+
+
+def load_segmenter(
+    checkpoint: str | Path, *, device: str | torch.device = "auto", **kwargs: Any
+) -> Segmenter:
+    """A `Segmenter` for a checkpoint directory; ``kwargs`` are `Segmenter`'s keyword options.
+
+    ``model_id`` is the checkpoint's content hash (`segray.checkpoint.model_id`).
+    """
+    resolved = resolve_device(device)
+    model, config = load_model(checkpoint, resolved)
+    return Segmenter(model, config, device=resolved, model_id=model_id(checkpoint), **kwargs)

@@ -1,0 +1,379 @@
+"""Hyperparameter search: Ray Tune + Optuna (TPE) + ASHA, every trial a DDP TorchTrainer.
+
+Each trial's driver is a Tune function trainable that reserves no CPU or GPU (its Train
+workers need them all) and calls `segray.train.run_training` with a run name derived from
+the trial id, so a retried trial resumes from its own last checkpoint. ASHA schedules on the
+reported ``epoch`` (monotone across retries), not on Tune's iteration count.
+
+    OUT/config.yaml            the base config, search space included
+    OUT/ray/tune/              Tune's experiment state (``--resume OUT`` restores it)
+    OUT/ray/trials/trial_ID/   each trial's Ray Train run and checkpoints
+    OUT/trials.parquet         one row per trial: params, status, best/last metrics, epochs ...
+    OUT/history.parquet        one row per trial per epoch
+    OUT/best/                  the best trial's best checkpoint (the `segray train` format)
+    OUT/summary.json, OUT/plots/{optimization_history,param_importances}.png
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.fs as pafs
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+
+from segray.checkpoint import copy_checkpoint
+from segray.cluster import ResourceError, check_fits, ensure_ray
+from segray.config import Config, apply_overrides, load_config
+from segray.data import prepare_data
+from segray.search_space import SearchSpace, parse_space
+from segray.train import run_training, worker_resources
+
+__all__ = ["TuneResult", "run_tune"]
+
+EXPERIMENT = "tune"
+DONE_MARKER = "segray_done.json"
+DRIVER_MEMORY = 256 * 1024**2  # bytes reserved by each trial's driver
+
+
+@dataclass
+class TuneResult:
+    output: str
+    trials: pd.DataFrame
+    history: pd.DataFrame
+    summary: dict[str, Any]
+    best: str | None
+
+
+# --------------------------------------------------------------------------- storage
+def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    """pyarrow filesystem + path for a local path or any URI (s3://, gs://, ...)."""
+    if "://" not in uri:
+        uri = str(Path(uri).resolve())
+    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+
+
+def _write_json(uri: str, data: Any) -> None:
+    fs, path = _fs(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(data, indent=2, default=str).encode())
+
+
+def _read_json(uri: str) -> Any | None:
+    fs, path = _fs(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read())
+
+
+# --------------------------------------------------------------------------- trial driver
+def _trial(config: dict[str, Any], *, base: dict[str, Any], space: SearchSpace, trials_uri: str) -> None:
+    """One trial: decode the sample, re-validate, train with DDP, report every epoch to Tune."""
+    sampled = space.decode(config)
+    cfg = apply_overrides(Config.from_dict(base), sampled)
+    name = f"trial_{tune.get_context().get_trial_id()}"
+    marker = f"{trials_uri}/{name}/{DONE_MARKER}"
+    done = _read_json(marker)
+    if done is not None:  # finished before an interrupted driver could record it: don't train twice
+        tune.report(done["last"])
+        return
+    result = run_training(
+        cfg, None, storage_path=trials_uri, name=name, callbacks=[TuneReportCallback()], expect=sampled,
+        monitor=(cfg.tune.metric, cfg.tune.mode),
+    )
+    last = result.history.iloc[-1].to_dict() if len(result.history) else {}
+    _write_json(marker, {"last": last, "best": result.best_metrics})
+
+
+# --------------------------------------------------------------------------- driver
+def trial_resources(cfg: Config) -> dict[str, float]:
+    """Resources of one whole trial: its DDP workers (the trial driver itself reserves none)."""
+    per = worker_resources(cfg)
+    return {k: v * cfg.train.num_workers for k, v in per.items()}
+
+
+def max_concurrent(cfg: Config) -> int:
+    """``tune.max_concurrent_trials``, or how many whole trials the cluster holds at once."""
+    if cfg.tune.max_concurrent_trials:
+        return cfg.tune.max_concurrent_trials
+    total = ray.cluster_resources()
+    fits = [int(total.get(k, 0.0) // v) for k, v in trial_resources(cfg).items() if v > 0]
+    return max(1, min(fits)) if fits else 1
+
+
+def _searcher(cfg: Config, space: SearchSpace):
+    if space.is_grid:
+        return None  # Tune's grid/variant generator
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    sampler = (
+        optuna.samplers.TPESampler(seed=cfg.tune.seed, multivariate=True)
+        if cfg.tune.searcher == "optuna"
+        else optuna.samplers.RandomSampler(seed=cfg.tune.seed)
+    )
+    return OptunaSearch(metric=cfg.tune.metric, mode=cfg.tune.mode, sampler=sampler)
+
+
+def _scheduler(cfg: Config):
+    if cfg.tune.scheduler == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="epoch",  # monotone across trial retries (training_iteration restarts at 1)
+        metric=cfg.tune.metric,
+        mode=cfg.tune.mode,
+        max_t=cfg.tune.max_epochs or cfg.train.epochs,
+        grace_period=cfg.tune.grace_period,
+        reduction_factor=cfg.tune.reduction_factor,
+    )
+
+
+def _trainable(cfg: Config, space: SearchSpace, trials_uri: str):
+    fn = tune.with_parameters(_trial, base=cfg.to_dict(), space=space, trials_uri=trials_uri)
+    # The trial driver only orchestrates: it must not hold a CPU its own workers need (on a
+    # 2-CPU machine, 1 driver CPU + 2 worker CPUs waits forever). Tune needs a non-empty
+    # bundle, so the driver reserves a little memory, which it does use, and no CPU.
+    return tune.with_resources(fn, {"CPU": 0, "memory": DRIVER_MEMORY})
+
+
+def run_tune(
+    cfg: Config | None,
+    output: str | Path,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+) -> TuneResult:
+    """Run (or with ``resume=True`` continue) the search described by ``cfg.tune``."""
+    started = time.time()
+    out = str(output) if "://" in str(output) else str(Path(output).resolve())
+    ensure_ray(address)
+    exp_uri = f"{out}/ray/{EXPERIMENT}"
+    if resume:
+        saved = _read_text(f"{out}/config.yaml")
+        if saved is None:
+            raise FileNotFoundError(f"{out}: no config.yaml: not a segray tune output")
+        cfg = _config_from_yaml(saved)
+    elif cfg is None:
+        raise ValueError("run_tune needs a config unless resuming")
+    elif tune.Tuner.can_restore(exp_uri):
+        raise FileExistsError(f"{out} already holds a search: continue it with --resume {out} or choose another --output")
+    assert cfg is not None
+    space = parse_space(cfg.tune.space, cfg)
+    cfg = prepare_data(cfg)
+    per_worker = worker_resources(cfg)
+    try:
+        check_fits(per_worker, cfg.train.num_workers, f"one trial ({cfg.train.num_workers} DDP workers)")
+    except ResourceError as e:
+        raise ResourceError(f"{e}; no trial could ever start") from None
+    if not resume:
+        _write_text(f"{out}/config.yaml", cfg.to_yaml())
+
+    trials_uri = f"{out}/ray/trials"
+    trainable = _trainable(cfg, space, trials_uri)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # lose little if the driver dies
+    if resume:
+        if not tune.Tuner.can_restore(exp_uri):
+            raise FileNotFoundError(f"{out}: no search state to resume under {exp_uri}")
+        tuner = tune.Tuner.restore(exp_uri, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space.tune_param_space(),
+            tune_config=tune.TuneConfig(
+                search_alg=_searcher(cfg, space),
+                scheduler=_scheduler(cfg),
+                num_samples=1 if space.is_grid else cfg.tune.num_samples,
+                max_concurrent_trials=max_concurrent(cfg),
+            ),
+            run_config=tune.RunConfig(
+                name=EXPERIMENT,
+                storage_path=f"{out}/ray",
+                failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
+            ),
+        )
+    grid = tuner.fit()
+    return _collect(cfg, space, grid, out, time.time() - started)
+
+
+# --------------------------------------------------------------------------- results
+def _collect(cfg: Config, space: SearchSpace, grid, out: str, wall: float) -> TuneResult:
+    metric, mode = cfg.tune.metric, cfg.tune.mode
+    sign = 1.0 if mode == "max" else -1.0
+    max_epochs = cfg.tune.max_epochs or cfg.train.epochs
+    rows, histories = [], []
+    for r in grid:
+        trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name  # no report: dir name
+        params = space.decode(r.config or {})
+        df = r.metrics_dataframe if r.metrics_dataframe is not None else pd.DataFrame()
+        row: dict[str, Any] = {"trial_id": trial_id, **{f"param.{k}": _cell(v) for k, v in params.items()}}
+        row["status"] = "ERROR" if r.error else "TERMINATED"
+        row["error"] = str(r.error).strip().splitlines()[-1][:500] if r.error else None
+        if not df.empty and metric in df:
+            df = df.sort_values("epoch").drop_duplicates("epoch", keep="last")
+            best_i = (df[metric] * sign).idxmax()
+            row.update({
+                f"best_{metric}": float(df.loc[best_i, metric]),
+                "best_epoch": int(df.loc[best_i, "epoch"]),
+                "best_checkpoint": df.loc[best_i].get(CHECKPOINT_PATH_KEY),
+                f"last_{metric}": float(df[metric].iloc[-1]),
+                "last_val_loss": float(df["val_loss"].iloc[-1]) if "val_loss" in df else math.nan,
+                "epochs_run": int(df["epoch"].max()),
+                "wall_time_s": float(df["epoch_time_s"].sum()) if "epoch_time_s" in df else math.nan,
+            })
+            row["stopped_early"] = bool(not r.error and row["epochs_run"] < max_epochs)
+            hist = df.assign(trial_id=trial_id)
+            histories.append(hist)
+        else:
+            row.update({f"best_{metric}": math.nan, "epochs_run": 0, "stopped_early": False, "best_checkpoint": None})
+        rows.append(row)
+    trials = pd.DataFrame(rows)
+    history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
+    keep = [c for c in history.columns if not c.startswith("config/")]
+    history = history[keep]
+
+    best_row = None
+    ok = trials.dropna(subset=[f"best_{metric}"]) if f"best_{metric}" in trials else trials.iloc[0:0]
+    if len(ok):
+        best_row = ok.loc[(ok[f"best_{metric}"] * sign).idxmax()]
+    summary = {
+        "num_trials": len(trials),
+        "completed": int((trials["status"] == "TERMINATED").sum()) if len(trials) else 0,
+        "errored": int((trials["status"] == "ERROR").sum()) if len(trials) else 0,
+        "stopped_early": int(trials["stopped_early"].sum()) if len(trials) else 0,
+        "metric": metric,
+        "mode": mode,
+        "trial_epochs_total": int(trials["epochs_run"].sum()) if len(trials) else 0,
+        "wall_time_s": round(wall, 1),
+        "best": None,
+    }
+    with tempfile.TemporaryDirectory() as staging:
+        stage = Path(staging)
+        best_local = None
+        if best_row is not None:
+            params = {k[6:]: v for k, v in best_row.items() if k.startswith("param.")}
+            summary["best"] = {
+                "trial_id": best_row["trial_id"], metric: float(best_row[f"best_{metric}"]),
+                "epoch": int(best_row["best_epoch"]), "params": params,
+                "checkpoint": f"{out}/best",
+            }
+            best_local = _fetch_checkpoint(best_row["best_checkpoint"], stage / "best")
+        trials.to_parquet(stage / "trials.parquet", index=False)
+        history.to_parquet(stage / "history.parquet", index=False)
+        (stage / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        _plots(trials, space, metric, mode, stage / "plots")
+        _publish(stage, out)
+    best_path = f"{out}/best" if best_local else None
+    return TuneResult(out, trials, history, summary, best_path)
+
+
+def _cell(v: Any) -> Any:
+    """Parquet-friendly: lists become their JSON text, so every row of a column has one type."""
+    return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+def _fetch_checkpoint(uri: Any, dst: Path) -> Path | None:
+    if not isinstance(uri, str) or not uri:
+        return None
+    fs, path = _fs(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        return copy_checkpoint(path, dst)
+    pafs.copy_files(path, str(dst), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return dst
+
+
+def _publish(stage: Path, out: str) -> None:
+    """Copy the staged outputs to ``out`` (local folder or URI), replacing older ones."""
+    fs, path = _fs(out)
+    if isinstance(fs, pafs.LocalFileSystem):
+        dst = Path(path)
+        dst.mkdir(parents=True, exist_ok=True)
+        for item in stage.iterdir():
+            if item.is_dir():
+                copy_checkpoint(item, dst / item.name) if item.name == "best" else _replace_dir(item, dst / item.name)
+            else:
+                os.replace(item, dst / item.name)
+        return
+    pafs.copy_files(str(stage), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    import shutil
+
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+
+
+def _write_text(uri: str, text: str) -> None:
+    fs, path = _fs(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def _read_text(uri: str) -> str | None:
+    fs, path = _fs(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def _config_from_yaml(text: str) -> Config:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(text)
+    try:
+        return load_config(f.name)
+    finally:
+        os.unlink(f.name)
+
+
+def _plots(trials: pd.DataFrame, space: SearchSpace, metric: str, mode: str, folder: Path) -> None:
+    """Optuna's optimisation-history and parameter-importance plots, from the finished trials."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    col = f"best_{metric}"
+    if col not in trials:
+        return
+    done = trials.dropna(subset=[col])
+    if done.empty:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    dists = space.optuna_distributions()
+    for _, row in done.iterrows():
+        params = {p.key: row[f"param.{p.key}"] for p in space.params}  # encoded like the space
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(row[col])))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ax = ovm.plot_optimization_history(study)
+        ax.figure.savefig(folder / "optimization_history.png", dpi=110, bbox_inches="tight")
+        if len(done) >= 2 and len(space.params) >= 1:
+            try:
+                ax = ovm.plot_param_importances(study)
+                ax.figure.savefig(folder / "param_importances.png", dpi=110, bbox_inches="tight")
+            except (RuntimeError, ValueError, ZeroDivisionError):  # e.g. all values equal
+                pass
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+

@@ -1,0 +1,193 @@
+"""Tests of segray.evaluate on a tiny generated folder and tiny checkpoints (no Ray)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import f1_score, roc_auc_score
+
+from segray.checkpoint import build_model, model_id, save_checkpoint
+from segray.config import load_config
+from segray.data import build_datasets, prepare_data, read_mask
+from segray.evaluate import evaluate_checkpoint
+from segray.metrics import SegMetrics
+from segray.predict import load_segmenter
+
+TINY_UNET = ["model.name=unet", "model.base_width=8", "segment.tile_size=64"]
+THREE_CLASSES = ["data.classes=[bg,a,b]", "data.mask_mode=index", "loss.name=ce"]
+# (key, height, width): one image larger than the 64-pixel tile, so evaluation tiles it.
+IMAGES = [
+    ("a0", 48, 48),
+    ("a1", 48, 48),
+    ("a2", 40, 56),
+    ("b0", 48, 48),
+    ("b1", 72, 96),
+    ("c0", 48, 48),
+]
+SPLIT_IDS = "data.split_ids={train: [a0, a1, a2], val: [b0, b1], test: [c0]}"
+HEADLINE = ("accuracy", "dice", "iou", "precision", "recall", "f1", "specificity", "mse")
+REPORT_KEYS = {*HEADLINE, "roc_auc", "pr_auc", "num_images", "split", "checkpoint", "model_id"}
+
+
+def _write_folder(root: Path, num_classes: int) -> Path:
+    """images/*.png (RGB) with bright discs and squares; masks/*.png 0/255 or class indices."""
+    rng = np.random.default_rng(0)
+    for name in ("images", "masks"):
+        (root / name).mkdir(parents=True)
+    for i, (key, h, w) in enumerate(IMAGES):
+        yy, xx = np.mgrid[0:h, 0:w]
+        classes = np.zeros((h, w), np.uint8)
+        classes[(yy - h / 2) ** 2 + (xx - w / 3) ** 2 < (min(h, w) / 4) ** 2] = 1
+        classes[(abs(yy - h / 3) < 5) & (abs(xx - 3 * w / 4) < 5)] = num_classes - 1
+        image = rng.integers(0, 60, (h, w, 3)) + 120 * (classes[..., None] > 0) + 10 * i
+        Image.fromarray(image.astype(np.uint8)).save(root / "images" / f"{key}.png")
+        mask = classes * 255 if num_classes == 2 else classes
+        Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / f"{key}.png")
+    return root
+
+
+def _checkpoint(directory: Path, overrides: list[str]) -> Path:
+    config = load_config(None, overrides)
+    torch.manual_seed(0)
+    return save_checkpoint(directory, model=build_model(config), config=config, metrics={})
+
+
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("binary")
+    return _checkpoint(root / "ckpt", TINY_UNET + [SPLIT_IDS]), _write_folder(root / "data", 2)
+
+
+@pytest.fixture(scope="module")
+def binary_report(binary: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):
+    ckpt, data = binary
+    out = tmp_path_factory.mktemp("report")
+    metrics = evaluate_checkpoint(
+        ckpt, data=data, split="all", output=out, worst_k=4, progress=False
+    )
+    return metrics, out
+
+
+def test_report_files_and_keys(binary: tuple[Path, Path], binary_report) -> None:
+    ckpt, _ = binary
+    metrics, out = binary_report
+    for name in ("metrics.json", "per_image.parquet", "roc_pr.png"):
+        assert (out / name).is_file(), name
+    written = json.loads((out / "metrics.json").read_text())
+    assert REPORT_KEYS <= set(written)
+    assert {
+        f"{k}_{c}" for k in HEADLINE if k != "accuracy" for c in ("background", "foreground")
+    } <= set(written)
+    assert written["num_images"] == len(IMAGES) and written["split"] == "all"
+    assert written["model_id"] == model_id(ckpt)
+    assert written["checkpoint"] == str(ckpt.absolute())
+    assert written["dice"] == pytest.approx(metrics["dice"], abs=0)
+    assert Image.open(out / "roc_pr.png").size[0] > Image.open(out / "roc_pr.png").size[1]
+
+
+def test_per_image_table(binary_report) -> None:
+    _, out = binary_report
+    table = pd.read_parquet(out / "per_image.parquet")
+    assert list(table.columns) == [
+        "key", "image", "width", "height", "dice", "iou", "precision", "recall", "accuracy",
+        "foreground_fraction_true", "foreground_fraction_pred",
+    ]  # fmt: skip
+    assert sorted(table["key"]) == sorted(k for k, _, _ in IMAGES)
+    sizes = {k: (w, h) for k, h, w in IMAGES}
+    assert all(sizes[r.key] == (r.width, r.height) for r in table.itertuples())
+    assert all(Path(p).is_file() for p in table["image"])
+    for column in ("dice", "iou", "precision", "recall", "accuracy", "foreground_fraction_true"):
+        assert table[column].between(0, 1).all(), column
+    assert (table["foreground_fraction_true"] > 0).all()
+
+
+def test_metrics_equal_an_independent_computation(binary: tuple[Path, Path], binary_report) -> None:
+    ckpt, data = binary
+    metrics, _ = binary_report
+    seg = load_segmenter(ckpt, device="cpu")
+    assert seg.tile_size == 64  # b1 (72 x 96) is tiled
+    targets, probas = [], []
+    for key, _, _ in IMAGES:
+        probas.append(seg.predict_proba(data / "images" / f"{key}.png").ravel())
+        targets.append((read_mask(data / "masks" / f"{key}.png") > 127).ravel())
+    target, proba = np.concatenate(targets), np.concatenate(probas)
+    pred = proba >= seg.threshold
+    assert metrics["dice"] == pytest.approx(f1_score(target, pred), abs=1e-6)
+    assert metrics["accuracy"] == pytest.approx((target == pred).mean(), abs=1e-6)
+    assert metrics["mse"] == pytest.approx(np.mean((proba - target) ** 2), abs=1e-6)
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(target, proba), abs=2e-3)
+
+
+def test_overlays_are_the_worst_by_dice(
+    binary_report, binary: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, out = binary_report
+    overlays = sorted((out / "overlays").iterdir())
+    table = pd.read_parquet(out / "per_image.parquet")
+    worst = table.sort_values("dice", kind="stable")["key"].tolist()[:4]
+    assert [p.name for p in overlays] == [f"{i:02d}_{k}.png" for i, k in enumerate(worst)]
+    ckpt, data = binary
+    evaluate_checkpoint(ckpt, data=data, split="all", output=tmp_path, worst_k=50, progress=False)
+    assert len(list((tmp_path / "overlays").iterdir())) == len(IMAGES)
+
+
+@pytest.mark.parametrize("split, keys", [("val", ["b0", "b1"]), ("test", ["c0"])])
+def test_split_of_a_folder_follows_the_checkpoint_config(
+    binary: tuple[Path, Path], tmp_path: Path, split: str, keys: list[str]
+) -> None:
+    ckpt, data = binary
+    metrics = evaluate_checkpoint(
+        ckpt, data=data, split=split, output=tmp_path, worst_k=0, progress=False
+    )
+    assert metrics["num_images"] == len(keys) and metrics["split"] == split
+    assert sorted(pd.read_parquet(tmp_path / "per_image.parquet")["key"]) == keys
+    assert not list((tmp_path / "overlays").iterdir())
+
+
+def test_multiclass_report(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path / "ckpt", TINY_UNET + THREE_CLASSES)
+    data = _write_folder(tmp_path / "data", 3)
+    out = tmp_path / "report"
+    metrics = evaluate_checkpoint(
+        ckpt, data=data, split="all", output=out, worst_k=2, progress=False
+    )
+    for key in ("dice", "roc_auc", "pr_auc"):
+        assert {f"{key}_bg", f"{key}_a", f"{key}_b"} <= set(metrics)
+    seg = load_segmenter(ckpt, device="cpu")
+    independent = SegMetrics(3, class_names=["bg", "a", "b"], ignore_index=255)
+    for key, _, _ in IMAGES:
+        proba = seg.predict_proba(data / "images" / f"{key}.png")
+        target = read_mask(data / "masks" / f"{key}.png")
+        independent.update(torch.from_numpy(proba)[None], torch.from_numpy(target)[None])
+    expected = independent.compute()
+    for key in ("dice", "iou", "accuracy", "dice_a", "dice_b", "mse"):
+        assert metrics[key] == pytest.approx(expected[key], abs=1e-6), key
+    assert len(list((out / "overlays").iterdir())) == 2
+    assert (out / "roc_pr.png").is_file()
+    table = pd.read_parquet(out / "per_image.parquet")
+    assert table["dice"].between(0, 1).all() and len(table) == len(IMAGES)
+
+
+def test_checkpoint_config_dataset_is_the_default(tmp_path: Path) -> None:
+    synthetic = ["data.synthetic.num=6", "data.synthetic.size=48", "data.split=[0.5,0.5,0.0]"]
+    ckpt = _checkpoint(tmp_path / "ckpt", TINY_UNET + synthetic)
+    metrics = evaluate_checkpoint(ckpt, split="val", output=tmp_path / "report", progress=False)
+    val = build_datasets(prepare_data(load_config(None, TINY_UNET + synthetic)))["val"].samples
+    assert metrics["num_images"] == len(val) > 0
+    keys = pd.read_parquet(tmp_path / "report" / "per_image.parquet")["key"]
+    assert sorted(keys) == sorted(s.key for s in val)
+
+
+def test_bad_split_and_empty_split(binary: tuple[Path, Path], tmp_path: Path) -> None:
+    ckpt, data = binary
+    with pytest.raises(ValueError, match="valid: val, test, all"):
+        evaluate_checkpoint(ckpt, data=data, split="train", output=tmp_path)  # type: ignore[arg-type]
+    empty = _checkpoint(tmp_path / "ckpt", TINY_UNET + ["data.split_ids={train: [a0], val: [b0]}"])
+    with pytest.raises(ValueError, match="split 'test' has no images"):
+        evaluate_checkpoint(empty, data=data, split="test", output=tmp_path, progress=False)
