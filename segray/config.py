@@ -350,7 +350,8 @@ class Config(Section):
             raise ValueError(f"loss.name='bce' needs 2 classes, got {len(self.data.classes)}: use 'ce'")
         if self.loss.name == "ce" and binary:
             raise ValueError("loss.name='ce' is for more than 2 classes: use 'bce' for binary")
-        if self.data.mask_mode in ("threshold", "trimap") and not binary:
+        # (synthetic data writes its own masks; prepare_data picks their mode)
+        if self.data.mask_mode in ("threshold", "trimap") and not binary and self.data.source != "synthetic":
             raise ValueError(
                 f"data.mask_mode={self.data.mask_mode!r} makes binary masks but data.classes has "
                 f"{len(self.data.classes)} names: use 'index' or 'values'"

@@ -5,12 +5,14 @@ from __future__ import annotations
 from segray.config import ConfigError
 from segray.data.folder import DatasetError
 from segray.data.io import ImageError
+from segray.export import ExportError
 from segray.models import PretrainedWeightsError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     DatasetError,
     ImageError,
+    ExportError,
     PretrainedWeightsError,
     FileNotFoundError,
 )

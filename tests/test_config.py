@@ -71,7 +71,7 @@ def test_dict_field_override_takes_rest_of_path():
         (["model.name=unet", "model.dilation_rates=[1,2,3,4]"], r"model\.dilation_rates is not a parameter of model 'unet'"),
         (["data.split=[0.5,0.5,0.5]"], r"data\.split=.*summing to 1"),
         (["loss.name=ce"], r"'ce' is for more than 2 classes"),
-        (["data.classes=[a,b,c]"], r"mask_mode='threshold' makes binary masks"),
+        (["data.source=folder", "data.root=x", "data.classes=[a,b,c]"], r"mask_mode=.threshold. makes binary masks"),
         (["data.source=folder"], r"source 'folder' needs data\.root"),
     ],
 )
