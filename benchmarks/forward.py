@@ -11,8 +11,9 @@ forward, then timed forwards (``--repeats`` exactly, or as many as fit in ``--mi
 seconds, at least one). FLOPs per image are counted with
 ``torch.utils.flop_counter.FlopCounterMode`` on a meta-device copy (convolutions and matmuls,
 2 FLOPs per multiply-add; norms, activations and resizes are not counted). The ceiling is the
-best GFLOP/s of a 2048 x 2048 @ 2048 x 2048 fp32 matmul timed in the same run. Prints a table
-and writes JSON.
+best GFLOP/s of a 2048 x 2048 @ 2048 x 2048 fp32 matmul timed in the same run. The "cpu %"
+column (CPU time of this process / (wall time x threads)) shows whether other processes
+competed for the cores during a cell. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -67,8 +68,12 @@ def gflops_per_image(name: str, kwargs: dict[str, object], size: int) -> float:
 
 def time_forward(
     model: torch.nn.Module, x: torch.Tensor, repeats: int | None, min_time: float
-) -> tuple[int, float]:
-    """Warm up once, then time forwards; return (number of forwards, total seconds)."""
+) -> tuple[int, float, float]:
+    """Warm up once, then time forwards.
+
+    Returns (number of forwards, wall seconds, CPU seconds of this process). CPU seconds well
+    below ``wall * threads`` mean other processes competed for the cores.
+    """
     count, elapsed = 0, 0.0
 
     def enough() -> bool:
@@ -76,12 +81,13 @@ def time_forward(
 
     with torch.inference_mode():
         model(x)
+        cpu_start = time.process_time()
         while not enough():
             start = time.perf_counter()
             model(x)
             elapsed += time.perf_counter() - start
             count += 1
-    return count, elapsed
+    return count, elapsed, time.process_time() - cpu_start
 
 
 def run(
@@ -104,7 +110,7 @@ def run(
         params = sum(p.numel() for p in model.parameters())
         for size in sizes:
             flops = gflops_per_image(name, kwargs, size)
-            count, elapsed = time_forward(
+            count, elapsed, cpu = time_forward(
                 model, torch.randn(batch, 3, size, size), repeats, min_time
             )
             images_per_s = batch * count / elapsed
@@ -122,6 +128,7 @@ def run(
                 "gflops_per_image": flops,
                 "achieved_gflops": achieved,
                 "pct_of_ceiling": 100 * achieved / ceiling,
+                "cpu_share_pct": 100 * cpu / (elapsed * torch.get_num_threads()),
             }
             rows.append(row)
             print(
@@ -147,7 +154,7 @@ def format_table(report: dict[str, object]) -> str:
     """The report's results as a fixed-width text table."""
     header = (
         f"{'variant':<27}{'size':>5}{'params M':>10}{'GFLOP/img':>11}{'img/s':>8}"
-        f"{'s/fwd':>8}{'GFLOP/s':>9}{'% ceil':>8}{'n':>4}"
+        f"{'s/fwd':>8}{'GFLOP/s':>9}{'% ceil':>8}{'n':>4}{'cpu %':>7}"
     )
     lines = [header, "-" * len(header)]
     for r in report["results"]:
@@ -155,12 +162,14 @@ def format_table(report: dict[str, object]) -> str:
             f"{r['variant']:<27}{r['size']:>5}{r['params_m']:>10.1f}{r['gflops_per_image']:>11.1f}"
             f"{r['images_per_s']:>8.2f}{r['seconds_per_forward']:>8.2f}"
             f"{r['achieved_gflops']:>9.1f}{r['pct_of_ceiling']:>8.1f}{r['forwards']:>4}"
+            f"{r['cpu_share_pct']:>7.0f}"
         )
     machine = report["machine"]
     lines.append(
         f"batch {report['settings']['batch']}; ceiling {machine['ceiling_gflops']:.1f} GFLOP/s "
         f"({machine['ceiling']}, {machine['threads']} threads); load average "
-        f"{machine['load_average_before']:.2f} before, {machine['load_average_after']:.2f} after"
+        f"{machine['load_average_before']:.2f} before, {machine['load_average_after']:.2f} after; "
+        "cpu % = this process's CPU time / (wall time x threads) while timing"
     )
     return "\n".join(lines)
 

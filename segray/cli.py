@@ -143,6 +143,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole pipeline on the built-in synthetic data (local Ray, CPU)."""
+    from segray.demo import run_demo
+
+    run_demo(args.output, small=args.small, overrides=args.overrides, address=args.address)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -152,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"segray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("demo", help="the whole pipeline on built-in synthetic data: synth, tune, evaluate, segment")
+    p.add_argument("--output", "-o", default="segray-demo", metavar="DIR", help="demo folder (default segray-demo)")
+    p.add_argument("--small", action="store_true", help="a smaller, faster variant (for CI)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides for the demo's search")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", help="list models, encoders and parameter counts")
     p.set_defaults(func=cmd_models)

@@ -329,6 +329,35 @@ class SegmentConfig(Section):
     )
     image_column: str = Field("image", description="Parquet inputs: column with image bytes")
     id_column: str | None = Field(None, description="Parquet inputs: column with image ids")
+    shard_size: int = Field(
+        256,
+        ge=1,
+        description="folder inputs: images per shard, the unit that is committed atomically and "
+        "resumed (a tar or Parquet file is always one shard)",
+    )
+    io_cpus: float = Field(
+        0.25,
+        gt=0,
+        description="CPUs reserved by each read / decode / write task; actors must leave at "
+        "least this much free, or the pipeline never reads",
+    )
+    uncertain_low: float = Field(
+        0.3, ge=0, le=1, description="uncertain_fraction: lower bound of the probability band"
+    )
+    uncertain_high: float = Field(
+        0.7, ge=0, le=1, description="uncertain_fraction: upper bound of the probability band"
+    )
+    amp: bool = Field(True, description="bfloat16 autocast on GPU actors (ignored on CPU)")
+    channels_last: bool = Field(True, description="NHWC memory format on GPU actors (not CPU)")
+
+    @model_validator(mode="after")
+    def _band(self) -> SegmentConfig:
+        if self.uncertain_low >= self.uncertain_high:
+            raise ValueError(
+                f"uncertain_low {self.uncertain_low} must be below uncertain_high "
+                f"{self.uncertain_high}"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------- root

@@ -17,9 +17,10 @@ from tests.conftest import TINY
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _segray(*args: str, **kw) -> subprocess.Popen:
+def _segray(*args: str, log: Path) -> subprocess.Popen:
+    """`segray ARGS` in its own process group (so a test can kill it with its local Ray)."""
     return subprocess.Popen([sys.executable, "-m", "segray.cli", *args], start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
 def _wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -30,22 +31,23 @@ def _wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen, timeout: floa
         if root.exists() and any(root.glob(pattern)):
             return
         if proc.poll() is not None:
-            raise AssertionError(f"run ended before the checkpoint appeared:\n{proc.stdout.read()}")
+            raise AssertionError(f"run ended (rc {proc.returncode}) before {pattern} appeared")
         time.sleep(0.5)
     raise AssertionError("no checkpoint within the timeout")
 
 
 def test_kill_after_epoch_one_then_resume(ray_exclusive, tmp_path):
     out = tmp_path / "run"
-    first = _segray("train", "--output", str(out), *TINY, "train.epochs=4")
+    first = _segray("train", "--output", str(out), *TINY, "train.epochs=4", log=tmp_path / "first.log")
     _wait_for((out / "ray" / "train", "checkpoint_epoch_0001/model.pt"), first)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     assert not (out / "history.parquet").exists()  # the run really was cut short
 
-    second = _segray("train", "--resume", str(out))
-    log, _ = second.communicate(timeout=600)
-    assert second.returncode == 0, log
+    second = _segray("train", "--resume", str(out), log=tmp_path / "second.log")
+    second.wait(timeout=600)
+    log = (tmp_path / "second.log").read_text()
+    assert second.returncode == 0, log[-3000:]
     history = pd.read_parquet(out / "history.parquet")
     assert history["epoch"].tolist() == [1, 2, 3, 4]
     # The resumed run started after epoch 1 or later: it never re-ran epoch 1.
