@@ -1,9 +1,9 @@
 """Self-describing checkpoint directories: the weights and the config that built them.
 
-    CKPT/model.pt         state_dict only (loads with torch.load(..., weights_only=True))
-    CKPT/config.yaml      the full resolved config; loading rebuilds the architecture from it
-    CKPT/metrics.json     val_dice, val_iou, val_loss, epoch, ... of the epoch it was taken at
-    CKPT/train_state.pt   optimizer, scheduler, scaler, epoch, history (for --resume; optional)
+CKPT/model.pt         state_dict only (loads with torch.load(..., weights_only=True))
+CKPT/config.yaml      the full resolved config; loading rebuilds the architecture from it
+CKPT/metrics.json     val_dice, val_iou, val_loss, epoch, ... of the epoch it was taken at
+CKPT/train_state.pt   optimizer, scheduler, scaler, epoch, history (for --resume; optional)
 """
 
 from __future__ import annotations
@@ -97,7 +97,9 @@ def load_checkpoint_config(directory: str | Path) -> Config:
     return load_config(_check(directory) / CONFIG_FILE)
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config]:
+def load_model(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, Config]:
     """Rebuild the architecture from ``config.yaml`` and load ``model.pt`` (weights only), eval mode."""
     directory = _check(directory)
     cfg = load_checkpoint_config(directory)

@@ -64,8 +64,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=True,
     )
-    print(f"synthetic dataset: {args.num} images of {args.size}x{args.size}, "
-          f"{args.classes} classes -> {out}")
+    print(
+        f"synthetic dataset: {args.num} images of {args.size}x{args.size}, "
+        f"{args.classes} classes -> {out}"
+    )
     return 0
 
 
@@ -103,11 +105,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from segray.evaluate import evaluate_checkpoint
 
     m = evaluate_checkpoint(
-        args.checkpoint, data=args.data, split=args.split, output=args.output,
-        batch_size=args.batch_size, worst_k=args.worst,
+        args.checkpoint,
+        data=args.data,
+        split=args.split,
+        output=args.output,
+        batch_size=args.batch_size,
+        worst_k=args.worst,
     )
     keys = ("dice", "iou", "accuracy", "precision", "recall", "f1", "mse", "roc_auc", "pr_auc")
-    print("  ".join(f"{k} {m[k]:.4f}" for k in keys if k in m) + f"  ({m.get('num_images')} images)")
+    print(
+        "  ".join(f"{k} {m[k]:.4f}" for k in keys if k in m) + f"  ({m.get('num_images')} images)"
+    )
     print(f"report -> {args.output}")
     return 0
 
@@ -130,16 +138,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
     output = args.resume or args.output
     result = run_tune(cfg, output, resume=bool(args.resume), address=args.address)
     s = result.summary
-    print(f"search: {s['num_trials']} trials ({s['completed']} completed, {s['errored']} errored, "
-          f"{s['stopped_early']} stopped early by ASHA), {s['trial_epochs_total']} trial-epochs, "
-          f"{s['wall_time_s']:.0f}s")
+    print(
+        f"search: {s['num_trials']} trials ({s['completed']} completed, {s['errored']} errored, "
+        f"{s['stopped_early']} stopped early by ASHA), {s['trial_epochs_total']} trial-epochs, "
+        f"{s['wall_time_s']:.0f}s"
+    )
     if not s["best"]:
         print("no trial reported a metric: see the errors in trials.parquet", file=sys.stderr)
         return 1
     b = s["best"]
     params = ", ".join(f"{k}={v}" for k, v in b["params"].items())
     print(f"best: {s['metric']} {b[s['metric']]:.4f} at epoch {b['epoch']} with {params}")
-    print(f"outputs -> {result.output} (trials.parquet, history.parquet, summary.json, plots/, best/)")
+    print(
+        f"outputs -> {result.output} (trials.parquet, history.parquet, summary.json, plots/, best/)"
+    )
     return 0
 
 
@@ -161,11 +173,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"segray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("demo", help="the whole pipeline on built-in synthetic data: synth, tune, evaluate, segment")
-    p.add_argument("--output", "-o", default="segray-demo", metavar="DIR", help="demo folder (default segray-demo)")
+    p = sub.add_parser(
+        "demo", help="the whole pipeline on built-in synthetic data: synth, tune, evaluate, segment"
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        default="segray-demo",
+        metavar="DIR",
+        help="demo folder (default segray-demo)",
+    )
     p.add_argument("--small", action="store_true", help="a smaller, faster variant (for CI)")
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides for the demo's search")
+    p.add_argument(
+        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.path=value",
+        help="config overrides for the demo's search",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", help="list models, encoders and parameter counts")
@@ -187,27 +214,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train with DDP on Ray Train (local or cluster)")
     _add_config_args(p)
-    p.add_argument("--output", "-o", default="runs/train", metavar="DIR",
-                   help="run folder: config.yaml, history.parquet, checkpoints/{last,best} (default runs/train)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument(
+        "--output",
+        "-o",
+        default="runs/train",
+        metavar="DIR",
+        help="run folder: config.yaml, history.parquet, checkpoints/{last,best} (default runs/train)",
+    )
+    p.add_argument(
+        "--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint"
+    )
+    p.add_argument(
+        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tune", help="search hyperparameters (Ray Tune + Optuna + ASHA, DDP trials)")
     _add_config_args(p)
-    p.add_argument("--output", "-o", default="runs/tune", metavar="DIR",
-                   help="search folder, a local path or a URI Ray storage accepts (default runs/tune)")
+    p.add_argument(
+        "--output",
+        "-o",
+        default="runs/tune",
+        metavar="DIR",
+        help="search folder, a local path or a URI Ray storage accepts (default runs/tune)",
+    )
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted search in DIR")
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument(
+        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
+    )
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint: metrics, curves, overlays")
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint directory")
-    p.add_argument("--data", metavar="DIR", help="folder with images/ and masks/ (default: the checkpoint's dataset)")
-    p.add_argument("--split", choices=["val", "test", "all"], default="val", help="which split (default val)")
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="folder with images/ and masks/ (default: the checkpoint's dataset)",
+    )
+    p.add_argument(
+        "--split", choices=["val", "test", "all"], default="val", help="which split (default val)"
+    )
     p.add_argument("--output", "-o", required=True, metavar="OUT", help="report folder")
-    p.add_argument("--batch-size", type=int, default=None, help="tiles per forward (default: segment.batch_size)")
-    p.add_argument("--worst", type=int, default=8, help="overlays of the N worst images by Dice (default 8)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="tiles per forward (default: segment.batch_size)",
+    )
+    p.add_argument(
+        "--worst", type=int, default=8, help="overlays of the N worst images by Dice (default 8)"
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="export a checkpoint to TorchScript or ONNX")

@@ -376,11 +376,17 @@ class Config(Section):
     def _cross(self) -> Config:
         binary = len(self.data.classes) == 2
         if self.loss.name == "bce" and not binary:
-            raise ValueError(f"loss.name='bce' needs 2 classes, got {len(self.data.classes)}: use 'ce'")
+            raise ValueError(
+                f"loss.name='bce' needs 2 classes, got {len(self.data.classes)}: use 'ce'"
+            )
         if self.loss.name == "ce" and binary:
             raise ValueError("loss.name='ce' is for more than 2 classes: use 'bce' for binary")
         # (synthetic data writes its own masks; prepare_data picks their mode)
-        if self.data.mask_mode in ("threshold", "trimap") and not binary and self.data.source != "synthetic":
+        if (
+            self.data.mask_mode in ("threshold", "trimap")
+            and not binary
+            and self.data.source != "synthetic"
+        ):
             raise ValueError(
                 f"data.mask_mode={self.data.mask_mode!r} makes binary masks but data.classes has "
                 f"{len(self.data.classes)} names: use 'index' or 'values'"
@@ -480,7 +486,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: top level must be a mapping of sections, got {type(data).__name__}"
+        )
     return data
 
 
@@ -554,7 +562,9 @@ def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
     model: type[BaseModel] = Config
     for part in loc:
         ann = model.model_fields.get(str(part))
-        if ann is None or not (isinstance(ann.annotation, type) and issubclass(ann.annotation, BaseModel)):
+        if ann is None or not (
+            isinstance(ann.annotation, type) and issubclass(ann.annotation, BaseModel)
+        ):
             return []
         model = ann.annotation
     return list(model.model_fields)

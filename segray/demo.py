@@ -50,7 +50,9 @@ def demo_config(small: bool = False, overrides: list[str] | None = None) -> Conf
     return load_config(None, [*DEMO_OVERRIDES, *(SMALL if small else []), *(overrides or [])])
 
 
-def make_archive(folder: Path, *, num: int, size: int, seed: int, shards: int = 2) -> tuple[list[Path], Path]:
+def make_archive(
+    folder: Path, *, num: int, size: int, seed: int, shards: int = 2
+) -> tuple[list[Path], Path]:
     """A separate synthetic set packed as WebDataset-style tar shards, with corrupt members.
 
     Returns the shard paths and the ground-truth mask folder. Three members per archive are
@@ -68,8 +70,11 @@ def make_archive(folder: Path, *, num: int, size: int, seed: int, shards: int = 
                 tar.add(img, arcname=img.name)
             if s == 0:
                 data = images[0].read_bytes()
-                for name, payload in (("empty.png", b""), ("truncated.png", data[: len(data) // 3]),
-                                      ("notes.png", b"this is not an image\n")):
+                for name, payload in (
+                    ("empty.png", b""),
+                    ("truncated.png", data[: len(data) // 3]),
+                    ("notes.png", b"this is not an image\n"),
+                ):
                     info = tarfile.TarInfo(name)
                     info.size = len(payload)
                     tar.addfile(info, io.BytesIO(payload))
@@ -77,8 +82,13 @@ def make_archive(folder: Path, *, num: int, size: int, seed: int, shards: int = 
     return paths, src / "masks"
 
 
-def run_demo(output: str | Path = "segray-demo", *, small: bool = False, overrides: list[str] | None = None,
-             address: str | None = None) -> dict[str, Any]:
+def run_demo(
+    output: str | Path = "segray-demo",
+    *,
+    small: bool = False,
+    overrides: list[str] | None = None,
+    address: str | None = None,
+) -> dict[str, Any]:
     """Run every stage; returns (and writes to OUTPUT/demo_summary.json) the summary."""
     from segray.cluster import ensure_ray
     from segray.evaluate import evaluate_checkpoint
@@ -90,19 +100,29 @@ def run_demo(output: str | Path = "segray-demo", *, small: bool = False, overrid
     cfg = demo_config(small, overrides)
     _stage(1, "Ray", ensure_ray(address))
 
-    _stage(2, "search", f"{cfg.tune.num_samples} trials x {cfg.train.num_workers} DDP workers, "
-           f"Optuna TPE + ASHA over {', '.join(cfg.tune.space)}")
+    _stage(
+        2,
+        "search",
+        f"{cfg.tune.num_samples} trials x {cfg.train.num_workers} DDP workers, "
+        f"Optuna TPE + ASHA over {', '.join(cfg.tune.space)}",
+    )
     search = run_tune(cfg, out / "tune", address=address)
     if search.best is None:
-        raise RuntimeError(f"no trial of the search finished: see {out / 'tune' / 'trials.parquet'}")
+        raise RuntimeError(
+            f"no trial of the search finished: see {out / 'tune' / 'trials.parquet'}"
+        )
     best = search.summary["best"]
 
     _stage(3, "evaluate", f"best checkpoint {search.best} on the validation split")
     metrics = evaluate_checkpoint(search.best, split="val", output=out / "eval", progress=True)
 
     n_archive = 48 if small else 200
-    shards, masks = make_archive(out / "archive", num=n_archive, size=cfg.data.synthetic.size, seed=1234)
-    _stage(4, "segment", f"{n_archive} images + 3 corrupt files in {len(shards)} tar shards -> Parquet")
+    shards, masks = make_archive(
+        out / "archive", num=n_archive, size=cfg.data.synthetic.size, seed=1234
+    )
+    _stage(
+        4, "segment", f"{n_archive} images + 3 corrupt files in {len(shards)} tar shards -> Parquet"
+    )
     seg = run_segment(search.best, [str(p) for p in shards], str(out / "segment"), masks=str(masks))
 
     summary = {
@@ -135,11 +155,17 @@ def _print_summary(s: dict[str, Any]) -> None:
     params = ", ".join(f"{k}={v}" for k, v in s["best_params"].items())
     seg, ev = s["segment"], s["eval"]
     print("\n== segray demo summary", flush=True)
-    print(f"best trial of {s['trials']} ({s['stopped_early']} stopped early by ASHA): val Dice "
-          f"{s['best_val_dice']:.4f} with {params}")
-    print(f"evaluation: Dice {ev['dice']:.4f}  IoU {ev['iou']:.4f}  accuracy {ev['accuracy']:.4f}  "
-          f"ROC-AUC {ev['roc_auc']:.4f}  PR-AUC {ev['pr_auc']:.4f}")
-    print(f"bulk segmentation: {seg['ok']} ok, {seg['error']} error rows, {seg['images_per_s']:.1f} images/s")
+    print(
+        f"best trial of {s['trials']} ({s['stopped_early']} stopped early by ASHA): val Dice "
+        f"{s['best_val_dice']:.4f} with {params}"
+    )
+    print(
+        f"evaluation: Dice {ev['dice']:.4f}  IoU {ev['iou']:.4f}  accuracy {ev['accuracy']:.4f}  "
+        f"ROC-AUC {ev['roc_auc']:.4f}  PR-AUC {ev['pr_auc']:.4f}"
+    )
+    print(
+        f"bulk segmentation: {seg['ok']} ok, {seg['error']} error rows, {seg['images_per_s']:.1f} images/s"
+    )
     for k, v in s["paths"].items():
         print(f"  {k:16s} {v}")
     print(f"done in {s['wall_time_s']:.0f}s")

@@ -124,7 +124,11 @@ class EpochScheduler:
             self.bad_epochs = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"plateau_scale": self.plateau_scale, "best": self.best, "bad_epochs": self.bad_epochs}
+        return {
+            "plateau_scale": self.plateau_scale,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.plateau_scale = float(state["plateau_scale"])
@@ -166,7 +170,9 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def _to_device(batch: Any, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _to_device(
+    batch: Any, device: torch.device, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     images, masks = batch
     images = images.to(device, non_blocking=True)
     if channels_last:
@@ -205,7 +211,9 @@ def rank_param_spread(model: nn.Module) -> tuple[float, float]:
     return float((stacked - stacked[0]).abs().max()), fingerprint
 
 
-def _accumulate(sums: dict[str, float], n: int, loss: torch.Tensor, parts: Mapping[str, Any]) -> None:
+def _accumulate(
+    sums: dict[str, float], n: int, loss: torch.Tensor, parts: Mapping[str, Any]
+) -> None:
     """Sample-weighted sums of the loss and its parts (``loss_bce``, ``loss_dice``: not metrics)."""
     sums["n"] += n
     sums["loss"] += loss.item() * n
@@ -224,8 +232,12 @@ class StepConfig:
     channels_last: bool = False
 
     @classmethod
-    def from_config(cls, train: TrainConfig, optim: OptimConfig, device: torch.device) -> StepConfig:
-        return cls(device, resolve_precision(train.amp, device), optim.grad_clip, train.channels_last)
+    def from_config(
+        cls, train: TrainConfig, optim: OptimConfig, device: torch.device
+    ) -> StepConfig:
+        return cls(
+            device, resolve_precision(train.amp, device), optim.grad_clip, train.channels_last
+        )
 
 
 def train_one_epoch(

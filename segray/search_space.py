@@ -126,7 +126,7 @@ def _fail(key: str, spec: Any, why: str) -> ConfigError:
 def _parse_param(key: str, spec: Any) -> Param:
     if not isinstance(spec, Mapping) or len(spec) != 1:
         raise _fail(key, spec, f"expected one of {{{', '.join(FORMS)}: ...}}")
-    (form, args), = spec.items()
+    ((form, args),) = spec.items()
     if form not in FORMS:
         raise _fail(key, spec, f"unknown distribution {form!r}; valid: {', '.join(FORMS)}")
     if form in ("choice", "grid"):
@@ -137,8 +137,10 @@ def _parse_param(key: str, spec: Any) -> Param:
             raise _fail(key, spec, f"{form} values must be distinct")
         return Param(key, form, tuple(args), encoded)
     n = FORMS[form]
-    if not isinstance(args, list) or len(args) != n or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in args
+    if (
+        not isinstance(args, list)
+        or len(args) != n
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in args)
     ):
         names = "[low, high]" if n == 2 else "[low, high, q]"
         raise _fail(key, spec, f"{form} needs {names} numbers")
@@ -159,12 +161,16 @@ def _parse_param(key: str, spec: Any) -> Param:
 def parse_space(space: Mapping[str, Any], base: Config) -> SearchSpace:
     """Parse ``tune.space`` and check every key and bound against the config schema."""
     if not space:
-        raise ConfigError("tune.space is empty: name at least one key to search, e.g. optim.lr: {loguniform: [1.0e-4, 1.0e-2]}")
+        raise ConfigError(
+            "tune.space is empty: name at least one key to search, e.g. optim.lr: {loguniform: [1.0e-4, 1.0e-2]}"
+        )
     params = tuple(_parse_param(key, spec) for key, spec in space.items())
     for p in params:
         for value in p.bounds:
             try:
                 apply_overrides(base, {p.key: value})
             except ConfigError as e:
-                raise ConfigError(f"tune.space.{p.key}: value {value!r} would make an invalid trial: {e}") from None
+                raise ConfigError(
+                    f"tune.space.{p.key}: value {value!r} would make an invalid trial: {e}"
+                ) from None
     return SearchSpace(params)

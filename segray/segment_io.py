@@ -128,8 +128,7 @@ class Location:
         text = str(where)
         if "://" in text and not text.startswith("file://"):
             fs, path = pafs.FileSystem.from_uri(text)
-            scheme = text.split("://", 1)[0]
-            return cls(fs, path.rstrip("/"), f"{scheme}://{path.rstrip('/')}")
+            return cls(fs, path.rstrip("/"), text.rstrip("/"))
         local = str(Path(text.removeprefix("file://")).expanduser().resolve())
         return cls(pafs.LocalFileSystem(), local, local)
 

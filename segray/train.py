@@ -48,7 +48,14 @@ from segray.engine import (
 from segray.losses import create_loss
 from segray.metrics import SegMetrics
 
-__all__ = ["AppliedMismatchError", "TrainResult", "check_applied", "run_training", "train_loop_per_worker", "worker_resources"]
+__all__ = [
+    "AppliedMismatchError",
+    "TrainResult",
+    "check_applied",
+    "run_training",
+    "train_loop_per_worker",
+    "worker_resources",
+]
 
 RUN_NAME = "train"
 HEADLINE = ("val_dice", "val_iou", "val_loss", "val_accuracy")
@@ -86,7 +93,9 @@ def build_metrics(cfg: Config, device: torch.device | str = "cpu") -> SegMetrics
     )
 
 
-def applied_hparams(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss) -> dict[str, Any]:
+def applied_hparams(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss
+) -> dict[str, Any]:
     """The hyperparameters as actually built, read back from the live objects."""
     out = {f"model.{k}": v for k, v in unwrap(model).applied_hparams().items()}
     out["optim.lr"] = optimizer.defaults["lr"]
@@ -134,7 +143,11 @@ def check_applied(expected: Mapping[str, Any], applied: Mapping[str, Any], cfg: 
 def _format_epoch(row: dict[str, Any], epochs: int, elapsed: float, done_epochs: int) -> str:
     eta = elapsed / max(done_epochs, 1) * (epochs - row["epoch"])
     parts = [f"epoch {row['epoch']}/{epochs}", f"train_loss {row['train_loss']:.4f}"]
-    extra = [f"{k[11:]} {row[k]:.4f}" for k in ("train_loss_bce", "train_loss_ce", "train_loss_dice") if k in row]
+    extra = [
+        f"{k[11:]} {row[k]:.4f}"
+        for k in ("train_loss_bce", "train_loss_ce", "train_loss_dice")
+        if k in row
+    ]
     if extra:
         parts[-1] += f" ({', '.join(extra)})"
     parts += [f"{k} {row[k]:.4f}" for k in HEADLINE if k in row]
@@ -144,7 +157,11 @@ def _format_epoch(row: dict[str, Any], epochs: int, elapsed: float, done_epochs:
 
 def _hms(seconds: float) -> str:
     seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -162,7 +179,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
-            model.load_state_dict(torch.load(Path(d) / "model.pt", map_location="cpu", weights_only=True))
+            model.load_state_dict(
+                torch.load(Path(d) / "model.pt", map_location="cpu", weights_only=True)
+            )
             state = load_train_state(d)
     if cfg.train.sync_batchnorm and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -188,19 +207,27 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     train_ds, val_ds = datasets["train"], datasets["val"]
     batch = cfg.data.batch_size
-    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed)
+    sampler = DistributedSampler(
+        train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed
+    )
     # Drop the last incomplete batch (BatchNorm cannot train on a batch of 1) unless that
     # would leave a shard with no batch at all.
     drop_last = len(sampler) >= batch
     train_loader = DataLoader(
-        train_ds, batch_size=batch, sampler=sampler, drop_last=drop_last,
-        num_workers=cfg.data.loader_workers, pin_memory=device.type == "cuda",
+        train_ds,
+        batch_size=batch,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=cfg.data.loader_workers,
+        pin_memory=device.type == "cuda",
         persistent_workers=cfg.data.loader_workers > 0,
     )
     train_loader = ray.train.torch.prepare_data_loader(train_loader, add_dist_sampler=False)
     val_loader = DataLoader(
-        val_ds, batch_size=cfg.data.eval_batch_size or batch,
-        sampler=ShardSampler(len(val_ds), rank, world), num_workers=cfg.data.loader_workers,
+        val_ds,
+        batch_size=cfg.data.eval_batch_size or batch,
+        sampler=ShardSampler(len(val_ds), rank, world),
+        num_workers=cfg.data.loader_workers,
     )
     metrics = build_metrics(cfg, device)
     applied = applied_hparams(model, optimizer, loss_fn)
@@ -212,9 +239,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         lr = scheduler.set_epoch(epoch)
         sampler.set_epoch(epoch)
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
-        row.update({f"train_{k}": v for k, v in train_one_epoch(model, train_loader, loss_fn, optimizer, step, scaler).items()})
+        row.update(
+            {
+                f"train_{k}": v
+                for k, v in train_one_epoch(
+                    model, train_loader, loss_fn, optimizer, step, scaler
+                ).items()
+            }
+        )
         if len(val_ds):
-            row.update({f"val_{k}": v for k, v in evaluate(model, val_loader, loss_fn, metrics, step).items()})
+            row.update(
+                {
+                    f"val_{k}": v
+                    for k, v in evaluate(model, val_loader, loss_fn, metrics, step).items()
+                }
+            )
         row["param_rank_spread"], row["param_fingerprint"] = rank_param_spread(model)
         score = row.get("val_dice", -row["train_loss"])
         scheduler.observe(score)
@@ -224,20 +263,33 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         best = max(h.get("val_dice", -math.inf) for h in history)
         report = {**row, "best_val_dice": best, "stopped_early": stop}
         if rank == 0:
-            print(_format_epoch(row, cfg.train.epochs, time.time() - t_start, epoch + 1 - start_epoch), flush=True)
+            print(
+                _format_epoch(
+                    row, cfg.train.epochs, time.time() - t_start, epoch + 1 - start_epoch
+                ),
+                flush=True,
+            )
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(
-                    tmp, model=model, config=cfg, metrics={**report, "applied": applied},
+                    tmp,
+                    model=model,
+                    config=cfg,
+                    metrics={**report, "applied": applied},
                     train_state={
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict() if scaler is not None else None,
-                        "early_best": early.best, "early_bad_epochs": early.bad_epochs,
-                        "epoch": epoch + 1, "history": history,
+                        "early_best": early.best,
+                        "early_bad_epochs": early.bad_epochs,
+                        "epoch": epoch + 1,
+                        "history": history,
                     },
                 )
-                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                                 checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}")
+                ray.train.report(
+                    report,
+                    checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                    checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}",
+                )
         else:
             ray.train.report(report)  # every rank reports the same number of times
         if stop:
@@ -279,9 +331,13 @@ def build_trainer(
             name=name,
             storage_path=storage_path,
             # controller_failure_limit: fail instead of retrying worker start-up forever.
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures, controller_failure_limit=3),
+            failure_config=FailureConfig(
+                max_failures=cfg.train.max_failures, controller_failure_limit=3
+            ),
             checkpoint_config=CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=monitor[0], checkpoint_score_order=monitor[1]
+                num_to_keep=2,
+                checkpoint_score_attribute=monitor[0],
+                checkpoint_score_order=monitor[1],
             ),
             callbacks=list(callbacks),
             logging_config=LoggingConfig(log_level="WARNING"),  # epochs print their own line
@@ -316,14 +372,27 @@ def run_training(
         storage_path = str(out / "ray")
     run_dir = Path(storage_path) / name
     if out is not None and not resume and run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"{out} already holds a training run: continue it with --resume {out} or choose another --output")
+        raise FileExistsError(
+            f"{out} already holds a training run: continue it with --resume {out} or choose another --output"
+        )
     cfg = prepare_data(cfg)
-    check_fits(worker_resources(cfg), cfg.train.num_workers, f"training with {cfg.train.num_workers} workers")
+    check_fits(
+        worker_resources(cfg),
+        cfg.train.num_workers,
+        f"training with {cfg.train.num_workers} workers",
+    )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.yaml")
 
-    result = build_trainer(cfg, storage_path=storage_path, name=name, callbacks=callbacks, expect=expect, monitor=monitor).fit()
+    result = build_trainer(
+        cfg,
+        storage_path=storage_path,
+        name=name,
+        callbacks=callbacks,
+        expect=expect,
+        monitor=monitor,
+    ).fit()
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:

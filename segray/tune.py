@@ -16,9 +16,11 @@ reported ``epoch`` (monotone across retries), not on Tune's iteration count.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,10 +30,11 @@ from typing import Any
 import pandas as pd
 import pyarrow.fs as pafs
 import ray
+import torch
 from ray import tune
-from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+from ray.tune.integration.ray_train import TuneReportCallback
 
-from segray.checkpoint import copy_checkpoint
+from segray.checkpoint import STATE_FILE, copy_checkpoint
 from segray.cluster import ResourceError, check_fits, ensure_ray
 from segray.config import Config, apply_overrides, load_config
 from segray.data import prepare_data
@@ -78,7 +81,9 @@ def _read_json(uri: str) -> Any | None:
 
 
 # --------------------------------------------------------------------------- trial driver
-def _trial(config: dict[str, Any], *, base: dict[str, Any], space: SearchSpace, trials_uri: str) -> None:
+def _trial(
+    config: dict[str, Any], *, base: dict[str, Any], space: SearchSpace, trials_uri: str
+) -> None:
     """One trial: decode the sample, re-validate, train with DDP, report every epoch to Tune."""
     sampled = space.decode(config)
     cfg = apply_overrides(Config.from_dict(base), sampled)
@@ -89,7 +94,12 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], space: SearchSpace, 
         tune.report(done["last"])
         return
     result = run_training(
-        cfg, None, storage_path=trials_uri, name=name, callbacks=[TuneReportCallback()], expect=sampled,
+        cfg,
+        None,
+        storage_path=trials_uri,
+        name=name,
+        callbacks=[TuneReportCallback()],
+        expect=sampled,
         monitor=(cfg.tune.metric, cfg.tune.mode),
     )
     last = result.history.iloc[-1].to_dict() if len(result.history) else {}
@@ -169,13 +179,17 @@ def run_tune(
     elif cfg is None:
         raise ValueError("run_tune needs a config unless resuming")
     elif tune.Tuner.can_restore(exp_uri):
-        raise FileExistsError(f"{out} already holds a search: continue it with --resume {out} or choose another --output")
+        raise FileExistsError(
+            f"{out} already holds a search: continue it with --resume {out} or choose another --output"
+        )
     assert cfg is not None
     space = parse_space(cfg.tune.space, cfg)
     cfg = prepare_data(cfg)
     per_worker = worker_resources(cfg)
     try:
-        check_fits(per_worker, cfg.train.num_workers, f"one trial ({cfg.train.num_workers} DDP workers)")
+        check_fits(
+            per_worker, cfg.train.num_workers, f"one trial ({cfg.train.num_workers} DDP workers)"
+        )
     except ResourceError as e:
         raise ResourceError(f"{e}; no trial could ever start") from None
     if not resume:
@@ -187,7 +201,9 @@ def run_tune(
     if resume:
         if not tune.Tuner.can_restore(exp_uri):
             raise FileNotFoundError(f"{out}: no search state to resume under {exp_uri}")
-        tuner = tune.Tuner.restore(exp_uri, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(
+            exp_uri, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
     else:
         tuner = tune.Tuner(
             trainable,
@@ -214,38 +230,57 @@ def _collect(cfg: Config, space: SearchSpace, grid, out: str, wall: float) -> Tu
     sign = 1.0 if mode == "max" else -1.0
     max_epochs = cfg.tune.max_epochs or cfg.train.epochs
     rows, histories = [], []
+    trials_uri = f"{out}/ray/trials"
     for r in grid:
-        trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name  # no report: dir name
+        trial_id = (r.metrics or {}).get("trial_id") or _trial_id_from_path(r.path)
         params = space.decode(r.config or {})
-        df = r.metrics_dataframe if r.metrics_dataframe is not None else pd.DataFrame()
-        row: dict[str, Any] = {"trial_id": trial_id, **{f"param.{k}": _cell(v) for k, v in params.items()}}
+        hist = _trial_history(trials_uri, trial_id)
+        row: dict[str, Any] = {
+            "trial_id": trial_id,
+            **{f"param.{k}": _cell(v) for k, v in params.items()},
+        }
         row["status"] = "ERROR" if r.error else "TERMINATED"
         row["error"] = str(r.error).strip().splitlines()[-1][:500] if r.error else None
-        if not df.empty and metric in df:
-            df = df.sort_values("epoch").drop_duplicates("epoch", keep="last")
-            best_i = (df[metric] * sign).idxmax()
-            row.update({
-                f"best_{metric}": float(df.loc[best_i, metric]),
-                "best_epoch": int(df.loc[best_i, "epoch"]),
-                "best_checkpoint": df.loc[best_i].get(CHECKPOINT_PATH_KEY),
-                f"last_{metric}": float(df[metric].iloc[-1]),
-                "last_val_loss": float(df["val_loss"].iloc[-1]) if "val_loss" in df else math.nan,
-                "epochs_run": int(df["epoch"].max()),
-                "wall_time_s": float(df["epoch_time_s"].sum()) if "epoch_time_s" in df else math.nan,
-            })
-            row["stopped_early"] = bool(not r.error and row["epochs_run"] < max_epochs)
-            hist = df.assign(trial_id=trial_id)
-            histories.append(hist)
+        row["wall_time_s"] = float((r.metrics or {}).get("time_total_s", math.nan))
+        if not hist.empty and metric in hist:
+            best_i = (hist[metric] * sign).idxmax()
+            best_epoch = int(hist.loc[best_i, "epoch"])
+            row.update(
+                {
+                    f"best_{metric}": float(hist.loc[best_i, metric]),
+                    "best_epoch": best_epoch,
+                    "best_checkpoint": f"{trials_uri}/trial_{trial_id}/checkpoint_epoch_{best_epoch:04d}",
+                    f"last_{metric}": float(hist[metric].iloc[-1]),
+                    "last_val_loss": float(hist["val_loss"].iloc[-1])
+                    if "val_loss" in hist
+                    else math.nan,
+                    "epochs_run": int(hist["epoch"].max()),
+                    "train_time_s": float(hist["epoch_time_s"].sum()),
+                }
+            )
+            row["stopped_early"] = bool(
+                not r.error
+                and row["epochs_run"] < max_epochs
+                and not bool(hist["stopped_early"].iloc[-1])
+            )
+            histories.append(hist.assign(trial_id=trial_id))
         else:
-            row.update({f"best_{metric}": math.nan, "epochs_run": 0, "stopped_early": False, "best_checkpoint": None})
+            row.update(
+                {
+                    f"best_{metric}": math.nan,
+                    "epochs_run": 0,
+                    "stopped_early": False,
+                    "best_checkpoint": None,
+                }
+            )
         rows.append(row)
     trials = pd.DataFrame(rows)
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
-    keep = [c for c in history.columns if not c.startswith("config/")]
-    history = history[keep]
 
     best_row = None
-    ok = trials.dropna(subset=[f"best_{metric}"]) if f"best_{metric}" in trials else trials.iloc[0:0]
+    ok = (
+        trials.dropna(subset=[f"best_{metric}"]) if f"best_{metric}" in trials else trials.iloc[0:0]
+    )
     if len(ok):
         best_row = ok.loc[(ok[f"best_{metric}"] * sign).idxmax()]
     summary = {
@@ -265,8 +300,10 @@ def _collect(cfg: Config, space: SearchSpace, grid, out: str, wall: float) -> Tu
         if best_row is not None:
             params = {k[6:]: v for k, v in best_row.items() if k.startswith("param.")}
             summary["best"] = {
-                "trial_id": best_row["trial_id"], metric: float(best_row[f"best_{metric}"]),
-                "epoch": int(best_row["best_epoch"]), "params": params,
+                "trial_id": best_row["trial_id"],
+                metric: float(best_row[f"best_{metric}"]),
+                "epoch": int(best_row["best_epoch"]),
+                "params": params,
                 "checkpoint": f"{out}/best",
             }
             best_local = _fetch_checkpoint(best_row["best_checkpoint"], stage / "best")
@@ -277,6 +314,37 @@ def _collect(cfg: Config, space: SearchSpace, grid, out: str, wall: float) -> Tu
         _publish(stage, out)
     best_path = f"{out}/best" if best_local else None
     return TuneResult(out, trials, history, summary, best_path)
+
+
+def _trial_id_from_path(path: str | None) -> str | None:
+    """A trial that never reported: its id from Tune's trial folder name (``_trial_<id>_...``)."""
+    m = re.search(r"_trial_([0-9a-f]+)_", Path(path or "").name)
+    return m.group(1) if m else None
+
+
+def _trial_history(trials_uri: str, trial_id: str | None) -> pd.DataFrame:
+    """A trial's per-epoch history as its Train run recorded it: the single source of truth.
+
+    It lives in the latest checkpoint's train state, so it survives trial retries and search
+    resumes (Tune's own result stream restarts with them) and covers trials ASHA stopped.
+    """
+    if trial_id is None:
+        return pd.DataFrame()
+    fs, root = _fs(f"{trials_uri}/trial_{trial_id}")
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    ckpts = sorted(
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_epoch_")
+    )
+    for ckpt in reversed(ckpts):  # the newest readable one (a kill can cut the newest short)
+        try:
+            with fs.open_input_stream(f"{ckpt}/{STATE_FILE}") as f:
+                state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError):
+            continue
+        return pd.DataFrame(state.get("history", []))
+    return pd.DataFrame()
 
 
 def _cell(v: Any) -> Any:
@@ -290,7 +358,9 @@ def _fetch_checkpoint(uri: Any, dst: Path) -> Path | None:
     fs, path = _fs(uri)
     if isinstance(fs, pafs.LocalFileSystem):
         return copy_checkpoint(path, dst)
-    pafs.copy_files(path, str(dst), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    pafs.copy_files(
+        path, str(dst), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
+    )
     return dst
 
 
@@ -302,11 +372,15 @@ def _publish(stage: Path, out: str) -> None:
         dst.mkdir(parents=True, exist_ok=True)
         for item in stage.iterdir():
             if item.is_dir():
-                copy_checkpoint(item, dst / item.name) if item.name == "best" else _replace_dir(item, dst / item.name)
+                copy_checkpoint(item, dst / item.name) if item.name == "best" else _replace_dir(
+                    item, dst / item.name
+                )
             else:
                 os.replace(item, dst / item.name)
         return
-    pafs.copy_files(str(stage), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    pafs.copy_files(
+        str(stage), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
+    )
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -360,7 +434,9 @@ def _plots(trials: pd.DataFrame, space: SearchSpace, metric: str, mode: str, fol
     dists = space.optuna_distributions()
     for _, row in done.iterrows():
         params = {p.key: row[f"param.{p.key}"] for p in space.params}  # encoded like the space
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(row[col])))
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=dists, value=float(row[col]))
+        )
     import warnings
 
     with warnings.catch_warnings():
@@ -376,4 +452,3 @@ def _plots(trials: pd.DataFrame, space: SearchSpace, metric: str, mode: str, fol
     import matplotlib.pyplot as plt
 
     plt.close("all")
-

@@ -56,11 +56,17 @@ def test_dict_field_override_takes_rest_of_path():
 @pytest.mark.parametrize(
     ("overrides", "pattern"),
     [
-        (["loss.bce_weight=1.5"], r"^invalid config: loss\.bce_weight=1\.5: .*less than or equal to 1"),
+        (
+            ["loss.bce_weight=1.5"],
+            r"^invalid config: loss\.bce_weight=1\.5: .*less than or equal to 1",
+        ),
         (["loss.bce_weight=-0.1"], r"loss\.bce_weight=-0\.1: .*greater than or equal to 0"),
         (["optim.lr=0"], r"optim\.lr=0: .*greater than 0"),
         (["optim.lr=-1e-3"], r"optim\.lr=-0\.001: .*greater than 0"),
-        (["model.dilation_rates=[1,0,12,18]"], r"model\.dilation_rates=\[1, 0, 12, 18\]: .*each >= 1"),
+        (
+            ["model.dilation_rates=[1,0,12,18]"],
+            r"model\.dilation_rates=\[1, 0, 12, 18\]: .*each >= 1",
+        ),
         (["model.dilation_rates=[]"], r"model\.dilation_rates=\[\]: need a non-empty list"),
         (["data.classes=[]"], r"data\.classes=\[\]: need at least 2 class names"),
         (["optim.lr=fast"], r"optim\.lr='fast': .*valid number"),
@@ -68,10 +74,16 @@ def test_dict_field_override_takes_rest_of_path():
         (["model.kernel_sizes=[1,3,3]"], r"model: dilation_rates .* same length"),
         (["model.kernel_sizes=[1,2,3,3]"], r"odd kernel sizes"),
         (["model.name=vit"], r"unknown model 'vit'; valid: .*resnet_unet"),
-        (["model.name=unet", "model.dilation_rates=[1,2,3,4]"], r"model\.dilation_rates is not a parameter of model 'unet'"),
+        (
+            ["model.name=unet", "model.dilation_rates=[1,2,3,4]"],
+            r"model\.dilation_rates is not a parameter of model 'unet'",
+        ),
         (["data.split=[0.5,0.5,0.5]"], r"data\.split=.*summing to 1"),
         (["loss.name=ce"], r"'ce' is for more than 2 classes"),
-        (["data.source=folder", "data.root=x", "data.classes=[a,b,c]"], r"mask_mode=.threshold. makes binary masks"),
+        (
+            ["data.source=folder", "data.root=x", "data.classes=[a,b,c]"],
+            r"mask_mode=.threshold. makes binary masks",
+        ),
         (["data.source=folder"], r"source 'folder' needs data\.root"),
     ],
 )
@@ -82,7 +94,9 @@ def test_rule_violations_name_key_value_and_rule(overrides, pattern):
 
 
 def test_unknown_keys_are_rejected_with_valid_keys(tmp_path):
-    with pytest.raises(ConfigError, match=r"optim\.learning_rate=0\.1: unknown key; valid keys here: name, lr"):
+    with pytest.raises(
+        ConfigError, match=r"optim\.learning_rate=0\.1: unknown key; valid keys here: name, lr"
+    ):
         load_config(write(tmp_path, {"optim": {"learning_rate": 0.1}}))
     with pytest.raises(ConfigError, match=r"unknown key 'lrr' in optim; valid: name, lr"):
         load_config(None, ["optim.lrr=0.1"])

@@ -13,7 +13,9 @@ def quickstart_commands() -> list[str]:
     section = text.split("## Quickstart", 1)[1]
     block = re.search(r"```bash\n(.*?)```", section, re.S)
     assert block, "no ```bash block under ## Quickstart"
-    return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
+    return [
+        line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")
+    ]
 
 
 def test_quickstart_has_setup_and_test_commands():

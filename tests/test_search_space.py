@@ -51,8 +51,14 @@ def test_parses_every_form_and_round_trips_lists():
         ({"data.batch_size": {"randint": [1.5, 4]}}, "randint needs integers"),
         ({"optim.lr": {"choice": []}}, "choice needs a non-empty list"),
         ({"optim.lrate": {"uniform": [0.1, 0.2]}}, "unknown key 'lrate' in optim"),
-        ({"loss.bce_weight": {"uniform": [0.0, 1.5]}}, r"value 1\.5 would make an invalid trial: .*less than or equal to 1"),
-        ({"model.dilation_rates": {"choice": [[1, 6, 12, 18], [0, 2, 4, 8]]}}, r"value \[0, 2, 4, 8\] would make an invalid trial"),
+        (
+            {"loss.bce_weight": {"uniform": [0.0, 1.5]}},
+            r"value 1\.5 would make an invalid trial: .*less than or equal to 1",
+        ),
+        (
+            {"model.dilation_rates": {"choice": [[1, 6, 12, 18], [0, 2, 4, 8]]}},
+            r"value \[0, 2, 4, 8\] would make an invalid trial",
+        ),
         ({"optim.lr": {"choice": [0.1, 0.1]}}, "values must be distinct"),
     ],
 )
@@ -62,5 +68,11 @@ def test_errors_name_the_key_and_the_rule(space, pattern):
 
 
 def test_grid_size():
-    space = parse_space({"loss.bce_weight": {"grid": [0.2, 0.8]}, "model.dilation_rates": {"grid": [[1, 2, 4, 8], [1, 6, 12, 18]]}}, Config())
+    space = parse_space(
+        {
+            "loss.bce_weight": {"grid": [0.2, 0.8]},
+            "model.dilation_rates": {"grid": [[1, 2, 4, 8], [1, 6, 12, 18]]},
+        },
+        Config(),
+    )
     assert space.is_grid and space.grid_size() == 4

@@ -38,7 +38,15 @@ def test_outputs_are_complete(trained):
         assert {"val_dice", "val_iou", "val_loss", "epoch"} <= metrics.keys()
     history = pd.read_parquet(out / "history.parquet")
     assert history["epoch"].tolist() == [1, 2, 3]
-    assert {"train_loss", "train_loss_bce", "train_loss_dice", "val_loss_dice", "val_loss", "val_dice", "val_roc_auc"} <= set(history.columns)
+    assert {
+        "train_loss",
+        "train_loss_bce",
+        "train_loss_dice",
+        "val_loss_dice",
+        "val_loss",
+        "val_dice",
+        "val_roc_auc",
+    } <= set(history.columns)
     best = json.loads((out / "checkpoints" / "best" / "metrics.json").read_text())
     assert best["val_dice"] == pytest.approx(history["val_dice"].max())
 
@@ -59,8 +67,13 @@ def test_val_metrics_equal_single_process_eval(trained):
     model, ckpt_cfg = load_model(ckpt)
     val = build_datasets(prepare_data(ckpt_cfg))["val"]
     assert len(val) == 5
-    got = evaluate(model, DataLoader(val, batch_size=2), build_loss(ckpt_cfg), build_metrics(ckpt_cfg),
-                   StepConfig(torch.device("cpu")))
+    got = evaluate(
+        model,
+        DataLoader(val, batch_size=2),
+        build_loss(ckpt_cfg),
+        build_metrics(ckpt_cfg),
+        StepConfig(torch.device("cpu")),
+    )
     assert saved["val_num_images"] == 5 == got["num_images"]
     for key in ("dice", "iou", "accuracy", "precision", "recall", "roc_auc", "pr_auc", "mse"):
         assert saved[f"val_{key}"] == pytest.approx(got[key], abs=1e-6), key

@@ -19,8 +19,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def _segray(*args: str, log: Path) -> subprocess.Popen:
     """`segray ARGS` in its own process group (so a test can kill it with its local Ray)."""
-    return subprocess.Popen([sys.executable, "-m", "segray.cli", *args], start_new_session=True,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "segray.cli", *args],
+        start_new_session=True,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -38,7 +42,9 @@ def _wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen, timeout: floa
 
 def test_kill_after_epoch_one_then_resume(ray_exclusive, tmp_path):
     out = tmp_path / "run"
-    first = _segray("train", "--output", str(out), *TINY, "train.epochs=4", log=tmp_path / "first.log")
+    first = _segray(
+        "train", "--output", str(out), *TINY, "train.epochs=4", log=tmp_path / "first.log"
+    )
     _wait_for((out / "ray" / "train", "checkpoint_epoch_0001/model.pt"), first)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()

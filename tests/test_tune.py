@@ -59,8 +59,13 @@ def test_history_and_summary(search):
     assert set(history["trial_id"]) == set(search.trials["trial_id"])
     assert history.groupby("trial_id")["epoch"].apply(lambda e: e.is_unique).all()
     summary = json.loads(open(f"{search.output}/summary.json").read())
-    assert summary["num_trials"] == 4 and summary["best"]["val_loss"] == pytest.approx(search.trials["best_val_loss"].min())
-    assert (search.output and __import__("pathlib").Path(search.output, "plots", "optimization_history.png").is_file())
+    assert summary["num_trials"] == 4 and summary["best"]["val_loss"] == pytest.approx(
+        search.trials["best_val_loss"].min()
+    )
+    assert (
+        search.output
+        and __import__("pathlib").Path(search.output, "plots", "optimization_history.png").is_file()
+    )
 
 
 def test_best_checkpoint_is_a_train_checkpoint_that_predicts(search):
@@ -78,8 +83,16 @@ def test_best_checkpoint_is_a_train_checkpoint_that_predicts(search):
 
 def test_applied_vs_sampled_fails_a_trial_that_ignores_a_value(ray_local, tmp_path):
     # With atrous=false the decoder has no atrous branches: the sampled rates are silently ignored.
-    cfg = load_config(None, [*SEARCH, "model.atrous=false", "tune.num_samples=1", "tune.max_failures=0",
-                             "tune.space={model.dilation_rates: {choice: [[1,2,4,8]]}}"])
+    cfg = load_config(
+        None,
+        [
+            *SEARCH,
+            "model.atrous=false",
+            "tune.num_samples=1",
+            "tune.max_failures=0",
+            "tune.space={model.dilation_rates: {choice: [[1,2,4,8]]}}",
+        ],
+    )
     result = run_tune(cfg, tmp_path / "bad")
     assert result.trials["status"].tolist() == ["ERROR"]
     assert "applied != sampled" in result.trials["error"].iloc[0]

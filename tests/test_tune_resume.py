@@ -21,7 +21,11 @@ def test_interrupted_search_resumes_without_rerunning_trials(ray_exclusive, tmp_
     trials_dir = out / "ray" / "trials"
     _wait_for((trials_dir, "trial_*/segray_done.json"), first)
     done_before = {p.parent.name for p in trials_dir.glob("trial_*/segray_done.json")}
-    stamps = {p: p.stat().st_mtime_ns for name in done_before for p in (trials_dir / name).glob("checkpoint_epoch_*/model.pt")}
+    stamps = {
+        p: p.stat().st_mtime_ns
+        for name in done_before
+        for p in (trials_dir / name).glob("checkpoint_epoch_*/model.pt")
+    }
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     assert not (out / "trials.parquet").exists()
