@@ -141,18 +141,22 @@ def run_segment(
     )
     mask_index = MaskIndex.build(masks) if masks else None
     png = Location.parse(write_png) if write_png else None
-    out.prepare(settings, overwrite=overwrite, run_id=run_id, config=cfg, inputs=list(inputs))
+    previous = out.check(settings, shards, overwrite=overwrite)  # read-only: may refuse
+    out.prepare(previous, settings, overwrite=overwrite, run_id=run_id, config=cfg,
+                inputs=list(inputs))
     pending, kept = out.resume_plan(shards, retry_errors=retry_errors)
     _say(progress, f"segment: {len(shards)} shards, {len(shards) - len(pending)} already done, "
          f"{len(pending)} to segment -> {out.root.uri}")
 
-    where = ensure_ray(address)
-    _check_resources(seg)
     totals: dict[str, int] = {}
+    where = None
     pipeline_start = time.time()
     if pending:
+        where = ensure_ray(address)
+        _check_resources(seg)
         _say(progress, f"segment: {where}; {seg.concurrency} actor(s) x {seg.cpus_per_actor:g} CPU "
              f"/ {seg.gpus_per_actor:g} GPU, batch {seg.batch_size}")
+        pipeline_start = time.time()
         totals = _run_pipeline(
             pending, kept, cfg=cfg, checkpoint=Location.parse(checkpoint).uri,
             model=settings["model_id"],
@@ -260,36 +264,47 @@ class _Output:
     def summary(self) -> Location:
         return self.root.join("summary.json")
 
-    def prepare(
-        self, settings: dict[str, Any], *, overwrite: bool, run_id: str, config: Config,
-        inputs: list[str],
-    ) -> None:
-        """Check that the folder is ours and was made with these settings (or wipe it with
-        ``overwrite``); record this run; remove any summary, which is written only at the end."""
-        info = self.root.info()
-        if info.type == pafs.FileType.File:
+    def check(
+        self, settings: dict[str, Any], shards: list[Shard], *, overwrite: bool
+    ) -> dict[str, Any]:
+        """Refuse, before touching anything, a folder that is not ours, or one made with other
+        settings or other inputs (unless ``overwrite``). Returns its run record ({} if new)."""
+        if self.root.info().type == pafs.FileType.File:
             raise InputError(f"--output {self.root.uri} is a file, not a folder")
         names = {e.base_name for e in self.root.list(recursive=False)}
-        ours = self.run_json.exists()
-        if names and not ours:
+        if names and not self.run_json.exists():
             raise InputError(
                 f"--output {self.root.uri} exists and is not a segray segment output "
                 "(no _segray/run.json): choose a new or empty folder"
             )
-        previous: dict[str, Any] = {}
-        if ours and overwrite:
+        if not names or overwrite:
+            return {}
+        previous = json.loads(self.run_json.read_bytes())
+        for key, value in settings.items():
+            old = previous.get("settings", {}).get(key)
+            if old != value:
+                raise InputError(
+                    f"--output {self.root.uri} was written with {key}={old!r}, this run has "
+                    f"{value!r}: resume with the same settings, or pass --overwrite to start over"
+                )
+        stray = sorted(set(self.committed()) - {s.key for s in shards})
+        if stray:
+            raise InputError(
+                f"--output {self.root.uri} holds {len(stray)} shard(s) that are not part of these "
+                f"inputs (e.g. part-{stray[0]}.parquet): the inputs changed since that run. Pass "
+                "the same inputs to resume, or --overwrite to start over"
+            )
+        return previous
+
+    def prepare(
+        self, previous: dict[str, Any], settings: dict[str, Any], *, overwrite: bool,
+        run_id: str, config: Config, inputs: list[str],
+    ) -> None:
+        """Wipe an earlier output (``overwrite``), remove the summary (written only at the
+        end) and a killed run's temporaries, and record this run."""
+        if overwrite:
             for name in _OWNED:
                 self.root.join(name).delete()
-        elif ours:
-            previous = json.loads(self.run_json.read_bytes())
-            for key, value in settings.items():
-                old = previous.get("settings", {}).get(key)
-                if old != value:
-                    raise InputError(
-                        f"--output {self.root.uri} was written with {key}={old!r}, this run "
-                        f"has {value!r}: resume with the same settings, or pass --overwrite "
-                        "to start over"
-                    )
         self.summary.delete()
         for folder in (self.parquet, self.staging):  # temporaries of a killed run
             for entry in folder.list():
@@ -316,13 +331,6 @@ class _Output:
         how many such ids there are."""
         committed = self.committed()
         keys = {s.key for s in shards}
-        stray = sorted(set(committed) - keys)
-        if stray:
-            raise InputError(
-                f"--output {self.root.uri} holds {len(stray)} shard(s) that are not part of these "
-                f"inputs (e.g. part-{stray[0]}.parquet): the inputs changed since that run. Pass "
-                "the same inputs to resume, or --overwrite to start over"
-            )
         fs = self.root.fs
         for entry in self.staging.list(recursive=False):
             if entry.base_name not in keys or entry.base_name in committed:
@@ -378,6 +386,8 @@ class _Output:
             wall_time_s=round(time.time() - started, 2), **extra,
         )
         self.summary.write_atomic(json.dumps(summary, indent=2).encode())
+        if not self.staging.list(recursive=False):
+            self.staging.delete()
         return summary
 
 
@@ -705,7 +715,10 @@ def _run_pipeline(
     seg = cfg.segment
     DataContext.get_current().enable_progress_bars = progress
     masks_ref = ray.put(masks) if masks is not None else None
-    ds = ray.data.read_datasource(_ShardDatasource(pending, masks_ref), num_cpus=seg.io_cpus)
+    ds = ray.data.read_datasource(
+        _ShardDatasource(pending, masks_ref), num_cpus=seg.io_cpus,
+        override_num_blocks=len(pending),  # one read task per shard; no re-splitting
+    )
     ds = ds.map_batches(
         _decode, batch_format="pyarrow", batch_size=seg.batch_size, num_cpus=seg.io_cpus,
         fn_kwargs={"channels": cfg.model.in_channels, "max_pixels": seg.max_pixels,

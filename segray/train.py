@@ -258,10 +258,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         score = row.get("val_dice", -row["train_loss"])
         scheduler.observe(score)
         stop = early.step(score)
+        row["stopped_early"] = stop  # by train.early_stopping_patience (ASHA stops from outside)
         row["epoch_time_s"] = time.time() - t0
         history.append(row)
         best = max(h.get("val_dice", -math.inf) for h in history)
-        report = {**row, "best_val_dice": best, "stopped_early": stop}
+        report = {**row, "best_val_dice": best}
         if rank == 0:
             print(
                 _format_epoch(
