@@ -8,6 +8,7 @@ overrides (defaults < YAML < overrides). Heavy imports happen inside the command
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from segray import __version__
 
 Handler = Callable[[argparse.Namespace], int | None]
+OVERRIDE = re.compile(r"^[a-z_]+(\.[a-z_]+)+=")  # section.key=value
 
 
 def _add_config_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:
@@ -155,6 +157,28 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_segment(args: argparse.Namespace) -> int:
+    """Bulk segmentation with Ray Data: masks and per-image metrics to Parquet."""
+    from segray.segment import run_segment, summary_line
+
+    # `--input a b segment.batch_size=4`: argparse hands trailing overrides to --input.
+    inputs = [i for i in args.input if not OVERRIDE.match(i)]
+    overrides = [*args.overrides, *(i for i in args.input if OVERRIDE.match(i))]
+    summary = run_segment(
+        args.checkpoint,
+        inputs,
+        args.output,
+        masks=args.masks,
+        write_png=args.write_png,
+        overrides=overrides,
+        retry_errors=args.retry_errors,
+        overwrite=args.overwrite,
+        address=args.address,
+    )
+    print(summary_line(summary))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole pipeline on the built-in synthetic data (local Ray, CPU)."""
     from segray.demo import run_demo
@@ -243,6 +267,48 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
     )
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser(
+        "segment", help="bulk-segment image folders / tar shards / Parquet into Parquet"
+    )
+    p.add_argument(
+        "--checkpoint", required=True, metavar="CKPT", help="checkpoint directory (path or URI)"
+    )
+    p.add_argument(
+        "--input",
+        "-i",
+        required=True,
+        nargs="+",
+        metavar="URI",
+        help="folders (recursive), globs, *.tar shards, *.parquet files; paths or URIs",
+    )
+    p.add_argument(
+        "--output", "-o", required=True, metavar="DIR", help="output Parquet dataset folder"
+    )
+    p.add_argument(
+        "--masks",
+        metavar="DIR",
+        help="ground-truth masks matched by stem: adds dice/iou/... columns",
+    )
+    p.add_argument(
+        "--write-png", metavar="DIR2", help="also write mask PNGs mirroring the input tree"
+    )
+    p.add_argument(
+        "--retry-errors", action="store_true", help="on resume, segment earlier error rows again"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="discard an earlier output in DIR and start over"
+    )
+    p.add_argument(
+        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.path=value",
+        help="segment.* overrides, e.g. segment.batch_size=16",
+    )
+    p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint: metrics, curves, overlays")
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint directory")

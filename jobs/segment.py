@@ -1,0 +1,20 @@
+"""Bulk segmentation (Ray Data) on the cluster this job is submitted to.
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python jobs/segment.py --checkpoint s3://bucket/segray/tune-1/best \
+        --input s3://bucket/archive/shard-*.tar --output s3://bucket/segray/masks-1 \
+        segment.gpus_per_actor=1 segment.concurrency=8
+
+Thin entry point: the same code as `segray segment`, which joins the cluster in RAY_ADDRESS
+(set by `ray job submit`) or starts a local Ray when run by hand.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout works uninstalled
+
+from segray.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["segment", *sys.argv[1:]]))

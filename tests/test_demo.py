@@ -1,0 +1,29 @@
+"""`segray demo --small` end to end on a real local Ray: search, evaluate, bulk-segment, summary."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from segray.demo import run_demo
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_demo_small_end_to_end(ray_local, tmp_path, capsys):
+    summary = run_demo(tmp_path / "demo", small=True)
+    out = capsys.readouterr().out
+    assert "segray demo summary" in out and "error rows" in out
+    assert summary["trials"] == 4
+    assert 0.0 <= summary["best_val_dice"] <= 1.0
+    assert set(summary["best_params"]) == {"model.dilation_rates", "loss.bce_weight", "optim.lr"}
+    seg = summary["segment"]
+    # 48 archive images + 3 corrupt members: every one is a row, the corrupt ones as errors.
+    assert (seg["ok"], seg["error"], seg["rows"]) == (48, 3, 51)
+    table = pd.read_parquet(summary["paths"]["masks_parquet"])
+    assert len(table) == 51 and table["image_id"].is_unique
+    assert table.loc[table["status"] == "error", "error"].notna().all()
+    assert (tmp_path / "demo" / "eval" / "metrics.json").is_file()
+    assert json.loads((tmp_path / "demo" / "demo_summary.json").read_text())["trials"] == 4
