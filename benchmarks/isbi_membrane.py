@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/isbi_membrane.py [--minutes 7] [--quick] [--layout auto|1x2|2x1]
+    python benchmarks/isbi_membrane.py [--minutes 7] [--quick] [--layout auto|1x2|2x1] [--probe-epochs 3]
                                        [--data ../shared/datasets/isbi2012-membrane]
                                        [--output benchmarks/results/isbi_membrane.json]
 
@@ -24,10 +24,11 @@ the same evaluation: every pixel of the full 512 x 512 val slices into one
   layout for a few epochs and keeps the one with the shorter wall time per epoch.
 
 Budget (``--minutes`` per side): the epoch count is chosen up front, since the cosine schedule
-needs it. plain: a probe of 2 epochs of a throw-away model gives the first-epoch time t1 and the
-steady epoch time t; epochs = 1 + floor((budget - t1) / t). segray: the layout probe gives the
-time from calling ``run_training`` to the first epoch's report (worker start-up + epoch 1) and
-the steady wall per epoch; epochs = 1 + floor((budget - that) / steady). The budget covers the
+needs it. plain: a probe of 2 epochs of a throw-away model warms the process up and gives the
+steady epoch time t (its second epoch); the timed run starts warm, so epochs =
+floor((budget - set-up) / t). segray: the layout probe gives the time from calling
+``run_training`` to the first epoch's report (worker start-up + epoch 1) and the steady wall
+per epoch; epochs = 1 + floor((budget - that) / steady). The budget covers the
 ``run_training`` call (worker start-up included), not the Ray start-up.
 
 Time per epoch, both sides, excludes epoch 1 (start-up, lazy allocations). segray's is the
@@ -35,6 +36,9 @@ wall-clock gap between consecutive epoch reports as seen by the Ray Train contro
 ``UserCallback``), so it includes the per-epoch checkpoint write and reporting; its
 ``epoch_time_s`` (train + eval only, as the workers log it) is reported too. The ratio target
 uses the wall-clock number.
+
+A full run takes about 18 minutes: a 2-epoch plain probe, 7 minutes of plain training, Ray
+start-up, two 3-epoch layout probes (about 3 minutes), 7 minutes of segray training.
 
 Metrics are those of the best epoch by val foreground Dice (the checkpoint segray exports as
 ``best``); the last epoch's are reported too. Targets: segray val foreground Dice >= 0.946 and
@@ -74,7 +78,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "isbi_membrane.yaml"
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "isbi2012-membrane"
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "isbi_membrane.json"
-RAY_LOCK = Path(os.environ.get("SEGRAY_RAY_LOCK", "/tmp/segray-ray-tests.lock"))  # = tests/conftest.py
+# The lock file of tests/conftest.py ray_lock(): one local Ray per machine at a time.
+RAY_LOCK = Path(os.environ.get("SEGRAY_RAY_LOCK", "/tmp/segray-ray-tests.lock"))
 
 DICE_TARGET = 0.946  # what a plain ResNet34-U-Net loop reached here in 7 minutes (dataset README)
 RATIO_TARGET = 1.10  # segray time per epoch / plain time per epoch
@@ -83,8 +88,18 @@ THREADS = 2  # this machine's cores
 
 # DDP layouts on 2 cores; batch is per worker so that the global batch stays 4.
 LAYOUTS: dict[str, dict[str, Any]] = {
-    "1x2": {"train.num_workers": 1, "train.cpus_per_worker": 2, "train.torch_threads": 2, "data.batch_size": 4},
-    "2x1": {"train.num_workers": 2, "train.cpus_per_worker": 1, "train.torch_threads": 1, "data.batch_size": 2},
+    "1x2": {
+        "train.num_workers": 1,
+        "train.cpus_per_worker": 2,
+        "train.torch_threads": 2,
+        "data.batch_size": 4,
+    },
+    "2x1": {
+        "train.num_workers": 2,
+        "train.cpus_per_worker": 1,
+        "train.torch_threads": 1,
+        "data.batch_size": 2,
+    },
 }
 METRICS = ("val_dice", "val_iou", "val_accuracy", "val_dice_membrane", "val_loss")
 
@@ -96,7 +111,10 @@ def ray_lock() -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting for the Ray lock {RAY_LOCK} (another local Ray is running) ...", flush=True)
+            print(
+                f"waiting for the Ray lock {RAY_LOCK} (another local Ray is running) ...",
+                flush=True,
+            )
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -117,18 +135,31 @@ def plain_run(cfg: Config, epochs: int, label: str = "plain") -> dict[str, Any]:
     datasets = build_datasets(cfg)  # segray's data + transforms_from_config augmentation
     model = create_model(cfg.model.name, **cfg.model.kwargs(cfg.num_classes))
     loss_fn = create_loss(
-        cfg.loss.name, num_classes=cfg.num_classes, bce_weight=cfg.loss.bce_weight,
-        ignore_index=cfg.data.ignore_index, smooth=cfg.loss.smooth,
+        cfg.loss.name,
+        num_classes=cfg.num_classes,
+        bce_weight=cfg.loss.bce_weight,
+        ignore_index=cfg.data.ignore_index,
+        smooth=cfg.loss.smooth,
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+    )
     # lr(e) = min_lr + (lr - min_lr) * (1 + cos(pi * e / epochs)) / 2, stepped once per epoch.
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=cfg.optim.min_lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=epochs, eta_min=cfg.optim.min_lr
+    )
     # A one-replica DistributedSampler only to shuffle exactly like segray's (seed + epoch).
     sampler = DistributedSampler(datasets["train"], num_replicas=1, rank=0, shuffle=True, seed=seed)
-    train_loader = DataLoader(datasets["train"], batch_size=cfg.data.batch_size, sampler=sampler, drop_last=True)
-    val_loader = DataLoader(datasets["val"], batch_size=cfg.data.eval_batch_size or cfg.data.batch_size)
+    train_loader = DataLoader(
+        datasets["train"], batch_size=cfg.data.batch_size, sampler=sampler, drop_last=True
+    )
+    val_loader = DataLoader(
+        datasets["val"], batch_size=cfg.data.eval_batch_size or cfg.data.batch_size
+    )
     metrics = SegMetrics(
-        cfg.num_classes, class_names=cfg.data.classes, threshold=cfg.train.threshold,
+        cfg.num_classes,
+        class_names=cfg.data.classes,
+        threshold=cfg.train.threshold,
         ignore_index=cfg.data.ignore_index,
     )
     setup_s = time.time() - t_call
@@ -156,11 +187,17 @@ def plain_run(cfg: Config, epochs: int, label: str = "plain") -> dict[str, Any]:
         with torch.no_grad():
             for images, masks in val_loader:
                 logits = model(images)
-                val_total, val_n = val_total + loss_fn(logits, masks).item() * len(images), val_n + len(images)
+                val_total, val_n = (
+                    val_total + loss_fn(logits, masks).item() * len(images),
+                    val_n + len(images),
+                )
                 metrics.update(probs_from_logits(logits), masks)
         m = metrics.compute()
         row = {
-            "epoch": epoch + 1, "lr": lr, "train_loss": total / max(n, 1), "val_loss": val_total / max(val_n, 1),
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": total / max(n, 1),
+            "val_loss": val_total / max(val_n, 1),
             **{f"val_{k}": m[k] for k in ("dice", "iou", "accuracy", "dice_membrane")},
             "epoch_time_s": time.time() - t0,
         }
@@ -214,7 +251,9 @@ def segray_run(cfg: Config, epochs: int, layout: str, workdir: Path, label: str)
     for row in history:
         e = int(row["epoch"])
         row["report_time_s"] = reports.get(e, math.nan) - t_call
-        row["report_gap_s"] = reports.get(e, math.nan) - reports.get(e - 1, t_call if e == 1 else math.nan)
+        row["report_gap_s"] = reports.get(e, math.nan) - reports.get(
+            e - 1, t_call if e == 1 else math.nan
+        )
     shutil.rmtree(out, ignore_errors=True)  # checkpoints: ~300 MB an epoch for ResNet34 + Adam
     return {"wall_s": wall, "history": history, "first_report_s": history[0]["report_time_s"]}
 
@@ -242,7 +281,9 @@ def _epochs_for(budget_s: float, first_s: float, steady_s: float) -> int:
 
 def _slim(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     keep = ("epoch", "lr", "train_loss", *METRICS, "epoch_time_s", "report_time_s", "report_gap_s")
-    return [{k: (float(r[k]) if k != "epoch" else int(r[k])) for k in keep if k in r} for r in history]
+    return [
+        {k: (float(r[k]) if k != "epoch" else int(r[k])) for k in keep if k in r} for r in history
+    ]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -261,8 +302,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # ---- plain: timing probe, then the budgeted run
     probe = plain_run(cfg, PLAIN_PROBE_EPOCHS, label="plain probe")
     p_times = [r["epoch_time_s"] for r in probe["history"]]
-    plain_epochs = _epochs_for(budget, probe["setup_s"] + p_times[0], p_times[-1])
-    print(f"plain: probe epochs {[round(t, 1) for t in p_times]} s -> {plain_epochs} epochs", flush=True)
+    # The probe warmed this process up (its first epoch is start-up), so every epoch of the
+    # timed run costs about the probe's second: epochs = floor((budget - set-up) / t).
+    plain_epochs = _epochs_for(budget, probe["setup_s"] + p_times[-1], p_times[-1])
+    print(
+        f"plain: probe epochs {[round(t, 1) for t in p_times]} s -> {plain_epochs} epochs",
+        flush=True,
+    )
     plain = plain_run(cfg, plain_epochs)
 
     # ---- segray: Ray start-up, layout probe, then the budgeted run
@@ -291,9 +337,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "wall_s": r["wall_s"],
                     }
                     print(f"[segray probe-{layout}] {probes[layout]}", flush=True)
-                layout = min(probes, key=lambda k: probes[k]["per_epoch_wall_s"]) if probes else layouts[0]
+                layout = (
+                    min(probes, key=lambda k: probes[k]["per_epoch_wall_s"])
+                    if probes
+                    else layouts[0]
+                )
                 if layout in probes:
-                    first, steady = probes[layout]["first_report_s"], probes[layout]["per_epoch_wall_s"]
+                    first, steady = (
+                        probes[layout]["first_report_s"],
+                        probes[layout]["per_epoch_wall_s"],
+                    )
                 else:  # no probe: assume segray's epochs cost what plain's do, plus its start-up
                     first, steady = 30.0 + p_times[0], p_times[-1]
                 seg_epochs = _epochs_for(budget, first, steady)
@@ -358,7 +411,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ratio_per_epoch_compute": seg_compute / plain_steady,
         "targets": {
             "dice": {"target": DICE_TARGET, "value": dice, "pass": bool(dice >= DICE_TARGET)},
-            "time_ratio": {"target": RATIO_TARGET, "value": ratio, "pass": bool(ratio <= RATIO_TARGET)},
+            "time_ratio": {
+                "target": RATIO_TARGET,
+                "value": ratio,
+                "pass": bool(ratio <= RATIO_TARGET),
+            },
         },
     }
 
@@ -413,7 +470,9 @@ def format_table(report: dict[str, Any]) -> str:
             f"{k}: {v['per_epoch_wall_s']:.2f} s/epoch (first report {v['first_report_s']:.1f} s)"
             for k, v in s["layout_probe"].items()
         )
-        lines.append(f"layout probe ({next(iter(s['layout_probe'].values()))['epochs']} epochs each): {probe}")
+        lines.append(
+            f"layout probe ({next(iter(s['layout_probe'].values()))['epochs']} epochs each): {probe}"
+        )
     m = report["machine"]
     lines.append(
         f"{m['cpus']} CPUs, torch {m['torch']}, ray {m['ray']}; load average "
@@ -426,10 +485,18 @@ def format_table(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=7.0, help="wall budget per side")
-    parser.add_argument("--quick", action="store_true", help="1 minute per side, 2-epoch layout probes")
-    parser.add_argument("--layout", choices=["auto", *LAYOUTS], default="auto", help="segray DDP layout")
-    parser.add_argument("--probe-epochs", type=int, default=3, help="epochs per segray layout probe")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="ISBI 2012 folder (image/, label/)")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 minute per side, 2-epoch layout probes"
+    )
+    parser.add_argument(
+        "--layout", choices=["auto", *LAYOUTS], default="auto", help="segray DDP layout"
+    )
+    parser.add_argument(
+        "--probe-epochs", type=int, default=3, help="epochs per segray layout probe"
+    )
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="ISBI 2012 folder (image/, label/)"
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     if args.quick:

@@ -6,8 +6,8 @@ Usage::
                                            [--workers 1] [--workdir DIR]
                                            [--output benchmarks/results/search_efficiency.json]
 
-Data and model (``configs/tune_local.yaml``-like, sized to finish in about 25 minutes on a
-2-core machine): the built-in synthetic set (textured scenes whose large objects need
+Data and model (``configs/tune_local.yaml``-like, sized so that the default run, 28 trials
+and about 110 trial-epochs, takes about 20-25 minutes on a quiet 2-core machine): the built-in synthetic set (textured scenes whose large objects need
 long-range context, so the decoder's dilation rates matter), generated in a temporary folder,
 split 70/30 train/val; a ResNet18-U-Net with a small atrous decoder ([64, 32, 16, 8]), Adam
 2e-3 with a cosine schedule over ``--epochs``, batch 4. Every trial is one segray training
@@ -15,16 +15,18 @@ split 70/30 train/val; a ResNet18-U-Net with a small atrous decoder ([64, 32, 16
 worker x 2 CPUs by default, or 2 gloo workers x 1 CPU), so trials never compete for the cores
 and their start-up costs can be read off cleanly.
 
-Methods, all over the same two keys, ``model.dilation_rates`` (4 choices: none, small, the
-default, large) and ``loss.bce_weight``, with the same fixed learning rate:
+Methods, all over the same two keys, ``model.dilation_rates`` (3 choices: none [1, 1, 1, 1],
+segray's default [1, 6, 12, 18], large [1, 12, 24, 36]) and ``loss.bce_weight``, with the same
+fixed learning rate:
 
-* **grid**: every dilation choice x bce_weight in {0.2, 0.8} (8 configs), each for E epochs;
-  its budget G = 8 x E trial-epochs, and its best val Dice is the reference.
+* **grid**: every dilation choice x bce_weight in {0.2, 0.8} (6 configs), each for E epochs;
+  its budget G = 6 x E trial-epochs, and its best val Dice is the reference.
 * **random**: Optuna's RandomSampler over choice x uniform(0, 1), no early stopping,
   G / E trials, so exactly G trial-epochs.
 * **tpe_asha**: Optuna TPE (``tune.searcher: optuna``) + ASHA (grace period 1, reduction
   factor 2, max E epochs), with enough trials to spend at least G trial-epochs in expectation;
-  epochs past G are not counted (the curve stops at G).
+  epochs past G are not counted (the curve stops at G). Note that segray's TPE sampler keeps
+  Optuna's default of 10 random start-up trials, so most of a small search is random.
 
 Curves: trials in start order (Tune's trial counter; trials run one at a time), each trial's
 epochs in order from its history; after every trial-epoch, the best val Dice seen so far. The
@@ -66,14 +68,15 @@ from segray.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "search_efficiency.json"
-RAY_LOCK = Path(os.environ.get("SEGRAY_RAY_LOCK", "/tmp/segray-ray-tests.lock"))  # = tests/conftest.py
+# The lock file of tests/conftest.py ray_lock(): one local Ray per machine at a time.
+RAY_LOCK = Path(os.environ.get("SEGRAY_RAY_LOCK", "/tmp/segray-ray-tests.lock"))
 
 WITHIN = 0.01  # "reaches the grid's best" = best val Dice >= grid best - WITHIN
 BUDGET_FRACTION = 0.40  # ... with at most this fraction of the grid's trial-epochs
 CHECKPOINTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)  # curve table columns, fractions of G
 METHODS = ("grid", "random", "tpe_asha")
 
-DILATIONS = [[1, 1, 1, 1], [1, 2, 4, 8], [1, 6, 12, 18], [1, 12, 24, 36]]
+DILATIONS = [[1, 1, 1, 1], [1, 6, 12, 18], [1, 12, 24, 36]]  # none, segray's default, large
 BCE_GRID = [0.2, 0.8]
 QUICK_DILATIONS = [[1, 1, 1, 1], [1, 6, 12, 18]]
 QUICK_BCE_GRID = [0.5]
@@ -87,7 +90,10 @@ def ray_lock() -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting for the Ray lock {RAY_LOCK} (another local Ray is running) ...", flush=True)
+            print(
+                f"waiting for the Ray lock {RAY_LOCK} (another local Ray is running) ...",
+                flush=True,
+            )
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -150,7 +156,9 @@ def expected_asha_epochs(max_t: int, grace: int, rf: float) -> float:
     return expected
 
 
-def method_overrides(method: str, dilations: list[list[int]], bce_grid: list[float], epochs: int) -> dict[str, Any]:
+def method_overrides(
+    method: str, dilations: list[list[int]], bce_grid: list[float], epochs: int
+) -> dict[str, Any]:
     grid = len(dilations) * len(bce_grid)
     budget = grid * epochs
     if method == "grid":
@@ -161,9 +169,17 @@ def method_overrides(method: str, dilations: list[list[int]], bce_grid: list[flo
             },
             "tune.scheduler": "none",
         }
-    space = {"model.dilation_rates": {"choice": dilations}, "loss.bce_weight": {"uniform": [0.0, 1.0]}}
+    space = {
+        "model.dilation_rates": {"choice": dilations},
+        "loss.bce_weight": {"uniform": [0.0, 1.0]},
+    }
     if method == "random":
-        return {"tune.space": space, "tune.searcher": "random", "tune.scheduler": "none", "tune.num_samples": grid}
+        return {
+            "tune.space": space,
+            "tune.searcher": "random",
+            "tune.scheduler": "none",
+            "tune.num_samples": grid,
+        }
     per_trial = expected_asha_epochs(epochs, ASHA["grace_period"], ASHA["reduction_factor"])
     return {
         "tune.space": space,
@@ -208,13 +224,24 @@ def curve(
     rows = []
     cumulative, best = 0, -math.inf
     for trial_id in sorted(trials["trial_id"].dropna(), key=lambda t: order[str(t)]):
-        h = history[history["trial_id"] == trial_id].sort_values("epoch") if len(history) else history
+        h = (
+            history[history["trial_id"] == trial_id].sort_values("epoch")
+            if len(history)
+            else history
+        )
         for _, r in h.iterrows():
             cumulative += 1
             if cumulative > budget:
                 break
             best = max(best, float(r["val_dice"])) if not math.isnan(r["val_dice"]) else best
-            rows.append({"trial_epochs": cumulative, "best_val_dice": best, "trial_id": trial_id, "epoch": int(r["epoch"])})
+            rows.append(
+                {
+                    "trial_epochs": cumulative,
+                    "best_val_dice": best,
+                    "trial_id": trial_id,
+                    "epoch": int(r["epoch"]),
+                }
+            )
     return pd.DataFrame(rows, columns=["trial_epochs", "best_val_dice", "trial_id", "epoch"])
 
 
@@ -324,7 +351,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{len(bce_grid)} configs x {args.epochs} epochs = budget {budget} trial-epochs",
         flush=True,
     )
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="segray-search-bench-"))
+    workdir = (
+        Path(args.workdir)
+        if args.workdir
+        else Path(tempfile.mkdtemp(prefix="segray-search-bench-"))
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     base = base_config(args, workdir / "synth")
     methods: dict[str, dict[str, Any]] = {}
@@ -343,8 +374,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"Ray started in {ray_start:.1f} s ({where})", flush=True)
             try:
                 for method in METHODS:
-                    cfg = apply_overrides(base, method_overrides(method, dilations, bce_grid, args.epochs))
-                    print(f"--- {method}: {cfg.tune.num_samples if method != 'grid' else budget // args.epochs} trials", flush=True)
+                    cfg = apply_overrides(
+                        base, method_overrides(method, dilations, bce_grid, args.epochs)
+                    )
+                    print(
+                        f"--- {method}: {cfg.tune.num_samples if method != 'grid' else budget // args.epochs} trials",
+                        flush=True,
+                    )
                     t0 = time.time()
                     result = run_tune(cfg, workdir / method)
                     methods[method] = summarise(method, result, time.time() - t0, budget)
@@ -415,7 +451,10 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [head, "-" * len(head)]
     for name, m in report["methods"].items():
         cells = "".join(
-            f"{m['curve_at'][str(n)]:>8.4f}" if not math.isnan(m["curve_at"][str(n)]) else f"{'-':>8}" for n in cps
+            f"{m['curve_at'][str(n)]:>8.4f}"
+            if not math.isnan(m["curve_at"][str(n)])
+            else f"{'-':>8}"
+            for n in cps
         )
         lines.append(f"{name:<36}{cells}")
     lines.append("")
@@ -449,18 +488,27 @@ def format_table(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines.append(
         f"{m['cpus']} CPUs, ray {m['ray']}; load average {m['load_average_before']:.2f} before, "
-        f"{m['load_average_after']:.2f} after" + ("; QUICK run: not a measurement" if report["settings"]["quick"] else "")
+        f"{m['load_average_after']:.2f} after"
+        + ("; QUICK run: not a measurement" if report["settings"]["quick"] else "")
     )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 x 1 grid, 2 epochs, 48 images of 64 px")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 x 1 grid, 2 epochs, 48 images of 64 px"
+    )
     parser.add_argument("--epochs", type=int, default=6, help="E: epochs of a full trial")
     parser.add_argument("--num-images", type=int, default=160, help="synthetic images (70%% train)")
     parser.add_argument("--size", type=int, default=96, help="synthetic image side, pixels")
-    parser.add_argument("--workers", type=int, choices=[1, 2], default=1, help="DDP workers per trial (2 CPUs shared)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="DDP workers per trial (2 CPUs shared)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="keep the search outputs here")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)

@@ -307,6 +307,9 @@ class TuneConfig(Section):
     reduction_factor: float = Field(2.0, gt=1, description="ASHA: keep 1/rf per rung")
     max_epochs: int | None = Field(None, ge=1, description="ASHA max_t; default train.epochs")
     seed: int = Field(0, description="searcher seed")
+    startup_trials: int | None = Field(
+        None, ge=1, description="TPE's random start-up trials; default num_samples // 3 (2..10)"
+    )
     max_concurrent_trials: int | None = Field(
         None, ge=1, description="default: cluster resources // one trial's resources"
     )

@@ -129,7 +129,12 @@ def _searcher(cfg: Config, space: SearchSpace):
     from ray.tune.search.optuna import OptunaSearch
 
     sampler = (
-        optuna.samplers.TPESampler(seed=cfg.tune.seed, multivariate=True)
+        optuna.samplers.TPESampler(
+            seed=cfg.tune.seed,
+            multivariate=True,
+            # Optuna's default of 10 random start-up trials would make small searches pure random.
+            n_startup_trials=cfg.tune.startup_trials or min(10, max(2, cfg.tune.num_samples // 3)),
+        )
         if cfg.tune.searcher == "optuna"
         else optuna.samplers.RandomSampler(seed=cfg.tune.seed)
     )
