@@ -132,14 +132,14 @@ def run_demo(
         "trials": search.summary["num_trials"],
         "stopped_early": search.summary["stopped_early"],
         "eval": {k: metrics.get(k) for k in ("dice", "iou", "accuracy", "roc_auc", "pr_auc")},
-        "segment": {k: seg.get(k) for k in ("ok", "error", "skipped", "images_per_s", "rows")},
+        "segment": {k: seg.get(k) for k in ("ok", "error", "skipped", "images_per_s", "rows", "parquet")},
         "wall_time_s": round(time.time() - started, 1),
         "paths": {
             "trials": str(out / "tune" / "trials.parquet"),
             "plots": str(out / "tune" / "plots"),
             "best_checkpoint": str(search.best),
             "evaluation": str(out / "eval"),
-            "masks_parquet": str(out / "segment"),
+            "masks_parquet": str(seg.get("parquet", out / "segment")),
         },
     }
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -83,10 +83,25 @@ __all__ = ["OUTPUT_SCHEMA", "InputError", "SegmentError", "run_segment", "summar
 
 # Settings that change what a row holds: a resumed run must use the same ones.
 _ROW_SETTINGS = (
-    "tile_size", "tile_overlap", "threshold", "max_pixels", "uncertain_low", "uncertain_high",
-    "image_column", "id_column", "shard_size",
+    "tile_size",
+    "tile_overlap",
+    "threshold",
+    "max_pixels",
+    "uncertain_low",
+    "uncertain_high",
+    "image_column",
+    "id_column",
+    "shard_size",
 )
 _OWNED = ("parquet", "_staging", "_segray", "summary.json", "config.yaml")
+# The data.* keys a run may override: how --masks files map to classes.
+_MASK_KEYS = (
+    "data.mask_mode",
+    "data.mask_threshold",
+    "data.mask_values",
+    "data.trimap_uncertain",
+    "data.ignore_index",
+)
 _IMAGE_ROW = -1  # the _total of image rows; a shard's end marker carries its image count
 
 
@@ -136,39 +151,69 @@ def run_segment(
         "mask_mapping": _mask_mapping(cfg) if masks else None,
     }
     shards = plan_inputs(
-        list(inputs), shard_size=seg.shard_size, image_column=seg.image_column,
+        list(inputs),
+        shard_size=seg.shard_size,
+        image_column=seg.image_column,
         id_column=seg.id_column,
     )
     mask_index = MaskIndex.build(masks) if masks else None
     png = Location.parse(write_png) if write_png else None
-    previous = out.check(settings, shards, overwrite=overwrite)  # read-only: may refuse
-    out.prepare(previous, settings, overwrite=overwrite, run_id=run_id, config=cfg,
-                inputs=list(inputs))
-    pending, kept = out.resume_plan(shards, retry_errors=retry_errors)
-    _say(progress, f"segment: {len(shards)} shards, {len(shards) - len(pending)} already done, "
-         f"{len(pending)} to segment -> {out.root.uri}")
-
-    totals: dict[str, int] = {}
+    # Everything that can refuse the run happens before the output folder is touched.
+    previous = out.check(settings, shards, overwrite=overwrite)
+    pending, kept = out.resume_plan(shards, retry_errors=retry_errors, fresh=overwrite)
     where = None
-    pipeline_start = time.time()
     if pending:
         where = ensure_ray(address)
         _check_resources(seg)
-        _say(progress, f"segment: {where}; {seg.concurrency} actor(s) x {seg.cpus_per_actor:g} CPU "
-             f"/ {seg.gpus_per_actor:g} GPU, batch {seg.batch_size}")
-        pipeline_start = time.time()
+    out.prepare(
+        previous,
+        shards,
+        settings,
+        overwrite=overwrite,
+        run_id=run_id,
+        config=cfg,
+        inputs=list(inputs),
+    )
+    _say(
+        progress,
+        f"segment: {len(shards)} shards, {len(shards) - len(pending)} already done, "
+        f"{len(pending)} to segment -> {out.root.uri}",
+    )
+
+    totals: dict[str, int] = {}
+    pipeline_start = time.time()
+    if pending:
+        _say(
+            progress,
+            f"segment: {where}; {seg.concurrency} actor(s) x {seg.cpus_per_actor:g} CPU "
+            f"/ {seg.gpus_per_actor:g} GPU, batch {seg.batch_size}",
+        )
         totals = _run_pipeline(
-            pending, kept, cfg=cfg, checkpoint=Location.parse(checkpoint).uri,
+            pending,
+            kept,
+            cfg=cfg,
+            checkpoint=Location.parse(checkpoint).uri,
             model=settings["model_id"],
-            run_id=run_id, out=out, masks=mask_index, png=png, progress=progress,
+            run_id=run_id,
+            out=out,
+            masks=mask_index,
+            png=png,
+            progress=progress,
         )
     pipeline_s = time.time() - pipeline_start
     summary = out.validate_and_summarise(
-        shards, totals, run_id=run_id, started=started, pipeline_s=pipeline_s,
+        shards,
+        totals,
+        run_id=run_id,
+        started=started,
+        pipeline_s=pipeline_s,
         extra={
-            "checkpoint": str(checkpoint), "model_id": settings["model_id"],
-            "inputs": list(inputs), "masks": settings["masks"],
-            "write_png": png.uri if png else None, "ray": where,
+            "checkpoint": Location.parse(checkpoint).uri,
+            "model_id": settings["model_id"],
+            "inputs": list(inputs),
+            "masks": settings["masks"],
+            "write_png": png.uri if png else None,
+            "ray": where,
         },
     )
     return summary
@@ -192,22 +237,17 @@ def _say(progress: bool, line: str) -> None:
 def _segment_config(ckpt: str, overrides: Iterable[str]) -> Config:
     """The checkpoint's config with ``segment.*`` / ``data.*`` overrides (the model is fixed)."""
     parsed = parse_overrides(list(overrides))
-    fixed = [k for k in parsed if k.split(".", 1)[0] not in ("segment", "data")]
+    fixed = [k for k in parsed if not k.startswith("segment.") and k not in _MASK_KEYS]
     if fixed:
         raise ConfigError(
-            f"{fixed[0]}: segment takes segment.* overrides (and data.* for mapping --masks); "
-            "the model and its training settings come from the checkpoint"
+            f"{fixed[0]}: segment takes segment.* overrides and, to map --masks, "
+            f"{', '.join(_MASK_KEYS)}; the model and its preprocessing come from the checkpoint"
         )
     return apply_overrides(load_checkpoint_config(ckpt), parsed)
 
 
 def _mask_mapping(cfg: Config) -> dict[str, Any]:
-    d = cfg.data
-    return {
-        "classes": d.classes, "mask_mode": d.mask_mode, "mask_threshold": d.mask_threshold,
-        "mask_values": d.mask_values, "trimap_uncertain": d.trimap_uncertain,
-        "ignore_index": d.ignore_index,
-    }
+    return {key: getattr(cfg.data, key.split(".", 1)[1]) for key in _MASK_KEYS}
 
 
 @functools.cache
@@ -297,21 +337,34 @@ class _Output:
         return previous
 
     def prepare(
-        self, previous: dict[str, Any], settings: dict[str, Any], *, overwrite: bool,
-        run_id: str, config: Config, inputs: list[str],
+        self,
+        previous: dict[str, Any],
+        shards: list[Shard],
+        settings: dict[str, Any],
+        *,
+        overwrite: bool,
+        run_id: str,
+        config: Config,
+        inputs: list[str],
     ) -> None:
         """Wipe an earlier output (``overwrite``), remove the summary (written only at the
-        end) and a killed run's temporaries, and record this run."""
+        end), a killed run's temporaries and superseded staged parts; record this run."""
         if overwrite:
             for name in _OWNED:
                 self.root.join(name).delete()
         self.summary.delete()
+        keys, committed = {s.key for s in shards}, self.committed()
+        for entry in self.staging.list(recursive=False):
+            if entry.base_name not in keys or entry.base_name in committed:
+                self.staging.join(entry.base_name).delete()  # superseded or foreign parts
         for folder in (self.parquet, self.staging):  # temporaries of a killed run
             for entry in folder.list():
                 if entry.type == pafs.FileType.File and entry.base_name.startswith("."):
                     self.root.fs.delete_file(entry.path)
-        runs = [*previous.get("runs", []), {"run_id": run_id, "inputs": inputs,
-                                            "started": datetime.now(timezone.utc).isoformat()}]
+        runs = [
+            *previous.get("runs", []),
+            {"run_id": run_id, "inputs": inputs, "started": datetime.now(timezone.utc).isoformat()},
+        ]
         record = {"segray_version": __version__, "settings": settings, "runs": runs}
         self.run_json.write_atomic(json.dumps(record, indent=2).encode())
         self.root.join("config.yaml").write_atomic(config.to_yaml().encode())
@@ -325,16 +378,14 @@ class _Output:
         }
 
     def resume_plan(
-        self, shards: list[Shard], *, retry_errors: bool
+        self, shards: list[Shard], *, retry_errors: bool, fresh: bool
     ) -> tuple[list[Shard], dict[str, int]]:
         """The shards with work left (``skip`` = ids already written and kept) and, per shard,
-        how many such ids there are."""
+        how many such ids there are. Reads only; ``fresh``: as if the folder were empty."""
+        if fresh:
+            return list(shards), {}
         committed = self.committed()
-        keys = {s.key for s in shards}
         fs = self.root.fs
-        for entry in self.staging.list(recursive=False):
-            if entry.base_name not in keys or entry.base_name in committed:
-                self.staging.join(entry.base_name).delete()  # superseded or foreign parts
         pending: list[Shard] = []
         kept: dict[str, int] = {}
         for shard in shards:
@@ -354,8 +405,14 @@ class _Output:
         return pending, kept
 
     def validate_and_summarise(
-        self, shards: list[Shard], totals: dict[str, int], *, run_id: str, started: float,
-        pipeline_s: float, extra: dict[str, Any],
+        self,
+        shards: list[Shard],
+        totals: dict[str, int],
+        *,
+        run_id: str,
+        started: float,
+        pipeline_s: float,
+        extra: dict[str, Any],
     ) -> dict[str, Any]:
         """Check the whole output (every shard committed with its exact image count, ids
         unique, schema), then write ``summary.json`` (atomically, last)."""
@@ -373,17 +430,30 @@ class _Output:
             rows = rows_in[committed[shard.key].path]
             if expected is not None and rows != expected:
                 raise SegmentError(f"shard {shard.key}: {rows} rows, {expected} input images")
-        columns = ["image_id", "status", "error", "run_id", "foreground_fraction",
-                   "mean_confidence", "uncertain_fraction", *METRIC_COLUMNS]
+        columns = [
+            "image_id",
+            "status",
+            "error",
+            "run_id",
+            "foreground_fraction",
+            "mean_confidence",
+            "uncertain_fraction",
+            *METRIC_COLUMNS,
+        ]
         table = dataset.to_table(columns=columns)
         distinct = pc.count_distinct(table.column("image_id")).as_py()
         if distinct != table.num_rows:
             raise SegmentError(f"{table.num_rows} rows but {distinct} distinct image ids")
         summary = _summarise(table, run_id=run_id, pipeline_s=pipeline_s)
         summary.update(
-            output=self.root.uri, parquet=self.parquet.uri, complete=True, run_id=run_id,
-            segray_version=__version__, shards=len(shards),
-            wall_time_s=round(time.time() - started, 2), **extra,
+            output=self.root.uri,
+            parquet=self.parquet.uri,
+            complete=True,
+            run_id=run_id,
+            segray_version=__version__,
+            shards=len(shards),
+            wall_time_s=round(time.time() - started, 2),
+            **extra,
         )
         self.summary.write_atomic(json.dumps(summary, indent=2).encode())
         if not self.staging.list(recursive=False):
@@ -410,8 +480,9 @@ def _summarise(table: pa.Table, *, run_id: str, pipeline_s: float) -> dict[str, 
     errors = table.filter(pc.invert(ok_mask))
     reasons = Counter(
         (e or "").split(": ", 1)[-1] if (e or "").startswith(i) else (e or "")
-        for i, e in zip(errors.column("image_id").to_pylist(), errors.column("error").to_pylist(),
-                        strict=True)
+        for i, e in zip(
+            errors.column("image_id").to_pylist(), errors.column("error").to_pylist(), strict=True
+        )
     )
     return {
         "rows": table.num_rows,
@@ -421,10 +492,13 @@ def _summarise(table: pa.Table, *, run_id: str, pipeline_s: float) -> dict[str, 
         "skipped": table.num_rows - processed,
         "images_per_s": round(processed / pipeline_s, 3) if pipeline_s > 0 else 0.0,
         "pipeline_s": round(pipeline_s, 2),
-        "prediction": {k: mean(ok, k) for k in
-                       ("foreground_fraction", "mean_confidence", "uncertain_fraction")},
-        "metrics": {"images_with_ground_truth": with_gt.num_rows,
-                    **{k: mean(with_gt, k) for k in METRIC_COLUMNS}},
+        "prediction": {
+            k: mean(ok, k) for k in ("foreground_fraction", "mean_confidence", "uncertain_fraction")
+        },
+        "metrics": {
+            "images_with_ground_truth": with_gt.num_rows,
+            **{k: mean(with_gt, k) for k in METRIC_COLUMNS},
+        },
         "error_reasons": dict(reasons.most_common(20)),
     }
 
@@ -458,14 +532,16 @@ class _ShardDatasource(Datasource):
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                       data_context: Any = None) -> list[ReadTask]:
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
+    ) -> list[ReadTask]:
         tasks = []
         for shard in self.shards:
             known = shard.known_total
             rows = None if known is None else known - len(shard.skip) + 1
-            meta = BlockMetadata(num_rows=rows, size_bytes=None, exec_stats=None,
-                                 input_files=[shard.source])
+            meta = BlockMetadata(
+                num_rows=rows, size_bytes=None, exec_stats=None, input_files=[shard.source]
+            )
             read = functools.partial(_read_task, shard, self.masks_ref)
             tasks.append(ReadTask(read, meta, schema=READ_SCHEMA))
         return tasks
@@ -473,10 +549,17 @@ class _ShardDatasource(Datasource):
 
 DECODED_SCHEMA = pa.schema(
     [
-        ("_shard", pa.string()), ("_total", pa.int64()), ("image_id", pa.string()),
-        ("source", pa.string()), ("error", pa.string()), ("width", pa.int32()),
-        ("height", pa.int32()), ("pixels", pa.large_binary()), ("gt_mask", pa.string()),
-        ("gt_target", pa.large_binary()), ("gt_error", pa.string()),
+        ("_shard", pa.string()),
+        ("_total", pa.int64()),
+        ("image_id", pa.string()),
+        ("source", pa.string()),
+        ("error", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("pixels", pa.large_binary()),
+        ("gt_mask", pa.string()),
+        ("gt_target", pa.large_binary()),
+        ("gt_error", pa.string()),
     ]
 )
 # The actor's output: the output columns plus the shard bookkeeping.
@@ -496,8 +579,9 @@ def _decode(
         rec["error"] = row["read_error"]
         if row["_total"] == _IMAGE_ROW and rec["error"] is None:
             try:
-                image = decode_image(row["data"], channels=channels, max_pixels=max_pixels,
-                                     name=row["image_id"])
+                image = decode_image(
+                    row["data"], channels=channels, max_pixels=max_pixels, name=row["image_id"]
+                )
                 rec["height"], rec["width"] = image.shape[:2]
                 rec["pixels"] = image.tobytes()
             except ImageError as e:
@@ -518,8 +602,10 @@ def _target(row: dict[str, Any], shape: tuple[int, ...], mapper: MaskMapper):
     except ImageError as e:
         return None, str(e)
     if target.shape != tuple(shape):
-        return None, (f"{name}: ground truth is {target.shape[1]}x{target.shape[0]}, the image "
-                      f"{shape[1]}x{shape[0]}")
+        return None, (
+            f"{name}: ground truth is {target.shape[1]}x{target.shape[0]}, the image "
+            f"{shape[1]}x{shape[0]}"
+        )
     return target.astype(np.int32).tobytes(), None
 
 
@@ -534,12 +620,16 @@ class _SegmentActor:
 
         cfg = Config.from_dict(config)
         seg = cfg.segment
-        torch.set_num_threads(max(1, int(seg.cpus_per_actor)))  # the CPUs this actor reserved
+        torch.set_num_threads(max(1, int(seg.cpus_per_actor + 0.5)))  # the CPUs it reserved
         cuda = seg.gpus_per_actor > 0 and torch.cuda.is_available()
         device = "cuda" if cuda else "cpu"
         net, _ = load_model(_local_checkpoint(checkpoint), device)
         self.segmenter = Segmenter(
-            net, cfg, device=device, model_id=model, amp=seg.amp and cuda,
+            net,
+            cfg,
+            device=device,
+            model_id=model,
+            amp=seg.amp and cuda,
             channels_last=seg.channels_last and cuda,
         )
         self.cfg, self.model, self.run_id = cfg, model, run_id
@@ -553,7 +643,8 @@ class _SegmentActor:
         todo = [i for i, r in enumerate(rows) if r["_total"] == _IMAGE_ROW and r["error"] is None]
         images = [
             np.frombuffer(rows[i]["pixels"], np.uint8).reshape(
-                rows[i]["height"], rows[i]["width"], self.channels)
+                rows[i]["height"], rows[i]["width"], self.channels
+            )
             for i in todo
         ]
         probas = self.segmenter.predict_batch_proba(images) if images else []
@@ -563,9 +654,16 @@ class _SegmentActor:
 
     def _row(self, r: dict[str, Any], now: datetime) -> dict[str, Any]:
         row = empty_row()
-        row.update(_shard=r["_shard"], _total=r["_total"], image_id=r["image_id"],
-                   source=r["source"], model_id=self.model, segray_version=__version__,
-                   run_id=self.run_id, segmented_at=now)
+        row.update(
+            _shard=r["_shard"],
+            _total=r["_total"],
+            image_id=r["image_id"],
+            source=r["source"],
+            model_id=self.model,
+            segray_version=__version__,
+            run_id=self.run_id,
+            segmented_at=now,
+        )
         if r["_total"] == _IMAGE_ROW and r["error"] is not None:
             row.update(status="error", error=r["error"])
         return row
@@ -576,23 +674,33 @@ class _SegmentActor:
         seg = self.cfg.segment
         mask = self.segmenter.mask_from_proba(proba)
         res: dict[str, Any] = {
-            "status": "ok", "width": r["width"], "height": r["height"],
-            "mask_png": encode_mask_png(mask, self.labels), "gt_mask": r["gt_mask"],
+            "status": "ok",
+            "width": r["width"],
+            "height": r["height"],
+            "mask_png": encode_mask_png(mask, self.labels),
+            "gt_mask": r["gt_mask"],
             "gt_error": r["gt_error"],
             **mask_stats(proba, mask, low=seg.uncertain_low, high=seg.uncertain_high),
         }
         if r["gt_target"] is not None:
             target = np.frombuffer(r["gt_target"], np.int32).reshape(mask.shape)
             try:
-                res.update(per_image_metrics(mask, target, num_classes=self.cfg.num_classes,
-                                             ignore_index=self.cfg.data.ignore_index))
+                res.update(
+                    per_image_metrics(
+                        mask,
+                        target,
+                        num_classes=self.cfg.num_classes,
+                        ignore_index=self.cfg.data.ignore_index,
+                    )
+                )
             except ValueError as e:
                 res["gt_error"] = f"{r['gt_mask']}: {e}"
         return res
 
 
-def _write_staged(batch: pa.Table, *, staging: Location, png: Location | None,
-                  run_id: str) -> pa.Table:
+def _write_staged(
+    batch: pa.Table, *, staging: Location, png: Location | None, run_id: str
+) -> pa.Table:
     """Stage the rows of each shard in this batch as one Parquet part (hidden temporary +
     rename; the name depends only on the run and the ids, so a retried task overwrites it);
     mirror ok masks to ``png``. Returns per part: shard, file, rows; per end marker: the total."""
@@ -614,16 +722,31 @@ def _write_staged(batch: pa.Table, *, staging: Location, png: Location | None,
         ids = "\n".join(sorted(part.column("image_id").to_pylist()))
         name = f"{run_id}-{hashlib.sha1(ids.encode()).hexdigest()[:16]}.parquet"
         staging.join(key, name).write_atomic(part)
-        for k, v in (("shard", key), ("file", name), ("rows", part.num_rows), ("total", _IMAGE_ROW)):
+        for k, v in (
+            ("shard", key),
+            ("file", name),
+            ("rows", part.num_rows),
+            ("total", _IMAGE_ROW),
+        ):
             meta[k].append(v)
-    return pa.table(meta, schema=pa.schema([("shard", pa.string()), ("file", pa.string()),
-                                            ("rows", pa.int64()), ("total", pa.int64())]))
+    return pa.table(
+        meta,
+        schema=pa.schema(
+            [
+                ("shard", pa.string()),
+                ("file", pa.string()),
+                ("rows", pa.int64()),
+                ("total", pa.int64()),
+            ]
+        ),
+    )
 
 
 def _mirror_png(part: pa.Table, png: Location) -> None:
     ok = part.filter(pc.equal(part.column("status"), "ok"))
-    for image_id, data in zip(ok.column("image_id").to_pylist(),
-                              ok.column("mask_png").to_pylist(), strict=True):
+    for image_id, data in zip(
+        ok.column("image_id").to_pylist(), ok.column("mask_png").to_pylist(), strict=True
+    ):
         parts = [p for p in image_id.split("/") if p not in ("", ".", "..")]
         parts[-1] = os.path.splitext(parts[-1])[0] + ".png"
         png.join(*parts).write_atomic(data)
@@ -648,9 +771,9 @@ class _Commits:
         self.failed: dict[str, str] = {}
 
     def add(self, meta: pa.Table) -> None:
-        for key, file, rows, total in zip(*(meta.column(c).to_pylist()
-                                            for c in ("shard", "file", "rows", "total")),
-                                          strict=True):
+        for key, file, rows, total in zip(
+            *(meta.column(c).to_pylist() for c in ("shard", "file", "rows", "total")), strict=True
+        ):
             if total != _IMAGE_ROW:
                 self.expected[key] = total
             else:
@@ -660,7 +783,10 @@ class _Commits:
 
     def _complete(self, key: str) -> bool:
         expected = self.expected[key]
-        return expected is not None and self.kept.get(key, 0) + sum(self.staged[key].values()) >= expected
+        return (
+            expected is not None
+            and self.kept.get(key, 0) + sum(self.staged[key].values()) >= expected
+        )
 
     def _maybe_commit(self, key: str, *, force: bool = False) -> None:
         if key in self.done:
@@ -669,13 +795,17 @@ class _Commits:
             self.again.add(key)
         elif force or self._complete(key):
             ref = _commit_task.options(num_cpus=self.io_cpus).remote(
-                key, self.expected[key], self.out.parquet, self.out.staging)
+                key, self.expected[key], self.out.parquet, self.out.staging
+            )
             self.inflight[ref] = key
 
     def _collect(self, timeout: float | None) -> None:
         while self.inflight:
-            ready, _ = ray.wait(list(self.inflight), num_returns=len(self.inflight) if timeout is None
-                                else 1, timeout=timeout)
+            ready, _ = ray.wait(
+                list(self.inflight),
+                num_returns=len(self.inflight) if timeout is None else 1,
+                timeout=timeout,
+            )
             if not ready:
                 return
             for ref in ready:
@@ -708,31 +838,86 @@ class _Commits:
 
 
 def _run_pipeline(
-    pending: list[Shard], kept: dict[str, int], *, cfg: Config, checkpoint: str, model: str,
-    run_id: str, out: _Output, masks: MaskIndex | None, png: Location | None, progress: bool,
+    pending: list[Shard],
+    kept: dict[str, int],
+    *,
+    cfg: Config,
+    checkpoint: str,
+    model: str,
+    run_id: str,
+    out: _Output,
+    masks: MaskIndex | None,
+    png: Location | None,
+    progress: bool,
 ) -> dict[str, int]:
     """Stream the pending shards through Ray Data; returns each shard's image count."""
+    context = DataContext.get_current()
+    bars, context.enable_progress_bars = context.enable_progress_bars, progress
+    try:
+        return _stream(
+            pending,
+            kept,
+            cfg=cfg,
+            checkpoint=checkpoint,
+            model=model,
+            run_id=run_id,
+            out=out,
+            masks=masks,
+            png=png,
+        )
+    finally:
+        context.enable_progress_bars = bars
+
+
+def _stream(
+    pending: list[Shard],
+    kept: dict[str, int],
+    *,
+    cfg: Config,
+    checkpoint: str,
+    model: str,
+    run_id: str,
+    out: _Output,
+    masks: MaskIndex | None,
+    png: Location | None,
+) -> dict[str, int]:
     seg = cfg.segment
-    DataContext.get_current().enable_progress_bars = progress
     masks_ref = ray.put(masks) if masks is not None else None
     ds = ray.data.read_datasource(
-        _ShardDatasource(pending, masks_ref), num_cpus=seg.io_cpus,
+        _ShardDatasource(pending, masks_ref),
+        num_cpus=seg.io_cpus,
         override_num_blocks=len(pending),  # one read task per shard; no re-splitting
     )
     ds = ds.map_batches(
-        _decode, batch_format="pyarrow", batch_size=seg.batch_size, num_cpus=seg.io_cpus,
-        fn_kwargs={"channels": cfg.model.in_channels, "max_pixels": seg.max_pixels,
-                   "mapper": MaskMapper.from_config(cfg.data) if masks is not None else None},
+        _decode,
+        batch_format="pyarrow",
+        batch_size=seg.batch_size,
+        num_cpus=seg.io_cpus,
+        fn_kwargs={
+            "channels": cfg.model.in_channels,
+            "max_pixels": seg.max_pixels,
+            "mapper": MaskMapper.from_config(cfg.data) if masks is not None else None,
+        },
     )
     ds = ds.map_batches(
-        _SegmentActor, batch_format="pyarrow", batch_size=seg.batch_size,
-        compute=ActorPoolStrategy(size=seg.concurrency), num_cpus=seg.cpus_per_actor,
+        _SegmentActor,
+        batch_format="pyarrow",
+        batch_size=seg.batch_size,
+        compute=ActorPoolStrategy(size=seg.concurrency),
+        num_cpus=seg.cpus_per_actor,
         num_gpus=seg.gpus_per_actor,
-        fn_constructor_kwargs={"checkpoint": checkpoint, "config": cfg.to_dict(),
-                               "model": model, "run_id": run_id},
+        fn_constructor_kwargs={
+            "checkpoint": checkpoint,
+            "config": cfg.to_dict(),
+            "model": model,
+            "run_id": run_id,
+        },
     )
     ds = ds.map_batches(
-        _write_staged, batch_format="pyarrow", batch_size=None, num_cpus=seg.io_cpus,
+        _write_staged,
+        batch_format="pyarrow",
+        batch_size=None,
+        num_cpus=seg.io_cpus,
         fn_kwargs={"staging": out.staging, "png": png, "run_id": run_id},
     )
     commits = _Commits(pending, kept, out, seg.io_cpus)

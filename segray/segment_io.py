@@ -55,38 +55,89 @@ class InputError(DatasetError):
 
 # --------------------------------------------------------------------------- output schema
 _COLUMNS: list[tuple[str, pa.DataType, bool, str]] = [
-    ("image_id", pa.string(), False, "stable id: path relative to the input folder, "
-     "`shard.tar/member`, or `file.parquet/<id or row index>`"),
+    (
+        "image_id",
+        pa.string(),
+        False,
+        "stable id: path relative to the input folder, "
+        "`shard.tar/member`, or `file.parquet/<id or row index>`",
+    ),
     ("source", pa.string(), False, "the file that holds the image (image, tar or Parquet file)"),
     ("status", pa.string(), False, "`ok` or `error`"),
     ("error", pa.string(), True, "one-line reason when status is `error`, else null"),
     ("width", pa.int32(), True, "image width in pixels (after EXIF rotation); null on error"),
     ("height", pa.int32(), True, "image height in pixels; null on error"),
-    ("mask_png", pa.binary(), True, "predicted mask at the image's resolution: 8-bit palette "
-     "PNG whose pixel values are class indices (binary: 0 / 1); null on error"),
-    ("foreground_fraction", pa.float32(), True, "fraction of pixels predicted as any class but "
-     "background"),
-    ("class_fraction", pa.list_(pa.float32()), True, "fraction of pixels per class 0..K-1 "
-     "(binary: [background, foreground])"),
+    (
+        "mask_png",
+        pa.binary(),
+        True,
+        "predicted mask at the image's resolution: 8-bit palette "
+        "PNG whose pixel values are class indices (binary: 0 / 1); null on error",
+    ),
+    (
+        "foreground_fraction",
+        pa.float32(),
+        True,
+        "fraction of pixels predicted as any class but background",
+    ),
+    (
+        "class_fraction",
+        pa.list_(pa.float32()),
+        True,
+        "fraction of pixels per class 0..K-1 (binary: [background, foreground])",
+    ),
     ("mean_confidence", pa.float32(), True, "mean over pixels of the winning class's probability"),
-    ("uncertain_fraction", pa.float32(), True, "fraction of pixels whose (winning) probability "
-     "lies in [segment.uncertain_low, segment.uncertain_high] (default 0.3-0.7)"),
-    ("num_components", pa.int32(), True, "8-connected components of the predicted mask, summed "
-     "over the non-background classes"),
-    ("gt_mask", pa.string(), True, "`--masks`: the ground-truth file matched to this image, "
-     "else null"),
-    ("gt_error", pa.string(), True, "why a matched ground-truth mask gave no metrics (unreadable, "
-     "wrong size, bad values), else null"),
-    ("dice", pa.float32(), True, "`--masks`: Dice of the prediction (binary: foreground; "
-     "multi-class: mean over classes 1..K-1); null without ground truth"),
+    (
+        "uncertain_fraction",
+        pa.float32(),
+        True,
+        "fraction of pixels whose (winning) probability "
+        "lies in [segment.uncertain_low, segment.uncertain_high] (default 0.3-0.7)",
+    ),
+    (
+        "num_components",
+        pa.int32(),
+        True,
+        "8-connected components of the predicted mask, summed over the non-background classes",
+    ),
+    (
+        "gt_mask",
+        pa.string(),
+        True,
+        "`--masks`: the ground-truth file matched to this image, else null",
+    ),
+    (
+        "gt_error",
+        pa.string(),
+        True,
+        "why a matched ground-truth mask gave no metrics (unreadable, "
+        "wrong size, bad values), else null",
+    ),
+    (
+        "dice",
+        pa.float32(),
+        True,
+        "`--masks`: Dice of the prediction (binary: foreground; "
+        "multi-class: mean over classes 1..K-1); null without ground truth",
+    ),
     ("iou", pa.float32(), True, "`--masks`: IoU, as dice"),
     ("precision", pa.float32(), True, "`--masks`: precision, as dice"),
     ("recall", pa.float32(), True, "`--masks`: recall, as dice"),
     ("accuracy", pa.float32(), True, "`--masks`: pixel accuracy"),
-    ("model_id", pa.string(), False, "content hash of the checkpoint (`segray.checkpoint.model_id`)"),
+    (
+        "model_id",
+        pa.string(),
+        False,
+        "content hash of the checkpoint (`segray.checkpoint.model_id`)",
+    ),
     ("segray_version", pa.string(), False, "segray version that wrote the row"),
-    ("run_id", pa.string(), False, "the `segray segment` run that segmented the image "
-     "(a resumed run keeps earlier rows and their run ids)"),
+    (
+        "run_id",
+        pa.string(),
+        False,
+        "the `segray segment` run that segmented the image "
+        "(a resumed run keeps earlier rows and their run ids)",
+    ),
     ("segmented_at", pa.timestamp("ms", tz="UTC"), False, "when the image was segmented"),
 ]
 
@@ -101,9 +152,15 @@ def schema_markdown() -> str:
     """The README's table of `OUTPUT_SCHEMA` (column, type, description)."""
     lines = ["| column | type | description |", "| --- | --- | --- |"]
     for name, dtype, nullable, desc in _COLUMNS:
-        kind = str(dtype) + ("" if nullable else ", not null")
+        kind = _type_name(dtype) + ("" if nullable else ", not null")
         lines.append(f"| `{name}` | {kind} | {desc} |")
     return "\n".join(lines)
+
+
+def _type_name(dtype: pa.DataType) -> str:
+    if pa.types.is_list(dtype):
+        return f"list<{_type_name(dtype.value_type)}>"
+    return {"float": "float32", "double": "float64"}.get(str(dtype), str(dtype))
 
 
 def empty_row() -> dict[str, Any]:
@@ -480,9 +537,7 @@ def read_shard(
         if len(rows) >= chunk_rows or size >= chunk_bytes:
             yield pa.Table.from_pylist(rows, schema=READ_SCHEMA)
             rows, size = [], 0
-    rows.append(
-        {"_shard": shard.key, "_total": total, "image_id": "", "source": shard.source}
-    )
+    rows.append({"_shard": shard.key, "_total": total, "image_id": "", "source": shard.source})
     yield pa.Table.from_pylist(rows, schema=READ_SCHEMA)
 
 
@@ -517,13 +572,23 @@ def _tar(shard: Shard) -> Iterator[_Item]:
     try:
         stream = shard.fs.open_input_stream(shard.path)
     except OSError as e:
-        yield shard.id_prefix, shard.source, None, f"{shard.id_prefix}: cannot read archive ({_one_line(e)})"
+        yield (
+            shard.id_prefix,
+            shard.source,
+            None,
+            f"{shard.id_prefix}: cannot read archive ({_one_line(e)})",
+        )
         return
     with stream:
         try:
             archive = tarfile.open(fileobj=stream, mode="r|*")
         except (tarfile.TarError, OSError, EOFError) as e:
-            yield shard.id_prefix, shard.source, None, f"{shard.id_prefix}: not a readable tar archive ({_one_line(e)})"
+            yield (
+                shard.id_prefix,
+                shard.source,
+                None,
+                f"{shard.id_prefix}: not a readable tar archive ({_one_line(e)})",
+            )
             return
         with archive:
             members = iter(archive)
@@ -535,7 +600,12 @@ def _tar(shard: Shard) -> Iterator[_Item]:
                 except (tarfile.TarError, OSError, EOFError) as e:
                     where = f"after member {last!r}" if last else "at its start"
                     image_id = f"{shard.id_prefix}/<unreadable {where}>"
-                    yield image_id, shard.source, None, f"{shard.id_prefix}: archive unreadable {where} ({_one_line(e)})"
+                    yield (
+                        image_id,
+                        shard.source,
+                        None,
+                        f"{shard.id_prefix}: archive unreadable {where} ({_one_line(e)})",
+                    )
                     return
                 name = info.name.removeprefix("./")
                 if not info.isfile() or _kind(name) != "image" or _hidden(name):
@@ -546,7 +616,12 @@ def _tar(shard: Shard) -> Iterator[_Item]:
                     handle = archive.extractfile(info)
                     data = handle.read() if handle is not None else b""
                 except (tarfile.TarError, OSError, EOFError) as e:
-                    yield image_id, shard.source, None, f"{image_id}: cannot read archive member ({_one_line(e)})"
+                    yield (
+                        image_id,
+                        shard.source,
+                        None,
+                        f"{image_id}: cannot read archive member ({_one_line(e)})",
+                    )
                     return  # the stream is broken past this point
                 yield image_id, shard.source, data, None
 
@@ -557,15 +632,25 @@ def _parquet(shard: Shard) -> Iterator[_Item]:
         handle = shard.fs.open_input_file(shard.path)
         parquet = pq.ParquetFile(handle)
     except (OSError, pa.ArrowException) as e:
-        yield shard.id_prefix, shard.source, None, f"{shard.id_prefix}: not a readable Parquet file ({_one_line(e)})"
+        yield (
+            shard.id_prefix,
+            shard.source,
+            None,
+            f"{shard.id_prefix}: not a readable Parquet file ({_one_line(e)})",
+        )
         return
     names = parquet.schema_arrow.names
     wanted = [shard.image_column] + ([shard.id_column] if shard.id_column else [])
     missing = [c for c in wanted if c not in names]
     if missing:
-        yield shard.id_prefix, shard.source, None, (
-            f"{shard.id_prefix}: no column {missing[0]!r} (columns: {', '.join(names)}); "
-            "set segment.image_column / segment.id_column"
+        yield (
+            shard.id_prefix,
+            shard.source,
+            None,
+            (
+                f"{shard.id_prefix}: no column {missing[0]!r} (columns: {', '.join(names)}); "
+                "set segment.image_column / segment.id_column"
+            ),
         )
         return
     index = 0
@@ -587,7 +672,12 @@ def _parquet(shard: Shard) -> Iterator[_Item]:
                     yield image_id, shard.source, value, None
     except (OSError, pa.ArrowException) as e:
         image_id = f"{shard.id_prefix}/<unreadable after row {index}>"
-        yield image_id, shard.source, None, f"{shard.id_prefix}: unreadable after row {index} ({_one_line(e)})"
+        yield (
+            image_id,
+            shard.source,
+            None,
+            f"{shard.id_prefix}: unreadable after row {index} ({_one_line(e)})",
+        )
     finally:
         handle.close()
 
@@ -598,8 +688,17 @@ def _one_line(e: BaseException) -> str:
 
 # --------------------------------------------------------------------------- per-image results
 _PALETTE = [
-    (0, 0, 0), (255, 255, 255), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
-    (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60),
+    (0, 0, 0),
+    (255, 255, 255),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
 ]
 
 
@@ -607,7 +706,9 @@ def encode_mask_png(mask: np.ndarray, num_labels: int) -> bytes:
     """(H, W) uint8 class indices -> palette PNG: the pixel values stay the class indices
     (``np.asarray(Image.open(...))`` returns them) while viewers show colours."""
     height, width = mask.shape
-    img = Image.frombytes("P", (width, height), np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
+    img = Image.frombytes(
+        "P", (width, height), np.ascontiguousarray(mask, dtype=np.uint8).tobytes()
+    )
     colours = [_PALETTE[i] if i < len(_PALETTE) else _colour(i) for i in range(max(2, num_labels))]
     img.putpalette([c for rgb in colours for c in rgb])
     buf = io.BytesIO()
@@ -620,9 +721,7 @@ def _colour(i: int) -> tuple[int, int, int]:
     return h[0], h[1], h[2]
 
 
-def mask_stats(
-    proba: np.ndarray, mask: np.ndarray, *, low: float, high: float
-) -> dict[str, Any]:
+def mask_stats(proba: np.ndarray, mask: np.ndarray, *, low: float, high: float) -> dict[str, Any]:
     """Statistics of one prediction: class fractions, confidence, uncertainty, components.
 
     ``proba`` is (H, W) P(foreground) for a binary model or (K, H, W); ``mask`` the (H, W)
@@ -662,7 +761,9 @@ def merge_shard(tables: Sequence[pa.Table], expected: int, *, shard: str) -> pa.
     ``--retry-errors``); losing an image raises instead of committing a short shard.
     """
     if tables:
-        table = pa.concat_tables([t.select(OUTPUT_SCHEMA.names).cast(OUTPUT_SCHEMA) for t in tables])
+        table = pa.concat_tables(
+            [t.select(OUTPUT_SCHEMA.names).cast(OUTPUT_SCHEMA) for t in tables]
+        )
     else:
         table = OUTPUT_SCHEMA.empty_table()
     ids = table.column("image_id").to_pylist()
@@ -671,7 +772,9 @@ def merge_shard(tables: Sequence[pa.Table], expected: int, *, shard: str) -> pa.
     order = sorted(range(len(ids)), key=lambda i: (ids[i], times[i], runs[i]))
     keep = [i for j, i in enumerate(order) if j + 1 == len(order) or ids[order[j + 1]] != ids[i]]
     if len(keep) != expected:
-        raise ShardIncomplete(f"shard {shard}: {len(keep)} distinct images written, {expected} expected")
+        raise ShardIncomplete(
+            f"shard {shard}: {len(keep)} distinct images written, {expected} expected"
+        )
     return table.take(pa.array(keep, type=pa.int64()))
 
 
@@ -697,9 +800,7 @@ def read_columns(fs: pafs.FileSystem, paths: Sequence[str], columns: Sequence[st
     """Some columns of several Parquet files (no mask bytes read)."""
     if not paths:
         return OUTPUT_SCHEMA.empty_table().select(list(columns))
-    return pa.concat_tables(
-        [pq.read_table(p, filesystem=fs, columns=list(columns)) for p in paths]
-    )
+    return pa.concat_tables([pq.read_table(p, filesystem=fs, columns=list(columns)) for p in paths])
 
 
 def commit_shard(

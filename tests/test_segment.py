@@ -74,13 +74,18 @@ class Inputs:
             "c.jpg": _encode(Image.fromarray(rgb()), "JPEG"),
             "sub/big.png": _encode(Image.fromarray(rgb((140, 300)))),  # larger than the tile
             "small.png": _encode(Image.fromarray(rgb((20, 30)))),  # smaller than the tile
-            "deep16.png": _encode(Image.fromarray(rng.integers(0, 65536, next(sizes)).astype(np.uint16))),
+            "deep16.png": _encode(
+                Image.fromarray(rng.integers(0, 65536, next(sizes)).astype(np.uint16))
+            ),
             "rgba.png": _encode(Image.fromarray(rgb(channels=4), "RGBA")),
             "palette.png": _encode(Image.fromarray(rgb()).convert("P")),
         }
         truncated = _encode(Image.fromarray(rgb()))
-        broken = {"zero.png": b"", "truncated.png": truncated[: len(truncated) // 2],
-                  "notes.png": b"these are notes, not an image\n"}
+        broken = {
+            "zero.png": b"",
+            "truncated.png": truncated[: len(truncated) // 2],
+            "notes.png": b"these are notes, not an image\n",
+        }
         for name, data in {**files, **broken}.items():
             (photos / name).write_bytes(data)
         (photos / ".hidden.png").write_bytes(files["a.png"])  # hidden: not an input
@@ -88,10 +93,17 @@ class Inputs:
         self.good.update({f"photos/{k}": v for k, v in files.items()})
         self.bad.update(f"photos/{k}" for k in broken)
 
-        members = {"m0.png": _encode(Image.fromarray(rgb())), "d/m1.png": _encode(Image.fromarray(rgb())),
-                   "m2.jpg": _encode(Image.fromarray(rgb()), "JPEG")}
+        members = {
+            "m0.png": _encode(Image.fromarray(rgb())),
+            "d/m1.png": _encode(Image.fromarray(rgb())),
+            "m2.jpg": _encode(Image.fromarray(rgb()), "JPEG"),
+        }
         with tarfile.open(root / "shard-000.tar", "w") as tar:
-            for name, data in [*members.items(), ("m0.json", b"{}"), ("broken.png", truncated[:100])]:
+            for name, data in [
+                *members.items(),
+                ("m0.json", b"{}"),
+                ("broken.png", truncated[:100]),
+            ]:
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
@@ -99,8 +111,12 @@ class Inputs:
         self.bad.add("shard-000.tar/broken.png")
 
         p0, p1 = (_encode(Image.fromarray(rgb())) for _ in range(2))
-        table = pa.table({"image": pa.array([p0, p1, None, b"\x89PNG junk"], pa.binary()),
-                          "name": ["p0", "p1", "p2", "p3"]})
+        table = pa.table(
+            {
+                "image": pa.array([p0, p1, None, b"\x89PNG junk"], pa.binary()),
+                "name": ["p0", "p1", "p2", "p3"],
+            }
+        )
         pq.write_table(table, root / "table.parquet")
         self.good.update({"table.parquet/p0": p0, "table.parquet/p1": p1})
         self.bad.update({"table.parquet/p2", "table.parquet/p3"})
@@ -108,8 +124,12 @@ class Inputs:
 
         gt = root / "gt"
         (gt / "sub").mkdir(parents=True)
-        for image_id, name in [("photos/a.png", "a.png"), ("photos/sub/big.png", "sub/big.png"),
-                               ("shard-000.tar/m0.png", "m0.png"), ("table.parquet/p0", "p0.png")]:
+        for image_id, name in [
+            ("photos/a.png", "a.png"),
+            ("photos/sub/big.png", "sub/big.png"),
+            ("shard-000.tar/m0.png", "m0.png"),
+            ("table.parquet/p0", "p0.png"),
+        ]:
             h, w = Image.open(io.BytesIO(self.good[image_id])).size[::-1]
             mask = (rng.random((h, w)) > 0.5).astype(np.uint8) * 255
             Image.fromarray(mask).save(gt / name)
@@ -127,8 +147,15 @@ def mixed(ray_local, ckpt, tmp_path_factory: pytest.TempPathFactory):
     """One run over all the inputs, with ground truth and a PNG mirror."""
     root = tmp_path_factory.mktemp("mixed")
     inputs = Inputs(root)
-    summary = run_segment(ckpt, inputs.paths, str(root / "out"), masks=str(inputs.gt),
-                          write_png=str(root / "png"), overrides=OVERRIDES, progress=False)
+    summary = run_segment(
+        ckpt,
+        inputs.paths,
+        str(root / "out"),
+        masks=str(inputs.gt),
+        write_png=str(root / "png"),
+        overrides=OVERRIDES,
+        progress=False,
+    )
     return inputs, root, summary
 
 
@@ -188,12 +215,17 @@ def test_ground_truth_metrics_and_png_mirror(mixed, ckpt):
     df = _read(root / "out")
     seg = load_segmenter(ckpt, device="cpu")
     mapper = MaskMapper.from_config(seg.config.data)
-    for image_id, gt in [("photos/a.png", "a.png"), ("photos/sub/big.png", "sub/big.png"),
-                         ("shard-000.tar/m0.png", "m0.png"), ("table.parquet/p0", "p0.png")]:
+    for image_id, gt in [
+        ("photos/a.png", "a.png"),
+        ("photos/sub/big.png", "sub/big.png"),
+        ("shard-000.tar/m0.png", "m0.png"),
+        ("table.parquet/p0", "p0.png"),
+    ]:
         row = df.loc[image_id]
         pred = np.asarray(Image.open(io.BytesIO(row.mask_png)))
-        expected = per_image_metrics(pred, mapper(read_mask(inputs.gt / gt)), num_classes=1,
-                                     ignore_index=255)
+        expected = per_image_metrics(
+            pred, mapper(read_mask(inputs.gt / gt)), num_classes=1, ignore_index=255
+        )
         assert row.gt_mask == str(inputs.gt / gt)
         for key, value in expected.items():
             assert row[key] == pytest.approx(value, abs=1e-6), (image_id, key)
@@ -201,7 +233,9 @@ def test_ground_truth_metrics_and_png_mirror(mixed, ckpt):
     assert np.isnan(df.loc["photos/c.jpg"].dice) and np.isnan(df.loc["photos/small.png"].dice)
     assert summary["metrics"]["images_with_ground_truth"] == 4
     mirrored = np.asarray(Image.open(root / "png" / "photos" / "sub" / "big.png"))
-    assert np.array_equal(mirrored, np.asarray(Image.open(io.BytesIO(df.loc["photos/sub/big.png"].mask_png))))
+    assert np.array_equal(
+        mirrored, np.asarray(Image.open(io.BytesIO(df.loc["photos/sub/big.png"].mask_png)))
+    )
     assert (root / "png" / "shard-000.tar" / "d" / "m1.png").is_file()
     assert not (root / "png" / "photos" / "zero.png").exists()
 
@@ -224,7 +258,9 @@ def _tiny(root: Path) -> list[str]:
     photos.mkdir(parents=True)
     rng = np.random.default_rng(1)
     for i in range(4):
-        Image.fromarray(rng.integers(0, 256, (36, 36 + i, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (36, 36 + i, 3), dtype=np.uint8)).save(
+            photos / f"{i}.png"
+        )
     (photos / "bad.png").write_bytes(b"")
     return [str(photos)]
 
@@ -260,27 +296,66 @@ def test_refusals_touch_nothing(ray_local, ckpt, tmp_path: Path):
     run_segment(ckpt, inputs, str(out), overrides=OVERRIDES, progress=False)
     summary = (out / "summary.json").read_text()
     with pytest.raises(InputError, match="threshold"):
-        run_segment(ckpt, inputs, str(out), overrides=[*OVERRIDES, "segment.threshold=0.3"],
-                    progress=False)
+        run_segment(
+            ckpt, inputs, str(out), overrides=[*OVERRIDES, "segment.threshold=0.3"], progress=False
+        )
     with pytest.raises(InputError, match="inputs changed"):
-        run_segment(ckpt, [*inputs, inputs[0] + "/0.png"], str(out), overrides=OVERRIDES,
-                    progress=False)
+        run_segment(
+            ckpt, [*inputs, inputs[0] + "/0.png"], str(out), overrides=OVERRIDES, progress=False
+        )
     assert (out / "summary.json").read_text() == summary  # a refused run leaves it complete
 
 
 # --------------------------------------------------------------------------- kill and resume
-def _command(ckpt: Path, inputs: list[str], out: Path, overrides: list[str], address: str) -> list[str]:
+def _command(
+    ckpt: Path, inputs: list[str], out: Path, overrides: list[str], address: str
+) -> list[str]:
     """`segray segment ...` once the CLI has the command, else a driver calling run_segment."""
     from segray.cli import build_parser
 
     commands = next(a for a in build_parser()._actions if a.dest == "command").choices
     if "segment" in commands:
-        return [sys.executable, "-m", "segray.cli", "segment", "--checkpoint", str(ckpt),
-                "--input", *inputs, "--output", str(out), "--address", address, *overrides]
-    args = {"checkpoint": str(ckpt), "inputs": inputs, "output": str(out),
-            "overrides": overrides, "address": address}
+        return [
+            sys.executable,
+            "-m",
+            "segray.cli",
+            "segment",
+            "--checkpoint",
+            str(ckpt),
+            "--input",
+            *inputs,
+            "--output",
+            str(out),
+            "--address",
+            address,
+            *overrides,
+        ]
+    args = {
+        "checkpoint": str(ckpt),
+        "inputs": inputs,
+        "output": str(out),
+        "overrides": overrides,
+        "address": address,
+    }
     driver = "import json, sys; from segray.segment import run_segment; run_segment(**json.loads(sys.argv[1]))"
     return [sys.executable, "-c", driver, json.dumps(args)]
+
+
+def _settle(out: Path, quiet: float = 3.0, limit: float = 60.0) -> None:
+    """Wait until no file under ``out`` has appeared, gone or changed for ``quiet`` seconds."""
+
+    def state():
+        try:
+            return sorted((str(p), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file())
+        except FileNotFoundError:  # something moved while we looked: not settled
+            return None
+
+    last, since, deadline = state(), time.monotonic(), time.monotonic() + limit
+    while time.monotonic() - since < quiet and time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = state()
+        if now != last:
+            last, since = now, time.monotonic()
 
 
 def test_killed_run_resumes_without_segmenting_again(ray_local, ckpt, tmp_path: Path):
@@ -290,12 +365,19 @@ def test_killed_run_resumes_without_segmenting_again(ray_local, ckpt, tmp_path: 
     photos.mkdir()
     rng = np.random.default_rng(2)
     for i in range(36):
-        Image.fromarray(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)).save(photos / f"{i:02d}.png")
+        Image.fromarray(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)).save(
+            photos / f"{i:02d}.png"
+        )
     out = tmp_path / "out"
     overrides = ["segment.shard_size=2", "segment.batch_size=1"]
     address = ray.get_runtime_context().gcs_address
-    proc = subprocess.Popen(_command(ckpt, [str(photos)], out, overrides, address), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        _command(ckpt, [str(photos)], out, overrides, address),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     parts = out / "parquet"
     deadline = time.monotonic() + 150
     while len(list(parts.glob("part-*.parquet"))) < 3:
@@ -305,22 +387,26 @@ def test_killed_run_resumes_without_segmenting_again(ray_local, ckpt, tmp_path: 
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stdout.close()
+    _settle(out)  # Ray stops the dead driver's tasks asynchronously: let their writes land
 
     # What the killed run left: complete shard files only, no summary.
     assert not (out / "summary.json").exists()
     before = pd.read_parquet(parts).set_index("image_id")
     assert 0 < len(before) < 36, "the run finished before it was killed: nothing was tested"
-    staged = [p for p in (out / "_staging").rglob("*") if p.is_file()]
+    staged = [p for p in (out / "_staging").rglob("*.parquet") if not p.name.startswith(".")]
+    staged_ids = set(pq.read_table(staged).column("image_id").to_pylist()) if staged else set()
 
     summary = run_segment(ckpt, [str(photos)], str(out), overrides=overrides, progress=False)
     after = _read(out)
     assert len(after) == 36 and after.index.is_unique and summary["rows"] == 36
     assert sorted(after.index) == [f"{i:02d}.png" for i in range(36)]
-    # Rows committed before the kill were kept as they were: same run, same time.
+    # Rows committed before the kill were kept as they were: same run, same time; images
+    # staged but not yet committed by the killed run were adopted, not segmented again.
     kept = after.loc[before.index]
     assert (kept.run_id == before.run_id).all() and (kept.segmented_at == before.segmented_at).all()
     first_run = before.run_id.iloc[0]
-    assert summary["skipped"] == int((after.run_id == first_run).sum()) >= len(before)
-    assert summary["processed"] == int((after.run_id == summary["run_id"]).sum())
+    assert (after.loc[sorted(staged_ids)].run_id == first_run).all()
+    assert summary["skipped"] == int((after.run_id == first_run).sum())
+    assert summary["skipped"] == len(before.index.union(sorted(staged_ids)))
+    assert summary["processed"] == int((after.run_id == summary["run_id"]).sum()) > 0
     assert summary["processed"] + summary["skipped"] == 36
-    assert staged is not None  # (parts staged by the killed run were adopted, not redone)

@@ -68,9 +68,13 @@ def test_plan_several_inputs_prefix_folders_and_keep_archive_names(tmp_path: Pat
     (tmp_path / "photos" / "x.png").write_bytes(_png())
     tar = _tar(tmp_path / "shard.tar", [("m.png", _png())])
     pq.write_table(pa.table({"image": [_png()]}), tmp_path / "t.parquet")
-    shards = plan_inputs([str(tmp_path / "photos"), str(tar), str(tmp_path / "t.parquet")], shard_size=8)
+    shards = plan_inputs(
+        [str(tmp_path / "photos"), str(tar), str(tmp_path / "t.parquet")], shard_size=8
+    )
     assert [(s.kind, s.id_prefix or s.members[0].image_id) for s in shards] == [
-        ("files", "photos/x.png"), ("tar", "shard.tar"), ("parquet", "t.parquet"),
+        ("files", "photos/x.png"),
+        ("tar", "shard.tar"),
+        ("parquet", "t.parquet"),
     ]
 
 
@@ -83,7 +87,9 @@ def test_plan_glob_and_archives_inside_folders(tmp_path: Path):
     assert sorted(s.id_prefix for s in shards) == ["e/s1.tar", "s0.tar"]
     shards = plan_inputs([str(tmp_path / "d")], shard_size=8)
     assert sorted((s.kind, s.id_prefix) for s in shards) == [
-        ("files", ""), ("tar", "e/s1.tar"), ("tar", "s0.tar"),
+        ("files", ""),
+        ("tar", "e/s1.tar"),
+        ("tar", "s0.tar"),
     ]
 
 
@@ -103,9 +109,15 @@ def test_plan_errors_name_the_input(tmp_path: Path):
 # --------------------------------------------------------------------------- reading
 def test_read_tar_members_errors_duplicates_and_end_marker(tmp_path: Path):
     good = _png()
-    tar = _tar(tmp_path / "s.tar", [
-        ("a.png", good), ("a.json", b"{}"), ("a.png", good), ("./d/b.jpg", b"x"),
-    ])
+    tar = _tar(
+        tmp_path / "s.tar",
+        [
+            ("a.png", good),
+            ("a.json", b"{}"),
+            ("a.png", good),
+            ("./d/b.jpg", b"x"),
+        ],
+    )
     (shard,) = plan_inputs([str(tar)], shard_size=4)
     rows = _rows(read_shard(shard, chunk_rows=2))
     assert [r["image_id"] for r in rows] == ["s.tar/a.png", "s.tar/a.png#2", "s.tar/d/b.jpg", ""]
@@ -129,8 +141,9 @@ def test_read_parquet_ids_nulls_structs_and_missing_column(tmp_path: Path):
     good = _png()
     images = pa.array([{"bytes": good, "path": "x"}, {"bytes": None, "path": "y"}])
     pq.write_table(pa.table({"img": images, "name": ["p0", None]}), tmp_path / "t.parquet")
-    (shard,) = plan_inputs([str(tmp_path / "t.parquet")], shard_size=4, image_column="img",
-                           id_column="name")
+    (shard,) = plan_inputs(
+        [str(tmp_path / "t.parquet")], shard_size=4, image_column="img", id_column="name"
+    )
     rows = _rows(read_shard(shard))
     assert [r["image_id"] for r in rows[:-1]] == ["t.parquet/p0", "t.parquet/1"]
     assert rows[0]["data"] == good and "null" in rows[1]["read_error"]
@@ -193,17 +206,26 @@ def test_schema_constant_and_markdown_agree():
 # --------------------------------------------------------------------------- commit
 def _row(image_id: str, status: str, run: str, at: datetime) -> dict:
     row = empty_row()
-    row.update(image_id=image_id, source="s", status=status, model_id="m", segray_version="v",
-               run_id=run, segmented_at=at)
+    row.update(
+        image_id=image_id,
+        source="s",
+        status=status,
+        model_id="m",
+        segray_version="v",
+        run_id=run,
+        segmented_at=at,
+    )
     return row
 
 
 def test_merge_dedups_newest_wins_and_refuses_short_shards():
     t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
-    old = pa.Table.from_pylist([_row("a", "ok", "r1", t0), _row("b", "error", "r1", t0)],
-                               schema=OUTPUT_SCHEMA)
-    retried = pa.Table.from_pylist([_row("b", "ok", "r2", t0 + timedelta(seconds=1))],
-                                   schema=OUTPUT_SCHEMA)
+    old = pa.Table.from_pylist(
+        [_row("a", "ok", "r1", t0), _row("b", "error", "r1", t0)], schema=OUTPUT_SCHEMA
+    )
+    retried = pa.Table.from_pylist(
+        [_row("b", "ok", "r2", t0 + timedelta(seconds=1))], schema=OUTPUT_SCHEMA
+    )
     merged = merge_shard([old, retried, retried], 2, shard="k")
     assert merged.column("image_id").to_pylist() == ["a", "b"]
     assert merged.column("status").to_pylist() == ["ok", "ok"]
@@ -216,18 +238,26 @@ def test_commit_renames_complete_shards_only(tmp_path: Path):
     parquet, staging = out.join("parquet"), out.join("_staging")
     t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
     staging.join("k", "r1-a.parquet").write_atomic(
-        pa.Table.from_pylist([_row("a", "ok", "r1", t0)], schema=OUTPUT_SCHEMA))
+        pa.Table.from_pylist([_row("a", "ok", "r1", t0)], schema=OUTPUT_SCHEMA)
+    )
     assert commit_shard("k", 2, parquet=parquet, staging=staging)["committed"] is False
     assert not (tmp_path / "parquet" / "part-k.parquet").exists()
     staging.join("k", "r1-b.parquet").write_atomic(
-        pa.Table.from_pylist([_row("b", "error", "r1", t0)], schema=OUTPUT_SCHEMA))
+        pa.Table.from_pylist([_row("b", "error", "r1", t0)], schema=OUTPUT_SCHEMA)
+    )
     assert commit_shard("k", 2, parquet=parquet, staging=staging) == {
-        "key": "k", "committed": True, "rows": 2}
+        "key": "k",
+        "committed": True,
+        "rows": 2,
+    }
     assert not (tmp_path / "_staging" / "k").exists()
     assert sorted(p.name for p in (tmp_path / "parquet").iterdir()) == ["part-k.parquet"]
     # a retried error row replaces the committed one
-    staging.join("k", "r2-b.parquet").write_atomic(pa.Table.from_pylist(
-        [_row("b", "ok", "r2", t0 + timedelta(seconds=5))], schema=OUTPUT_SCHEMA))
+    staging.join("k", "r2-b.parquet").write_atomic(
+        pa.Table.from_pylist(
+            [_row("b", "ok", "r2", t0 + timedelta(seconds=5))], schema=OUTPUT_SCHEMA
+        )
+    )
     assert commit_shard("k", 2, parquet=parquet, staging=staging)["committed"]
     table = pq.read_table(tmp_path / "parquet" / "part-k.parquet")
     assert table.schema.equals(OUTPUT_SCHEMA)

@@ -1,0 +1,402 @@
+"""Bulk-segmentation throughput on this machine: `segray segment` against a plain PyTorch loop
+and against the model alone, on the same checkpoint and the same generated images.
+
+Usage::
+
+    python benchmarks/segment_throughput.py [--images 600] [--rss 600 2400] [--size 256]
+        [--mixed 0.2] [--base-width 8] [--concurrency 1] [--cpus-per-actor auto] [--batch 8]
+        [--output benchmarks/results/segment_throughput.json]
+
+Images: ``--size`` squared (``--mixed`` of them of random sizes from 96 to 2.5 x size, so some
+are tiled), smooth random scenes saved as PNG and JPEG, generated once into a cache folder.
+Checkpoint: a ``unet`` of ``--base-width`` with random weights, ``segment.tile_size = --size``.
+
+(a) ``run_segment`` in a fresh Python process with its own local Ray (images/s over the
+    pipeline, the summary's ``images_per_s``; end-to-end including Ray start-up is reported too),
+(b) a plain PyTorch loop: DataLoader (``cpu_count`` workers) decoding with segray's decoder ->
+    the same `Segmenter` -> the same mask statistics and PNG encoding -> pyarrow ParquetWriter,
+(c) the model alone: `Segmenter.predict_batch_proba` on images decoded beforehand (the ceiling).
+
+Peak memory of (a) is sampled from /proc every 0.25 s over the driver and every process it
+started (Ray's raylet, GCS, workers, the actor): peak driver RSS and peak summed PSS (shared
+object-store pages counted once), at each ``--rss`` image count. Runs under the machine-wide Ray
+lock of the tests (``SEGRAY_RAY_LOCK``), so no test's Ray competes for the CPUs. Prints a table
+and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from segray.checkpoint import save_checkpoint  # noqa: E402
+from segray.config import load_config  # noqa: E402
+from segray.data.io import decode_image  # noqa: E402
+from segray.models import create_model  # noqa: E402
+from segray.predict import load_segmenter  # noqa: E402
+from segray.segment_io import encode_mask_png, mask_stats  # noqa: E402
+
+FOLDER = 200  # images per generated sub-folder; a run over N images takes the first N / FOLDER
+
+
+# --------------------------------------------------------------------------- data
+def generate(cache: Path, count: int, size: int, mixed: float, seed: int = 0) -> list[Path]:
+    """``count`` smooth random scenes (cached): folders of FOLDER images, 1 in 4 a JPEG."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        big = size * 5 // 2
+        h, w = rng.integers(96, big, 2) if rng.random() < mixed else (size, size)
+        folder = cache / f"{i // FOLDER:03d}"
+        path = folder / (f"{i:06d}.jpg" if i % 4 == 3 else f"{i:06d}.png")
+        paths.append(path)
+        if path.exists():
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        low = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        image = Image.fromarray(low).resize((int(w), int(h)), Image.BICUBIC)
+        image.save(path, quality=90) if path.suffix == ".jpg" else image.save(path)
+    return paths
+
+
+def checkpoint(directory: Path, base_width: int, size: int) -> Path:
+    torch.manual_seed(0)
+    cfg = load_config(
+        None, ["model.name=unet", f"model.base_width={base_width}", f"segment.tile_size={size}"]
+    )
+    model = create_model("unet", in_channels=3, num_classes=1, base_width=base_width)
+    return save_checkpoint(directory, model=model, config=cfg, metrics={})
+
+
+# --------------------------------------------------------------------------- (c) model alone
+def model_alone(ckpt: Path, paths: list[Path], batch: int) -> tuple[float, int]:
+    """Best images/s of 1 thread and of every CPU's thread (on a busy machine, fewer threads
+    than cores can be faster), and the thread count that gave it."""
+    seg = load_segmenter(ckpt, device="cpu", batch_size=batch)
+    arrays = [decode_image(p, channels=3) for p in paths]
+    best = (0.0, 1)
+    for threads in sorted({1, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+        seg.predict_batch_proba(arrays[:batch])  # warm-up
+        start = time.perf_counter()
+        for i in range(0, len(arrays), batch):
+            seg.predict_batch_proba(arrays[i : i + batch])
+        best = max(best, (len(arrays) / (time.perf_counter() - start), threads))
+    return best
+
+
+# --------------------------------------------------------------------------- (b) plain loop
+class _Files(torch.utils.data.Dataset):
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return str(self.paths[i]), decode_image(self.paths[i], channels=3)
+        except ValueError as e:
+            return str(self.paths[i]), str(e)
+
+
+def plain_loop(ckpt: Path, paths: list[Path], batch: int, out: Path, workers: int) -> float:
+    """The loop one would write by hand: ``workers`` decode, the other CPUs run the model."""
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+    start = time.perf_counter()
+    seg = load_segmenter(ckpt, device="cpu", batch_size=batch)
+    loader = torch.utils.data.DataLoader(
+        _Files(paths),
+        batch_size=batch,
+        num_workers=workers,
+        collate_fn=lambda items: items,
+        persistent_workers=False,
+    )
+    schema = pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("mask_png", pa.binary()),
+            ("foreground_fraction", pa.float32()),
+            ("mean_confidence", pa.float32()),
+            ("uncertain_fraction", pa.float32()),
+            ("num_components", pa.int32()),
+        ]
+    )
+    with pq.ParquetWriter(out, schema) as writer:
+        for items in loader:
+            good = [(name, image) for name, image in items if not isinstance(image, str)]
+            probas = seg.predict_batch_proba([image for _, image in good])
+            rows = []
+            for (name, _), proba in zip(good, probas, strict=True):
+                mask = seg.mask_from_proba(proba)
+                stats = mask_stats(proba, mask, low=0.3, high=0.7)
+                rows.append(
+                    {
+                        "image_id": name,
+                        "mask_png": encode_mask_png(mask, 2),
+                        **{k: stats[k] for k in schema.names[2:]},
+                    }
+                )
+            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+    return len(paths) / (time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------- (a) segray segment
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def _kb(pid: int, file: str, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class MemorySampler(threading.Thread):
+    """Peak driver RSS and peak summed PSS of a process and all its descendants."""
+
+    def __init__(self, pid: int, every: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every = pid, every
+        self.peak_driver_mb = self.peak_tree_mb = 0.0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            tree, todo, pids = _children(), [self.pid], []
+            while todo:
+                pid = todo.pop()
+                pids.append(pid)
+                todo.extend(tree.get(pid, []))
+            self.peak_driver_mb = max(self.peak_driver_mb, _kb(self.pid, "status", "VmRSS") / 1024)
+            total = sum(_kb(p, "smaps_rollup", "Pss:") for p in pids) / 1024
+            self.peak_tree_mb = max(self.peak_tree_mb, total)
+            self.stop.wait(self.every)
+
+
+_DRIVER = """
+import json, sys, time
+from segray.segment import run_segment
+args = json.loads(sys.argv[1])
+start = time.perf_counter()
+summary = run_segment(**args)
+summary["end_to_end_s"] = time.perf_counter() - start
+print("SUMMARY " + json.dumps(summary))
+"""
+
+
+def segray_segment(ckpt: Path, folders: list[Path], out: Path, overrides: list[str]) -> dict:
+    args = {
+        "checkpoint": str(ckpt),
+        "inputs": [str(f) for f in folders],
+        "output": str(out),
+        "overrides": overrides,
+        "overwrite": True,
+        "progress": False,
+    }
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER, json.dumps(args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    sampler = MemorySampler(proc.pid)
+    sampler.start()
+    output = proc.communicate()[0]
+    sampler.stop.set()
+    sampler.join()
+    line = next((x for x in output.splitlines() if x.startswith("SUMMARY ")), None)
+    if proc.returncode or line is None:
+        raise RuntimeError(f"segray segment failed:\n{output[-4000:]}")
+    summary = json.loads(line[len("SUMMARY ") :])
+    return {
+        "images": summary["rows"],
+        "pipeline_s": summary["pipeline_s"],
+        "images_per_s": summary["images_per_s"],
+        "end_to_end_images_per_s": summary["rows"] / summary["end_to_end_s"],
+        "peak_driver_rss_mb": round(sampler.peak_driver_mb, 1),
+        "peak_total_pss_mb": round(sampler.peak_tree_mb, 1),
+    }
+
+
+# --------------------------------------------------------------------------- report
+def format_table(report: dict) -> str:
+    r, s = report["results"], report["settings"]
+    lines = [
+        f"{'variant':<44}{'images':>7}{'img/s':>9}",
+        "-" * 60,
+        f"{'(a) segray segment (pipeline)':<44}{r['a']['images']:>7}{r['a']['images_per_s']:>9.2f}",
+        f"{'    segray segment (end to end, Ray start)':<44}{r['a']['images']:>7}"
+        f"{r['a']['end_to_end_images_per_s']:>9.2f}",
+        f"{'    segray segment (marginal, at scale)':<44}{r['marginal']['images']:>7}"
+        f"{r['marginal']['images_per_s']:>9.2f}",
+        f"{'(b) plain PyTorch loop (DataLoader)':<44}{s['images']:>7}{r['b_images_per_s']:>9.2f}",
+        f"{'(c) model alone, preloaded (ceiling)':<44}{s['images']:>7}{r['c_images_per_s']:>9.2f}",
+        "-" * 60,
+        f"a/b = {r['a_over_b']:.2f} (target >= 1.0)   a/c = {r['a_over_c']:.2f} (target >= 0.85)"
+        f"   at scale: a/b = {r['marginal_over_b']:.2f}, a/c = {r['marginal_over_c']:.2f}",
+        "",
+        f"{'segray segment memory':<28}{'images':>7}{'driver RSS MB':>15}{'all PSS MB':>12}",
+    ]
+    for m in r["memory"]:
+        lines.append(
+            f"{'':<28}{m['images']:>7}{m['peak_driver_rss_mb']:>15.0f}"
+            f"{m['peak_total_pss_mb']:>12.0f}"
+        )
+    lines.append(
+        f"{s['size']}x{s['size']} images ({100 * s['mixed']:.0f}% of other sizes, tiled when larger), "
+        f"unet base_width {s['base_width']}, batch {s['batch']}, {s['cpus']} CPUs; (b) "
+        f"{s['loader_workers']} DataLoader worker(s) + {s['b_threads']} torch thread(s); (c) "
+        f"{s['c_threads']} thread(s); (a) {' '.join(s['overrides'])}; marginal = (images "
+        f"{r['marginal']['between'][1]} - {r['marginal']['between'][0]}) / (pipeline time "
+        "difference), start-up excluded; load average "
+        f"{report['load_average'][0]:.2f} "
+        f"before, {report['load_average'][1]:.2f} after"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=600, help="images for a, b and c")
+    parser.add_argument(
+        "--rss",
+        type=int,
+        nargs="+",
+        default=[600, 2400],
+        help="image counts at which (a)'s peak memory is measured",
+    )
+    parser.add_argument("--size", type=int, default=256, help="side of most images; tile size")
+    parser.add_argument("--mixed", type=float, default=0.2, help="fraction of other sizes")
+    parser.add_argument("--base-width", type=int, default=8, help="unet base width")
+    parser.add_argument("--batch", type=int, default=8, help="images per forward")
+    parser.add_argument("--concurrency", type=int, default=1, help="segment.concurrency")
+    parser.add_argument(
+        "--cpus-per-actor",
+        default="auto",
+        help="segment.cpus_per_actor (auto: every CPU but one, / concurrency)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="(b) DataLoader workers (default: 1 up to 4 CPUs, else CPUs / 4)",
+    )
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "segray-bench")
+    parser.add_argument(
+        "--output", type=Path, default=ROOT / "benchmarks" / "results" / "segment_throughput.json"
+    )
+    args = parser.parse_args(argv)
+
+    cpus = os.cpu_count() or 1
+    io_cpus = 0.25
+    per_actor = (
+        float(args.cpus_per_actor)
+        if args.cpus_per_actor != "auto"
+        else max(1.0, cpus - 1.0) / args.concurrency
+    )
+    workers = args.workers or (1 if cpus <= 4 else cpus // 4)
+    overrides = [
+        f"segment.batch_size={args.batch}",
+        f"segment.concurrency={args.concurrency}",
+        f"segment.cpus_per_actor={per_actor:g}",
+        f"segment.io_cpus={io_cpus:g}",
+        f"segment.shard_size={FOLDER // 2}",
+    ]
+    counts = sorted({args.images, *args.rss})
+    lock = Path(os.environ.get("SEGRAY_RAY_LOCK", "/tmp/segray-ray-tests.lock"))
+    with open(lock, "w") as held, tempfile.TemporaryDirectory() as tmp:
+        print(f"waiting for the Ray lock {lock} ...", flush=True)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        load_before = os.getloadavg()[0]
+        paths = generate(
+            args.cache / f"{args.size}-{args.mixed}", max(counts), args.size, args.mixed
+        )
+        ckpt = checkpoint(Path(tmp) / "ckpt", args.base_width, args.size)
+        subset = paths[: args.images]
+        c, c_threads = model_alone(ckpt, subset, args.batch)
+        print(f"(c) model alone: {c:.2f} images/s ({c_threads} threads)", flush=True)
+        b = plain_loop(ckpt, subset, args.batch, Path(tmp) / "plain.parquet", workers)
+        print(f"(b) plain loop: {b:.2f} images/s", flush=True)
+        memory = []
+        for n in counts:
+            folders = sorted({p.parent for p in paths[:n]})
+            if n % FOLDER:
+                raise SystemExit(f"image counts must be multiples of {FOLDER}, got {n}")
+            result = segray_segment(ckpt, folders, Path(tmp) / f"out-{n}", overrides)
+            print(f"(a) segray segment, {n} images: {result}", flush=True)
+            memory.append(result)
+    a = next(m for m in memory if m["images"] == args.images)
+    lo, hi = memory[0], memory[-1]
+    marginal = (hi["images"] - lo["images"]) / max(hi["pipeline_s"] - lo["pipeline_s"], 1e-9)
+    marginal = marginal if hi is not lo else a["images_per_s"]
+    report = {
+        "settings": {
+            "images": args.images,
+            "size": args.size,
+            "mixed": args.mixed,
+            "base_width": args.base_width,
+            "batch": args.batch,
+            "cpus": cpus,
+            "loader_workers": workers,
+            "b_threads": max(1, cpus - workers),
+            "c_threads": c_threads,
+            "overrides": overrides,
+            "torch": torch.__version__,
+        },
+        "load_average": [load_before, os.getloadavg()[0]],
+        "results": {
+            "a": a,
+            "b_images_per_s": b,
+            "c_images_per_s": c,
+            "a_over_b": a["images_per_s"] / b,
+            "a_over_c": a["images_per_s"] / c,
+            "marginal": {
+                "images": hi["images"],
+                "images_per_s": marginal,
+                "between": [lo["images"], hi["images"]],
+            },
+            "marginal_over_b": marginal / b,
+            "marginal_over_c": marginal / c,
+            "memory": memory,
+        },
+    }
+    print(format_table(report))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
