@@ -4,7 +4,7 @@ and against the model alone, on the same checkpoint and the same generated image
 Usage::
 
     python benchmarks/segment_throughput.py [--images 600] [--rss 600 2400] [--size 256]
-        [--mixed 0.2] [--base-width 8] [--concurrency 1] [--cpus-per-actor auto] [--batch 8]
+        [--mixed 0.2] [--base-width 8] [--concurrency CPUS] [--cpus-per-actor auto] [--batch 8]
         [--output benchmarks/results/segment_throughput.json]
 
 Images: ``--size`` squared (``--mixed`` of them of random sizes from 96 to 2.5 x size, so some
@@ -302,11 +302,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mixed", type=float, default=0.2, help="fraction of other sizes")
     parser.add_argument("--base-width", type=int, default=8, help="unet base width")
     parser.add_argument("--batch", type=int, default=8, help="images per forward")
-    parser.add_argument("--concurrency", type=int, default=1, help="segment.concurrency")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="segment.concurrency (default: one single-threaded actor per CPU)",
+    )
     parser.add_argument(
         "--cpus-per-actor",
         default="auto",
-        help="segment.cpus_per_actor (auto: every CPU but one, / concurrency)",
+        help="segment.cpus_per_actor (auto: the CPUs but io_cpus, / concurrency)",
     )
     parser.add_argument(
         "--workers",
@@ -322,15 +327,16 @@ def main(argv: list[str] | None = None) -> None:
 
     cpus = os.cpu_count() or 1
     io_cpus = 0.25
+    concurrency = args.concurrency or cpus
     per_actor = (
         float(args.cpus_per_actor)
         if args.cpus_per_actor != "auto"
-        else max(1.0, cpus - 1.0) / args.concurrency
+        else (cpus - io_cpus) / concurrency
     )
     workers = args.workers or (1 if cpus <= 4 else cpus // 4)
     overrides = [
         f"segment.batch_size={args.batch}",
-        f"segment.concurrency={args.concurrency}",
+        f"segment.concurrency={concurrency}",
         f"segment.cpus_per_actor={per_actor:g}",
         f"segment.io_cpus={io_cpus:g}",
         f"segment.shard_size={FOLDER // 2}",

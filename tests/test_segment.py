@@ -34,6 +34,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = ["segment.shard_size=3", "segment.batch_size=4", "segment.id_column=name"]
+N_KILL = 24  # images of the kill test: 12 shards of 2
 
 
 # --------------------------------------------------------------------------- data
@@ -364,8 +365,8 @@ def test_killed_run_resumes_without_segmenting_again(ray_local, ckpt, tmp_path: 
     photos = tmp_path / "photos"
     photos.mkdir()
     rng = np.random.default_rng(2)
-    for i in range(36):
-        Image.fromarray(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)).save(
+    for i in range(N_KILL):
+        Image.fromarray(rng.integers(0, 256, (160, 160, 3), dtype=np.uint8)).save(
             photos / f"{i:02d}.png"
         )
     out = tmp_path / "out"
@@ -392,14 +393,14 @@ def test_killed_run_resumes_without_segmenting_again(ray_local, ckpt, tmp_path: 
     # What the killed run left: complete shard files only, no summary.
     assert not (out / "summary.json").exists()
     before = pd.read_parquet(parts).set_index("image_id")
-    assert 0 < len(before) < 36, "the run finished before it was killed: nothing was tested"
+    assert 0 < len(before) < N_KILL, "the run finished before it was killed: nothing was tested"
     staged = [p for p in (out / "_staging").rglob("*.parquet") if not p.name.startswith(".")]
     staged_ids = set(pq.read_table(staged).column("image_id").to_pylist()) if staged else set()
 
     summary = run_segment(ckpt, [str(photos)], str(out), overrides=overrides, progress=False)
     after = _read(out)
-    assert len(after) == 36 and after.index.is_unique and summary["rows"] == 36
-    assert sorted(after.index) == [f"{i:02d}.png" for i in range(36)]
+    assert len(after) == N_KILL and after.index.is_unique and summary["rows"] == N_KILL
+    assert sorted(after.index) == [f"{i:02d}.png" for i in range(N_KILL)]
     # Rows committed before the kill were kept as they were: same run, same time; images
     # staged but not yet committed by the killed run were adopted, not segmented again.
     kept = after.loc[before.index]
@@ -409,4 +410,4 @@ def test_killed_run_resumes_without_segmenting_again(ray_local, ckpt, tmp_path: 
     assert summary["skipped"] == int((after.run_id == first_run).sum())
     assert summary["skipped"] == len(before.index.union(sorted(staged_ids)))
     assert summary["processed"] == int((after.run_id == summary["run_id"]).sum()) > 0
-    assert summary["processed"] + summary["skipped"] == 36
+    assert summary["processed"] + summary["skipped"] == N_KILL
