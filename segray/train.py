@@ -20,7 +20,14 @@ import pandas as pd
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import (
+    CheckpointConfig,
+    CheckpointUploadMode,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from torch.utils.data import DataLoader, DistributedSampler
 
 from segray.checkpoint import (
@@ -270,27 +277,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 ),
                 flush=True,
             )
-            with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(
-                    tmp,
-                    model=model,
-                    config=cfg,
-                    metrics={**report, "applied": applied},
-                    train_state={
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict() if scaler is not None else None,
-                        "early_best": early.best,
-                        "early_bad_epochs": early.bad_epochs,
-                        "epoch": epoch + 1,
-                        "history": history,
-                    },
-                )
-                ray.train.report(
-                    report,
-                    checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                    checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}",
-                )
+            # Written here, uploaded to storage by Ray in a background thread (and then
+            # deleted), so the next epoch starts without waiting for the copy.
+            tmp = tempfile.mkdtemp(prefix="segray-ckpt-")
+            save_checkpoint(
+                tmp,
+                model=model,
+                config=cfg,
+                metrics={**report, "applied": applied},
+                train_state={
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "early_best": early.best,
+                    "early_bad_epochs": early.bad_epochs,
+                    "epoch": epoch + 1,
+                    "history": history,
+                },
+            )
+            ray.train.report(
+                report,
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}",
+                checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
+            )
         else:
             ray.train.report(report)  # every rank reports the same number of times
         if stop:
