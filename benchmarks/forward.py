@@ -19,13 +19,13 @@ competed for the cores during a cell. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 from pathlib import Path
 
 import torch
+from _common import publish
 from torch.utils.flop_counter import FlopCounterMode
 
 from segray.models import create_model
@@ -195,10 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     report = run(args.models, args.sizes, args.batch, args.repeats, args.min_time)
-    print(format_table(report))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    publish(report, format_table(report), args.output)
 
 
 if __name__ == "__main__":

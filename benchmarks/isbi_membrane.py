@@ -50,8 +50,6 @@ break Ray Train.
 from __future__ import annotations
 
 import argparse
-import fcntl
-import json
 import math
 import os
 import platform
@@ -59,13 +57,12 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _common import publish, ray_lock
 from torch.utils.data import DataLoader, DistributedSampler
 
 from segray.config import Config, apply_overrides, load_config
@@ -78,8 +75,6 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "isbi_membrane.yaml"
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "isbi2012-membrane"
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "isbi_membrane.json"
-# The lock file of tests/conftest.py ray_lock(): one local Ray per machine at a time.
-RAY_LOCK = Path(os.environ.get("SEGRAY_RAY_LOCK", "/tmp/segray-ray-tests.lock"))
 
 DICE_TARGET = 0.946  # what a plain ResNet34-U-Net loop reached here in 7 minutes (dataset README)
 RATIO_TARGET = 1.10  # segray time per epoch / plain time per epoch
@@ -102,24 +97,6 @@ LAYOUTS: dict[str, dict[str, Any]] = {
     },
 }
 METRICS = ("val_dice", "val_iou", "val_accuracy", "val_dice_membrane", "val_loss")
-
-
-@contextmanager
-def ray_lock() -> Iterator[None]:
-    """The machine-wide lock that serialises local Ray instances (same file as tests/conftest.py)."""
-    with open(RAY_LOCK, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(
-                f"waiting for the Ray lock {RAY_LOCK} (another local Ray is running) ...",
-                flush=True,
-            )
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------- plain PyTorch
@@ -505,10 +482,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--probe-epochs must be >= 2 (epoch 1 is start-up)")
 
     report = run(args)
-    print(format_table(report))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    publish(report, format_table(report), args.output)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ on its own. The Ray part holds the machine-wide lock of ``tests/conftest.py``
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import math
 import os
@@ -56,20 +55,17 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from _common import publish, ray_lock
 
 from segray.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "search_efficiency.json"
-# The lock file of tests/conftest.py ray_lock(): one local Ray per machine at a time.
-RAY_LOCK = Path(os.environ.get("SEGRAY_RAY_LOCK", "/tmp/segray-ray-tests.lock"))
 
 WITHIN = 0.01  # "reaches the grid's best" = best val Dice >= grid best - WITHIN
 BUDGET_FRACTION = 0.40  # ... with at most this fraction of the grid's trial-epochs
@@ -81,24 +77,6 @@ BCE_GRID = [0.2, 0.8]
 QUICK_DILATIONS = [[1, 1, 1, 1], [1, 6, 12, 18]]
 QUICK_BCE_GRID = [0.5]
 ASHA = {"grace_period": 1, "reduction_factor": 2.0}
-
-
-@contextmanager
-def ray_lock() -> Iterator[None]:
-    """The machine-wide lock that serialises local Ray instances (same file as tests/conftest.py)."""
-    with open(RAY_LOCK, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(
-                f"waiting for the Ray lock {RAY_LOCK} (another local Ray is running) ...",
-                flush=True,
-            )
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------- configs
@@ -517,11 +495,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (ASHA needs a rung below the maximum)")
 
-    report = run(args)
-    print(format_table(report))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(_finite(report), indent=2, default=_plain) + "\n")
-    print(f"wrote {args.output}")
+    report = _finite(run(args))
+    publish(report, format_table(report), args.output, default=_plain)
 
 
 if __name__ == "__main__":

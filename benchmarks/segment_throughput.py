@@ -27,7 +27,6 @@ and writes JSON.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import subprocess
@@ -45,6 +44,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import publish, ray_lock  # noqa: E402
 
 from segray.checkpoint import save_checkpoint  # noqa: E402
 from segray.config import load_config  # noqa: E402
@@ -342,10 +343,7 @@ def main(argv: list[str] | None = None) -> None:
         f"segment.shard_size={FOLDER // 2}",
     ]
     counts = sorted({args.images, *args.rss})
-    lock = Path(os.environ.get("SEGRAY_RAY_LOCK", "/tmp/segray-ray-tests.lock"))
-    with open(lock, "w") as held, tempfile.TemporaryDirectory() as tmp:
-        print(f"waiting for the Ray lock {lock} ...", flush=True)
-        fcntl.flock(held, fcntl.LOCK_EX)
+    with ray_lock(), tempfile.TemporaryDirectory() as tmp:
         load_before = os.getloadavg()[0]
         paths = generate(
             args.cache / f"{args.size}-{args.mixed}", max(counts), args.size, args.mixed
@@ -399,9 +397,7 @@ def main(argv: list[str] | None = None) -> None:
             "memory": memory,
         },
     }
-    print(format_table(report))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    publish(report, format_table(report), args.output)
 
 
 if __name__ == "__main__":

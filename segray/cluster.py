@@ -9,15 +9,40 @@ The same code runs either way; nothing else in segray calls ``ray.init``.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 
 import ray
 
-__all__ = ["ResourceError", "check_fits", "ensure_ray"]
+__all__ = ["ResourceError", "check_fits", "ensure_ray", "local_ray_lock"]
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def local_ray_lock(wait_message: str | None = None) -> Iterator[None]:
+    """Hold the machine-wide lock that serialises local Ray instances.
+
+    Two local Rays on one machine break Ray Train ("Found multiple active Ray instances"), so
+    the tests and benchmarks that start one take this lock first (``$SEGRAY_RAY_LOCK``,
+    default ``/tmp/segray-ray-tests.lock``); a second taker waits, printing ``wait_message``.
+    """
+    path = Path(os.environ.get("SEGRAY_RAY_LOCK", "/tmp/segray-ray-tests.lock"))
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if wait_message:
+                print(f"{wait_message} (lock {path})", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class ResourceError(RuntimeError):
