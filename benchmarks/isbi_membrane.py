@@ -7,7 +7,7 @@ Usage::
                                        [--output benchmarks/results/isbi_membrane.json]
 
 Both sides train ``configs/isbi_membrane.yaml`` (slices 0-19 train, 20-29 val, label > 127 =
-cell = foreground, grayscale ResNet34-U-Net, 256 x 256 random crops with flips / rot90 /
+cell = foreground, grayscale ResNet34-U-Net, 256 x 256 random crops (4 per slice an epoch) with flips / rot90 /
 brightness-contrast, global batch 4, Adam 1e-3, 0.5 BCE + 0.5 Dice, grad clip 1.0, cosine to
 min_lr over the chosen epochs), with the same seed, the same datasets and augmentation
 (``segray.data.build_datasets``, i.e. ``transforms_from_config``), the same shuffle order and
@@ -20,7 +20,7 @@ the same evaluation: every pixel of the full 512 x 512 val slices into one
   ``segray.cluster.ensure_ray`` (its start-up is timed and reported on its own, outside the
   budget). ``--layout`` picks the DDP layout on this 2-core machine: ``1x2`` = 1 worker x 2
   CPUs x 2 torch threads, batch 4; ``2x1`` = 2 gloo workers x 1 CPU x 1 thread, batch 2 per
-  worker (same global batch 4 and the same 20 crops per epoch). ``auto`` (default) trains each
+  worker (same global batch 4 and the same 80 crops per epoch). ``auto`` (default) trains each
   layout for a few epochs and keeps the one with the shorter wall time per epoch.
 
 Budget (``--minutes`` per side): the epoch count is chosen up front, since the cosine schedule

@@ -25,8 +25,8 @@ fixed learning rate:
   G / E trials, so exactly G trial-epochs.
 * **tpe_asha**: Optuna TPE (``tune.searcher: optuna``) + ASHA (grace period 1, reduction
   factor 2, max E epochs), with enough trials to spend at least G trial-epochs in expectation;
-  epochs past G are not counted (the curve stops at G). Note that segray's TPE sampler keeps
-  Optuna's default of 10 random start-up trials, so most of a small search is random.
+  epochs past G are not counted (the curve stops at G). segray's TPE sampler starts with
+  ``tune.startup_trials`` random trials (default: a third of ``num_samples``, 2 to 10).
 
 Curves: trials in start order (Tune's trial counter; trials run one at a time), each trial's
 epochs in order from its history; after every trial-epoch, the best val Dice seen so far. The

@@ -171,6 +171,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         masks=args.masks,
         write_png=args.write_png,
         overrides=overrides,
+        config=args.config,
         retry_errors=args.retry_errors,
         overwrite=args.overwrite,
         address=args.address,
@@ -292,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--write-png", metavar="DIR2", help="also write mask PNGs mirroring the input tree"
+    )
+    p.add_argument(
+        "--config",
+        metavar="F",
+        help="YAML with a segment: section over the checkpoint's (e.g. configs/segment_cluster.yaml)",
     )
     p.add_argument(
         "--retry-errors", action="store_true", help="on resume, segment earlier error rows again"

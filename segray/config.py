@@ -31,6 +31,7 @@ __all__ = [
     "TrainConfig",
     "TuneConfig",
     "apply_overrides",
+    "file_overrides",
     "load_config",
     "parse_overrides",
 ]
@@ -113,6 +114,12 @@ class DataConfig(Section):
     )
     std: list[float] | None = Field(None, description="per-channel normalisation std")
     batch_size: int = Field(8, ge=1, description="training batch size per worker")
+    samples_per_image: int = Field(
+        1,
+        ge=1,
+        description="training samples (random crops) per image per epoch: few large images "
+        "make short epochs, whose evaluation and checkpoint then dominate",
+    )
     eval_batch_size: int | None = Field(None, ge=1, description="default: batch_size")
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per worker")
     synthetic: SynthConfig = Field(default_factory=SynthConfig)
@@ -453,6 +460,20 @@ def load_config(
 def apply_overrides(cfg: Config, overrides: Mapping[str, Any] | Iterable[str]) -> Config:
     """A new, re-validated Config with dotted-key overrides applied (used per search trial)."""
     return load_config(None, overrides, base=cfg.to_dict())
+
+
+def file_overrides(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as dotted-key overrides: ``{segment: {batch_size: 16}}`` ->
+    ``{"segment.batch_size": 16}`` (for commands whose config comes from a checkpoint)."""
+
+    def flat(prefix: str, value: Any) -> dict[str, Any]:
+        if not isinstance(value, Mapping) or not value:
+            return {prefix: value}
+        return {k: v for key, sub in value.items() for k, v in flat(f"{prefix}.{key}", sub).items()}
+
+    return {
+        k: v for key, value in _read_yaml(Path(path)).items() for k, v in flat(key, value).items()
+    }
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:

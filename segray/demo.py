@@ -132,7 +132,9 @@ def run_demo(
         "trials": search.summary["num_trials"],
         "stopped_early": search.summary["stopped_early"],
         "eval": {k: metrics.get(k) for k in ("dice", "iou", "accuracy", "roc_auc", "pr_auc")},
-        "segment": {k: seg.get(k) for k in ("ok", "error", "skipped", "images_per_s", "rows", "parquet")},
+        "segment": {
+            k: seg.get(k) for k in ("ok", "error", "skipped", "images_per_s", "rows", "parquet")
+        },
         "wall_time_s": round(time.time() - started, 1),
         "paths": {
             "trials": str(out / "tune" / "trials.parquet"),

@@ -58,7 +58,14 @@ from ray.data.datasource import Datasource, ReadTask
 from segray import __version__
 from segray.checkpoint import CONFIG_FILE, MODEL_FILE, load_checkpoint_config, model_id
 from segray.cluster import ResourceError, check_fits, ensure_ray
-from segray.config import Config, ConfigError, SegmentConfig, apply_overrides, parse_overrides
+from segray.config import (
+    Config,
+    ConfigError,
+    SegmentConfig,
+    apply_overrides,
+    file_overrides,
+    parse_overrides,
+)
 from segray.data.io import ImageError, decode_image, read_mask
 from segray.data.masks import MaskMapper
 from segray.segment_io import (
@@ -119,6 +126,7 @@ def run_segment(
     masks: str | None = None,
     write_png: str | None = None,
     overrides: Iterable[str] = (),
+    config: str | Path | None = None,
     retry_errors: bool = False,
     overwrite: bool = False,
     address: str | None = None,
@@ -134,6 +142,8 @@ def run_segment(
         masks: ground-truth folder, matched to images by relative path or stem: adds metrics.
         write_png: also write each mask as ``write_png/<image id, extension .png>``.
         overrides: ``segment.*`` (and ``data.*`` mask-mapping) ``key=value`` overrides.
+        config: a YAML file with a ``segment:`` section (e.g. ``configs/segment_cluster.yaml``),
+            applied over the checkpoint's config and under ``overrides``.
         retry_errors: segment the images of earlier ``error`` rows again.
         overwrite: delete an earlier output in ``output`` and start over.
         address: Ray cluster address (default ``$RAY_ADDRESS``, else a local Ray).
@@ -142,7 +152,7 @@ def run_segment(
     started = time.time()
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + os.urandom(3).hex()
     ckpt = _local_checkpoint(str(checkpoint))
-    cfg = _segment_config(ckpt, overrides)
+    cfg = _segment_config(ckpt, overrides, config)
     seg = cfg.segment
     out = _Output(Location.parse(output))
     settings = {
@@ -235,15 +245,23 @@ def _say(progress: bool, line: str) -> None:
 
 
 # --------------------------------------------------------------------------- config / checkpoint
-def _segment_config(ckpt: str, overrides: Iterable[str]) -> Config:
-    """The checkpoint's config with ``segment.*`` / ``data.*`` overrides (the model is fixed)."""
-    parsed = parse_overrides(list(overrides))
-    fixed = [k for k in parsed if not k.startswith("segment.") and k not in _MASK_KEYS]
-    if fixed:
-        raise ConfigError(
-            f"{fixed[0]}: segment takes segment.* overrides and, to map --masks, "
-            f"{', '.join(_MASK_KEYS)}; the model and its preprocessing come from the checkpoint"
-        )
+def _segment_config(
+    ckpt: str, overrides: Iterable[str], config: str | Path | None = None
+) -> Config:
+    """The checkpoint's config with ``segment.*`` / ``data.*`` overrides (the model is fixed),
+    from ``config`` (a YAML file) and then ``overrides``."""
+    sources = [(str(config), file_overrides(config))] if config is not None else []
+    sources.append(("override", parse_overrides(list(overrides))))
+    parsed: dict[str, Any] = {}
+    for where, items in sources:
+        fixed = [k for k in items if not k.startswith("segment.") and k not in _MASK_KEYS]
+        if fixed:
+            raise ConfigError(
+                f"{where}: {fixed[0]}: segment takes segment.* settings and, to map --masks, "
+                f"{', '.join(_MASK_KEYS)}; the model and its preprocessing come from the "
+                "checkpoint"
+            )
+        parsed.update(items)
     return apply_overrides(load_checkpoint_config(ckpt), parsed)
 
 

@@ -8,18 +8,24 @@ from after a worker failure or on ``--resume``.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
+import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
 import torch
+import torch.distributed as dist
 from ray.train import (
     CheckpointConfig,
     CheckpointUploadMode,
@@ -59,6 +65,7 @@ __all__ = [
     "AppliedMismatchError",
     "TrainResult",
     "check_applied",
+    "count_nodes",
     "run_training",
     "train_loop_per_worker",
     "worker_resources",
@@ -171,12 +178,67 @@ def _hms(seconds: float) -> str:
     )
 
 
+def count_nodes() -> int:
+    """How many distinct Ray nodes this run's workers are on (every rank gets the answer)."""
+    node = ray.get_runtime_context().get_node_id()
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return 1
+    nodes: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node)
+    return len(set(nodes))
+
+
+def _say(line: str) -> None:
+    """One console line from a worker. Not ``print``: Ray Train patches it on its workers to
+    log as well as print, and every line would show twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def report_with_checkpoint(metrics: dict[str, Any], name: str, save: Callable[[Path], Any]) -> None:
+    """``ray.train.report`` with a checkpoint that ``save(directory)`` writes, written once.
+
+    Storage on a filesystem this worker sees (a local path, NFS): ``save`` writes straight into
+    the run's storage (a hidden ``.partial`` directory, renamed when complete) and Ray registers
+    it as it is: no copy, which for a ResNet34-U-Net and its Adam state is 300 MB an epoch.
+    Elsewhere (object storage, or a local path this node does not share): ``save`` writes to a
+    temporary directory that Ray uploads in a background thread and then deletes.
+    """
+    storage = ray.train.get_context().get_storage()
+    final = Path(storage.build_checkpoint_path_from_name(name))
+    if isinstance(storage.storage_filesystem, pafs.LocalFileSystem) and final.parent.is_dir():
+        partial = final.with_name(f".{name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        save(partial)
+        shutil.rmtree(final, ignore_errors=True)  # left by an attempt that failed after it
+        partial.rename(final)
+        directory, mode = final, CheckpointUploadMode.NO_UPLOAD
+    else:
+        directory = Path(tempfile.mkdtemp(prefix="segray-ckpt-"))
+        save(directory)
+        mode = CheckpointUploadMode.ASYNC
+    ray.train.report(
+        metrics,
+        checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
+        checkpoint_dir_name=name,
+        checkpoint_upload_mode=mode,
+    )
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: build, (resume,) train, evaluate, report, checkpoint."""
     cfg = Config.from_dict(loop_config["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)))
+    # The asynchronous checkpoint upload logs every report (metrics and all) at INFO from its
+    # own thread; the epoch line below says what matters.
+    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
     device = ray.train.torch.get_device()
     seed_everything(cfg.train.seed)  # identical init on every rank
 
@@ -239,13 +301,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     metrics = build_metrics(cfg, device)
     applied = applied_hparams(model, optimizer, loss_fn)
     check_applied(loop_config.get("expect") or {}, applied, cfg)
+    num_nodes = count_nodes()  # after prepare_model: NCCL's gather needs the device set
+    if rank == 0:
+        _say(
+            f"training: {_plural(world, 'worker')} on {_plural(num_nodes, 'node')} "
+            f"({device.type}), {len(train_ds)} train samples / {len(val_ds)} val images, "
+            f"epochs {start_epoch + 1}-{cfg.train.epochs}"
+        )
 
     t_start = time.time()
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.time()
         lr = scheduler.set_epoch(epoch)
         sampler.set_epoch(epoch)
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "num_nodes": num_nodes}
         row.update(
             {
                 f"train_{k}": v
@@ -271,41 +340,33 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         best = max(h.get("val_dice", -math.inf) for h in history)
         report = {**row, "best_val_dice": best}
         if rank == 0:
-            print(
-                _format_epoch(
-                    row, cfg.train.epochs, time.time() - t_start, epoch + 1 - start_epoch
-                ),
-                flush=True,
+            _say(
+                _format_epoch(row, cfg.train.epochs, time.time() - t_start, epoch + 1 - start_epoch)
             )
-            # Written here, uploaded to storage by Ray in a background thread (and then
-            # deleted), so the next epoch starts without waiting for the copy.
-            tmp = tempfile.mkdtemp(prefix="segray-ckpt-")
-            save_checkpoint(
-                tmp,
-                model=model,
-                config=cfg,
-                metrics={**report, "applied": applied},
-                train_state={
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "early_best": early.best,
-                    "early_bad_epochs": early.bad_epochs,
-                    "epoch": epoch + 1,
-                    "history": history,
-                },
-            )
-            ray.train.report(
+            report_with_checkpoint(
                 report,
-                checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}",
-                checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
+                f"checkpoint_epoch_{epoch + 1:04d}",
+                functools.partial(
+                    save_checkpoint,
+                    model=model,
+                    config=cfg,
+                    metrics={**report, "applied": applied},
+                    train_state={
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict() if scaler is not None else None,
+                        "early_best": early.best,
+                        "early_bad_epochs": early.bad_epochs,
+                        "epoch": epoch + 1,
+                        "history": history,
+                    },
+                ),
             )
         else:
             ray.train.report(report)  # every rank reports the same number of times
         if stop:
             if rank == 0:
-                print(f"early stopping: no val Dice gain in {early.patience} epochs", flush=True)
+                _say(f"early stopping: no val Dice gain in {early.patience} epochs")
             break
 
 

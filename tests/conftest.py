@@ -7,26 +7,12 @@ a parallel one, first takes an exclusive file lock.
 
 from __future__ import annotations
 
-import fcntl
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
-RAY_LOCK = Path(os.environ.get("SEGRAY_RAY_LOCK", "/tmp/segray-ray-tests.lock"))
-
-
-@contextmanager
-def ray_lock() -> Iterator[None]:
-    """Hold the machine-wide lock that serialises local Ray instances."""
-    with open(RAY_LOCK, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+from segray.cluster import local_ray_lock as ray_lock
 
 
 @pytest.fixture(scope="session", autouse=True)

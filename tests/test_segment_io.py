@@ -262,3 +262,23 @@ def test_commit_renames_complete_shards_only(tmp_path: Path):
     table = pq.read_table(tmp_path / "parquet" / "part-k.parquet")
     assert table.schema.equals(OUTPUT_SCHEMA)
     assert table.column("run_id").to_pylist() == ["r1", "r2"]
+
+
+def test_segment_settings_from_a_config_file_then_overrides(tmp_path: Path):
+    from segray.checkpoint import save_checkpoint
+    from segray.config import ConfigError, load_config
+    from segray.models import create_model
+    from segray.segment import _segment_config
+
+    cfg = load_config(None, ["model.name=unet", "model.base_width=4", "segment.batch_size=2"])
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(ckpt, model=create_model("unet", base_width=4), config=cfg, metrics={})
+    cluster = Path(__file__).resolve().parents[1] / "configs" / "segment_cluster.yaml"
+    cfg = _segment_config(str(ckpt), ["segment.concurrency=3"], cluster)
+    assert cfg.model.name == "unet"  # the model stays the checkpoint's
+    assert cfg.segment.gpus_per_actor == 1 and cfg.segment.batch_size == 16  # from the file
+    assert cfg.segment.concurrency == 3  # the command line wins
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("segment: {batch_size: 4}\nmodel: {base_width: 8}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: model\.base_width"):
+        _segment_config(str(ckpt), [], bad)

@@ -113,7 +113,8 @@ def build_datasets(cfg: Config) -> dict[str, SegmentationDataset]:
     """``{"train", "val", "test"}`` datasets (a split may be empty) of a prepared config.
 
     Splits come from ``data.split_ids`` if set, else the stable hash split by ``data.split``
-    and ``data.split_seed``; train gets the training augmentation, val and test the eval one.
+    and ``data.split_seed``; train gets the training augmentation (each image
+    ``data.samples_per_image`` times an epoch), val and test the eval one.
     """
     data = cfg.data
     samples = list_samples(data, check=False)  # prepare_data checked them on the driver
@@ -122,7 +123,7 @@ def build_datasets(cfg: Config) -> dict[str, SegmentationDataset]:
     mapper = MaskMapper.from_config(data)
     return {
         name: SegmentationDataset(
-            split,
+            list(split) * (data.samples_per_image if name == "train" else 1),
             channels=cfg.model.in_channels,
             mapper=mapper,
             transform=train_fn if name == "train" else eval_fn,

@@ -232,3 +232,26 @@ def test_pet_source_builds_binary_masks(tmp_path):
     assert image.shape == (3, 20, 24)
     assert set(mask.unique().tolist()) == {0, 1, 255}
     assert (mask == 1).sum() == 6 * 8
+
+
+def test_samples_per_image_repeats_train_only(tmp_path):
+    make_folder(tmp_path, ["a", "b", "c"])
+    cfg = prepare_data(
+        config(
+            **{
+                "data.source": "folder",
+                "data.root": str(tmp_path),
+                "data.images_dir": "img",
+                "data.masks_dir": "lbl",
+                "data.split_ids": {"train": ["a", "b"], "val": ["c"]},
+                "data.samples_per_image": 3,
+            }
+        )
+    )
+    datasets = build_datasets(cfg)
+    assert keys(datasets["train"]) == ["a", "b"] * 3  # three random crops of each an epoch
+    assert keys(datasets["val"]) == ["c"]  # every val image once
+    first, again = datasets["train"][0][0], datasets["train"][2][0]  # both image "a"
+    assert first.shape == again.shape == (3, 32, 32)
+    with pytest.raises(Exception, match="samples_per_image"):
+        config(**{"data.samples_per_image": 0})
