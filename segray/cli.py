@@ -189,6 +189,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+def _add_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segray",
@@ -209,9 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="demo folder (default segray-demo)",
     )
     p.add_argument("--small", action="store_true", help="a smaller, faster variant (for CI)")
-    p.add_argument(
-        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
-    )
+    _add_address(p)
     p.add_argument(
         "overrides",
         nargs="*",
@@ -249,9 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint"
     )
-    p.add_argument(
-        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
-    )
+    _add_address(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tune", help="search hyperparameters (Ray Tune + Optuna + ASHA, DDP trials)")
@@ -264,9 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="search folder, a local path or a URI Ray storage accepts (default runs/tune)",
     )
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted search in DIR")
-    p.add_argument(
-        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
-    )
+    _add_address(p)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser(
@@ -305,9 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite", action="store_true", help="discard an earlier output in DIR and start over"
     )
-    p.add_argument(
-        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
-    )
+    _add_address(p)
     p.add_argument(
         "overrides",
         nargs="*",

@@ -903,12 +903,15 @@ def _run_pipeline(
             pending,
             kept,
             cfg=cfg,
-            checkpoint=checkpoint,
-            model=model,
-            run_id=run_id,
             out=out,
             masks=masks,
             png=png,
+            actor_kwargs={
+                "checkpoint": checkpoint,
+                "config": cfg.to_dict(),
+                "model": model,
+                "run_id": run_id,
+            },
         )
     finally:
         context.enable_progress_bars = bars
@@ -919,12 +922,10 @@ def _stream(
     kept: dict[str, int],
     *,
     cfg: Config,
-    checkpoint: str,
-    model: str,
-    run_id: str,
     out: _Output,
     masks: MaskIndex | None,
     png: Location | None,
+    actor_kwargs: dict[str, Any],
 ) -> dict[str, int]:
     seg = cfg.segment
     masks_ref = ray.put(masks) if masks is not None else None
@@ -951,19 +952,14 @@ def _stream(
         compute=ActorPoolStrategy(size=seg.concurrency),
         num_cpus=seg.cpus_per_actor,
         num_gpus=seg.gpus_per_actor,
-        fn_constructor_kwargs={
-            "checkpoint": checkpoint,
-            "config": cfg.to_dict(),
-            "model": model,
-            "run_id": run_id,
-        },
+        fn_constructor_kwargs=actor_kwargs,
     )
     ds = ds.map_batches(
         _write_staged,
         batch_format="pyarrow",
         batch_size=None,
         num_cpus=seg.io_cpus,
-        fn_kwargs={"staging": out.staging, "png": png, "run_id": run_id},
+        fn_kwargs={"staging": out.staging, "png": png, "run_id": actor_kwargs["run_id"]},
     )
     commits = _Commits(pending, kept, out, seg.io_cpus)
     for meta in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

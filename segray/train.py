@@ -66,6 +66,7 @@ __all__ = [
     "TrainResult",
     "check_applied",
     "count_nodes",
+    "worker_env",
     "run_training",
     "train_loop_per_worker",
     "worker_resources",
@@ -230,15 +231,23 @@ def report_with_checkpoint(metrics: dict[str, Any], name: str, save: Callable[[P
     )
 
 
+def _quiet_report_log() -> None:
+    """Ray Train logs every report (all metrics, ~40 of them) at INFO on every worker; the
+    epoch line says what matters. Its logger is named after its file, not its module."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: keep its logging as it is
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: build, (resume,) train, evaluate, report, checkpoint."""
     cfg = Config.from_dict(loop_config["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)))
-    # The asynchronous checkpoint upload logs every report (metrics and all) at INFO from its
-    # own thread; the epoch line below says what matters.
-    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
+    _quiet_report_log()
     device = ray.train.torch.get_device()
     seed_everything(cfg.train.seed)  # identical init on every rank
 
@@ -378,6 +387,23 @@ def worker_resources(cfg: Config) -> dict[str, float]:
     return res
 
 
+# glibc serves every allocation above 32 MiB (a ResNet-U-Net's full-resolution activations)
+# with a fresh mmap and returns it on free, so each step faults in and zeroes gigabytes of
+# pages; in Ray's worker processes that made CPU epochs ~12% slower than the same loop in a
+# plain process (benchmarks/isbi_membrane.py). Heap-only allocation with a high trim threshold
+# keeps those pages for the next step. The variables are read when a worker process starts.
+HEAP_REUSE_ENV = {
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
+    "MALLOC_TOP_PAD_": str(64 << 20),
+}
+
+
+def worker_env(cfg: Config) -> dict[str, str]:
+    """Environment variables of the training workers (``train.heap_reuse``)."""
+    return dict(HEAP_REUSE_ENV) if cfg.train.heap_reuse else {}
+
+
 def build_trainer(
     cfg: Config,
     *,
@@ -413,6 +439,7 @@ def build_trainer(
             ),
             callbacks=list(callbacks),
             logging_config=LoggingConfig(log_level="WARNING"),  # epochs print their own line
+            worker_runtime_env={"env_vars": worker_env(cfg)},
         ),
     )
 

@@ -98,21 +98,25 @@ def make_folder(root: Path, names, size=(20, 16)) -> None:
             )
 
 
-def test_folder_source_grayscale_with_explicit_splits(tmp_path):
-    make_folder(tmp_path, ["a", "b", "c", "d"])
-    cfg = prepare_data(
+def folder_config(root: Path, **overrides):
+    """A prepared config of `make_folder`'s layout, train = a, b and val = c."""
+    return prepare_data(
         config(
             **{
                 "data.source": "folder",
-                "data.root": str(tmp_path),
+                "data.root": str(root),
                 "data.images_dir": "img",
                 "data.masks_dir": "lbl",
                 "data.split_ids": {"train": ["a", "b"], "val": ["c"]},
-                "data.eval_transform": "pad",
-                "model.in_channels": 1,
+                **overrides,
             }
         )
     )
+
+
+def test_folder_source_grayscale_with_explicit_splits(tmp_path):
+    make_folder(tmp_path, ["a", "b", "c", "d"])
+    cfg = folder_config(tmp_path, **{"data.eval_transform": "pad", "model.in_channels": 1})
     datasets = build_datasets(cfg)
     assert [keys(datasets[s]) for s in ("train", "val", "test")] == [["a", "b"], ["c"], []]
     image, mask = datasets["val"][0]
@@ -236,18 +240,7 @@ def test_pet_source_builds_binary_masks(tmp_path):
 
 def test_samples_per_image_repeats_train_only(tmp_path):
     make_folder(tmp_path, ["a", "b", "c"])
-    cfg = prepare_data(
-        config(
-            **{
-                "data.source": "folder",
-                "data.root": str(tmp_path),
-                "data.images_dir": "img",
-                "data.masks_dir": "lbl",
-                "data.split_ids": {"train": ["a", "b"], "val": ["c"]},
-                "data.samples_per_image": 3,
-            }
-        )
-    )
+    cfg = folder_config(tmp_path, **{"data.samples_per_image": 3})
     datasets = build_datasets(cfg)
     assert keys(datasets["train"]) == ["a", "b"] * 3  # three random crops of each an epoch
     assert keys(datasets["val"]) == ["c"]  # every val image once
