@@ -248,7 +248,7 @@ def _collect(cfg: Config, space: SearchSpace, grid, out: str, wall: float) -> Tu
         row["error"] = str(r.error).strip().splitlines()[-1][:500] if r.error else None
         row["wall_time_s"] = float((r.metrics or {}).get("time_total_s", math.nan))
         if not hist.empty and metric in hist:
-            best_i = (hist[metric] * sign).idxmax()
+            best_i = _best_kept_epoch(hist, metric, sign, _kept_epochs(trials_uri, trial_id))
             best_epoch = int(hist.loc[best_i, "epoch"])
             row.update(
                 {
@@ -319,6 +319,27 @@ def _collect(cfg: Config, space: SearchSpace, grid, out: str, wall: float) -> Tu
         _publish(stage, out)
     best_path = f"{out}/best" if best_local else None
     return TuneResult(out, trials, history, summary, best_path)
+
+
+def _kept_epochs(trials_uri: str, trial_id: str | None) -> set[int]:
+    """Epochs whose checkpoint Ray Train kept for the trial (it keeps the latest and the best
+    by the metric, ``num_to_keep`` in all, and deletes the rest)."""
+    fs, path = _fs(f"{trials_uri}/trial_{trial_id}")
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError:
+        return set()
+    names = (i.base_name for i in infos if i.type == pafs.FileType.Directory)
+    return {int(m.group(1)) for n in names if (m := re.fullmatch(r"checkpoint_epoch_(\d+)", n))}
+
+
+def _best_kept_epoch(hist: pd.DataFrame, metric: str, sign: float, kept: set[int]) -> Any:
+    """The history row of the best epoch that still has its checkpoint; ties go to the later
+    epoch (a model stuck on one prediction scores the same every epoch, and Ray keeps the
+    later checkpoints of a tie). Without any kept checkpoint: the best epoch by the metric."""
+    ranked = hist.assign(_score=hist[metric] * sign).sort_values(["_score", "epoch"])
+    with_ckpt = ranked[ranked["epoch"].astype(int).isin(kept)]
+    return (with_ckpt if len(with_ckpt) else ranked).index[-1]
 
 
 def _trial_id_from_path(path: str | None) -> str | None:
