@@ -2,29 +2,32 @@
 
 Usage::
 
-    python benchmarks/search_efficiency.py [--quick] [--epochs 6] [--num-images 160] [--size 96]
-                                           [--workers 1] [--workdir DIR]
+    python benchmarks/search_efficiency.py [--quick] [--epochs 3] [--samples-per-image 4]
+                                           [--num-images 200] [--size 64] [--workers 1]
+                                           [--workdir DIR]
                                            [--output benchmarks/results/search_efficiency.json]
 
-Data and model (``configs/tune_local.yaml``-like, sized so that the default run, 28 trials
-and about 110 trial-epochs, takes about 20-25 minutes on a quiet 2-core machine): the built-in synthetic set (textured scenes whose large objects need
-long-range context, so the decoder's dilation rates matter), generated in a temporary folder,
-split 70/30 train/val; a ResNet18-U-Net with a small atrous decoder ([64, 32, 16, 8]), Adam
-2e-3 with a cosine schedule over ``--epochs``, batch 4. Every trial is one segray training
-(``segray.tune.run_tune``, Ray Train inside Ray Tune), one trial at a time (``--workers`` 1
-worker x 2 CPUs by default, or 2 gloo workers x 1 CPU), so trials never compete for the cores
-and their start-up costs can be read off cleanly.
+Data and model (``configs/tune_local.yaml``-like; the default run, 9 + 9 + 16 trials, takes
+about 25 minutes on a quiet 2-core machine): the built-in synthetic set (textured scenes whose
+large objects need long-range context), generated in a temporary folder, split 70/30
+train/val, four augmented passes over each training image an epoch (so that one epoch already
+trains far enough to rank a configuration); a ResNet18-U-Net with a
+small atrous decoder ([64, 32, 16, 8]), Adam with a cosine schedule over ``--epochs``, batch 4.
+Every trial is one segray training (``segray.tune.run_tune``, Ray Train inside Ray Tune), one
+trial at a time (``--workers`` 1 worker x 2 CPUs by default, or 2 gloo workers x 1 CPU), so
+trials never compete for the cores and their start-up costs can be read off cleanly.
 
-Methods, all over the same two keys, ``model.dilation_rates`` (3 choices: none [1, 1, 1, 1],
-segray's default [1, 6, 12, 18], large [1, 12, 24, 36]) and ``loss.bce_weight``, with the same
-fixed learning rate:
+Methods, all over the same three keys: ``model.dilation_rates`` (3 choices: none
+[1, 1, 1, 1], segray's default [1, 6, 12, 18], large [1, 12, 24, 36]), ``optim.lr``
+(1e-4 .. 1e-1) and ``loss.bce_weight`` (0 .. 1):
 
-* **grid**: every dilation choice x bce_weight in {0.2, 0.8} (6 configs), each for E epochs;
-  its budget G = 6 x E trial-epochs, and its best val Dice is the reference.
-* **random**: Optuna's RandomSampler over choice x uniform(0, 1), no early stopping,
+* **grid**: every dilation choice x lr in {3e-4, 3e-3, 3e-2} (the middle of each decade) at
+  bce_weight 0.5, 9 configs, each for E epochs; its budget G = 9 x E trial-epochs, and its
+  best val Dice is the reference.
+* **random**: Optuna's RandomSampler over choice x loguniform x uniform, no early stopping,
   G / E trials, so exactly G trial-epochs.
 * **tpe_asha**: Optuna TPE (``tune.searcher: optuna``) + ASHA (grace period 1, reduction
-  factor 2, max E epochs), with enough trials to spend at least G trial-epochs in expectation;
+  factor 3, max E epochs), with enough trials to spend at least G trial-epochs in expectation;
   epochs past G are not counted (the curve stops at G). segray's TPE sampler starts with
   ``tune.startup_trials`` random trials (default: a third of ``num_samples``, 2 to 10).
 
@@ -73,10 +76,12 @@ CHECKPOINTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)  # curve table columns, fract
 METHODS = ("grid", "random", "tpe_asha")
 
 DILATIONS = [[1, 1, 1, 1], [1, 6, 12, 18], [1, 12, 24, 36]]  # none, segray's default, large
-BCE_GRID = [0.2, 0.8]
+LR_RANGE = [1e-4, 1e-1]  # loguniform for random and TPE
+LR_GRID = [3e-4, 3e-3, 3e-2]  # the grid: the middle of each decade of LR_RANGE
+BCE_GRID = [0.5]  # the grid leaves bce_weight at the middle of its range
 QUICK_DILATIONS = [[1, 1, 1, 1], [1, 6, 12, 18]]
-QUICK_BCE_GRID = [0.5]
-ASHA = {"grace_period": 1, "reduction_factor": 2.0}
+QUICK_LR_GRID = [3e-3]
+ASHA = {"grace_period": 1, "reduction_factor": 3.0}
 
 
 # --------------------------------------------------------------------------- configs
@@ -96,6 +101,7 @@ def base_config(args: argparse.Namespace, data_root: Path) -> Config:
             "data.vflip": 0.5,
             "data.rotate90": 0.5,
             "data.batch_size": 4,
+            "data.samples_per_image": args.samples_per_image,
             "model.name": "resnet_unet",
             "model.encoder": "resnet18",
             "model.decoder_channels": [64, 32, 16, 8],
@@ -134,21 +140,26 @@ def expected_asha_epochs(max_t: int, grace: int, rf: float) -> float:
     return expected
 
 
-def method_overrides(
-    method: str, dilations: list[list[int]], bce_grid: list[float], epochs: int
-) -> dict[str, Any]:
-    grid = len(dilations) * len(bce_grid)
-    budget = grid * epochs
+def grid_axes(quick: bool) -> dict[str, list[Any]]:
+    """The grid: every combination of these values (dotted key -> values)."""
+    return {
+        "model.dilation_rates": QUICK_DILATIONS if quick else DILATIONS,
+        "optim.lr": QUICK_LR_GRID if quick else LR_GRID,
+        "loss.bce_weight": BCE_GRID,
+    }
+
+
+def grid_size(axes: dict[str, list[Any]]) -> int:
+    return math.prod(len(v) for v in axes.values())
+
+
+def method_overrides(method: str, axes: dict[str, list[Any]], epochs: int) -> dict[str, Any]:
+    budget = grid_size(axes) * epochs
     if method == "grid":
-        return {
-            "tune.space": {
-                "model.dilation_rates": {"grid": dilations},
-                "loss.bce_weight": {"grid": bce_grid},
-            },
-            "tune.scheduler": "none",
-        }
+        return {"tune.space": {k: {"grid": v} for k, v in axes.items()}, "tune.scheduler": "none"}
     space = {
-        "model.dilation_rates": {"choice": dilations},
+        "model.dilation_rates": {"choice": axes["model.dilation_rates"]},
+        "optim.lr": {"loguniform": LR_RANGE},
         "loss.bce_weight": {"uniform": [0.0, 1.0]},
     }
     if method == "random":
@@ -156,7 +167,7 @@ def method_overrides(
             "tune.space": space,
             "tune.searcher": "random",
             "tune.scheduler": "none",
-            "tune.num_samples": grid,
+            "tune.num_samples": grid_size(axes),
         }
     per_trial = expected_asha_epochs(epochs, ASHA["grace_period"], ASHA["reduction_factor"])
     return {
@@ -320,13 +331,12 @@ def _plain(v: Any) -> Any:
 
 # --------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    dilations = QUICK_DILATIONS if args.quick else DILATIONS
-    bce_grid = QUICK_BCE_GRID if args.quick else BCE_GRID
-    budget = len(dilations) * len(bce_grid) * args.epochs
+    axes = grid_axes(args.quick)
+    budget = grid_size(axes) * args.epochs
     load_before = os.getloadavg()[0]
     print(
-        f"{os.cpu_count()} CPUs, load average {load_before:.2f}; grid {len(dilations)} x "
-        f"{len(bce_grid)} configs x {args.epochs} epochs = budget {budget} trial-epochs",
+        f"{os.cpu_count()} CPUs, load average {load_before:.2f}; grid "
+        f"{' x '.join(str(len(v)) for v in axes.values())} configs x {args.epochs} epochs = budget {budget} trial-epochs",
         flush=True,
     )
     workdir = (
@@ -352,11 +362,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"Ray started in {ray_start:.1f} s ({where})", flush=True)
             try:
                 for method in METHODS:
-                    cfg = apply_overrides(
-                        base, method_overrides(method, dilations, bce_grid, args.epochs)
-                    )
+                    cfg = apply_overrides(base, method_overrides(method, axes, args.epochs))
                     print(
-                        f"--- {method}: {cfg.tune.num_samples if method != 'grid' else budget // args.epochs} trials",
+                        f"--- {method}: {cfg.tune.num_samples if method != 'grid' else grid_size(axes)} trials",
                         flush=True,
                     )
                     t0 = time.time()
@@ -400,8 +408,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "image_size": args.size,
             "workers_per_trial": args.workers,
             "cpus_per_worker": 2 // args.workers,
-            "dilation_choices": dilations,
-            "bce_weight_grid": bce_grid,
+            "samples_per_image": args.samples_per_image,
+            "grid": axes,
+            "lr_range": LR_RANGE,
             "asha": ASHA,
             "budget_trial_epochs": budget,
             "base_config": base.to_dict(),
@@ -477,9 +486,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="2 x 1 grid, 2 epochs, 48 images of 64 px"
     )
-    parser.add_argument("--epochs", type=int, default=6, help="E: epochs of a full trial")
-    parser.add_argument("--num-images", type=int, default=160, help="synthetic images (70%% train)")
-    parser.add_argument("--size", type=int, default=96, help="synthetic image side, pixels")
+    parser.add_argument("--epochs", type=int, default=3, help="E: epochs of a full trial")
+    parser.add_argument(
+        "--samples-per-image",
+        type=int,
+        default=4,
+        help="augmented passes over each training image an epoch",
+    )
+    parser.add_argument("--num-images", type=int, default=200, help="synthetic images (70%% train)")
+    parser.add_argument("--size", type=int, default=64, help="synthetic image side, pixels")
     parser.add_argument(
         "--workers",
         type=int,
@@ -491,7 +506,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     if args.quick:
-        args.epochs, args.num_images, args.size = 2, 48, 64
+        args.epochs, args.num_images, args.size, args.samples_per_image = 2, 48, 64, 1
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (ASHA needs a rung below the maximum)")
 

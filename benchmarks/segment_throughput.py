@@ -3,13 +3,17 @@ and against the model alone, on the same checkpoint and the same generated image
 
 Usage::
 
-    python benchmarks/segment_throughput.py [--images 600] [--rss 600 2400] [--size 256]
-        [--mixed 0.2] [--base-width 8] [--concurrency CPUS] [--cpus-per-actor auto] [--batch 8]
+    python benchmarks/segment_throughput.py [--images 2000] [--rss 1000 10000] [--size 256]
+        [--mixed 0.2] [--model resnet18-unet|unet-w8] [--concurrency CPUS]
+        [--cpus-per-actor auto] [--batch 8]
         [--output benchmarks/results/segment_throughput.json]
 
 Images: ``--size`` squared (``--mixed`` of them of random sizes from 96 to 2.5 x size, so some
 are tiled), smooth random scenes saved as PNG and JPEG, generated once into a cache folder.
-Checkpoint: a ``unet`` of ``--base-width`` with random weights, ``segment.tile_size = --size``.
+Checkpoint (``--model``, seeded random weights, ``segment.tile_size = --size``):
+``resnet18-unet``, the atrous ResNet18-U-Net that ``segray demo`` trains and segments with, or
+``unet-w8``, a classic U-Net of base width 8 whose forward pass costs about as much as decoding
+the image: a stress test of the pipeline's own per-image overhead.
 
 (a) ``run_segment`` in a fresh Python process with its own local Ray (images/s over the
     pipeline, the summary's ``images_per_s``; end-to-end including Ray start-up is reported too),
@@ -17,9 +21,9 @@ Checkpoint: a ``unet`` of ``--base-width`` with random weights, ``segment.tile_s
     the same `Segmenter` -> the same mask statistics and PNG encoding -> pyarrow ParquetWriter,
 (c) the model alone: `Segmenter.predict_batch_proba` on images decoded beforehand (the ceiling).
 
-Peak memory of (a) is sampled from /proc every 0.25 s over the driver and every process it
-started (Ray's raylet, GCS, workers, the actor): peak driver RSS and peak summed PSS (shared
-object-store pages counted once), at each ``--rss`` image count. Runs under the machine-wide Ray
+Peak memory of (a) is sampled from /proc: the driver's RSS every 0.25 s, and every 5 s the
+summed PSS of the driver and every process it started (Ray's raylet, GCS, workers, the actors;
+shared object-store pages counted once), at each ``--rss`` image count. Runs under the machine-wide Ray
 lock of the tests (``SEGRAY_RAY_LOCK``), so no test's Ray competes for the CPUs. Prints a table
 and writes JSON.
 """
@@ -47,10 +51,9 @@ sys.path.insert(0, str(ROOT))
 
 from _common import publish, ray_lock  # noqa: E402
 
-from segray.checkpoint import save_checkpoint  # noqa: E402
+from segray.checkpoint import build_model, save_checkpoint  # noqa: E402
 from segray.config import load_config  # noqa: E402
 from segray.data.io import decode_image  # noqa: E402
-from segray.models import create_model  # noqa: E402
 from segray.predict import load_segmenter  # noqa: E402
 from segray.segment_io import encode_mask_png, mask_stats  # noqa: E402
 
@@ -77,13 +80,26 @@ def generate(cache: Path, count: int, size: int, mixed: float, seed: int = 0) ->
     return paths
 
 
-def checkpoint(directory: Path, base_width: int, size: int) -> Path:
+# The models a run can use: the one `segray demo` trains and segments with (an atrous
+# ResNet18-U-Net), and a tiny classic U-Net whose forward pass costs little more than decoding,
+# a stress test of the pipeline's own overhead.
+MODELS = {
+    "resnet18-unet": [
+        "model.name=resnet_unet",
+        "model.encoder=resnet18",
+        "model.decoder_channels=[64,32,16,8]",
+    ],
+    "unet-w8": ["model.name=unet", "model.base_width=8"],
+}
+
+
+def checkpoint(directory: Path, model: str, size: int) -> Path:
+    """A checkpoint of ``model`` (a key of MODELS) with seeded random weights."""
     torch.manual_seed(0)
-    cfg = load_config(
-        None, ["model.name=unet", f"model.base_width={base_width}", f"segment.tile_size={size}"]
+    cfg = load_config(None, [*MODELS[model], f"segment.tile_size={size}"])
+    return save_checkpoint(
+        directory, model=build_model(cfg, pretrained=False), config=cfg, metrics={}
     )
-    model = create_model("unet", in_channels=3, num_classes=1, base_width=base_width)
-    return save_checkpoint(directory, model=model, config=cfg, metrics={})
 
 
 # --------------------------------------------------------------------------- (c) model alone
@@ -184,24 +200,32 @@ def _kb(pid: int, file: str, key: str) -> int:
 
 
 class MemorySampler(threading.Thread):
-    """Peak driver RSS and peak summed PSS of a process and all its descendants."""
+    """Peak driver RSS (every ``every`` s) and peak summed PSS of a process and all its
+    descendants (every ``pss_every`` s).
 
-    def __init__(self, pid: int, every: float = 0.25) -> None:
+    Reading ``smaps_rollup`` walks a process's page tables, and Ray's processes map the whole
+    object store: sampling the tree's PSS every 0.25 s cost (a) 13% of its throughput here,
+    so PSS is sampled rarely (its peak moves slowly), the cheap driver RSS often."""
+
+    def __init__(self, pid: int, every: float = 0.25, pss_every: float = 5.0) -> None:
         super().__init__(daemon=True)
-        self.pid, self.every = pid, every
+        self.pid, self.every, self.pss_every = pid, every, pss_every
         self.peak_driver_mb = self.peak_tree_mb = 0.0
         self.stop = threading.Event()
 
     def run(self) -> None:
+        next_pss = time.monotonic() + 1.0
         while not self.stop.is_set():
-            tree, todo, pids = _children(), [self.pid], []
-            while todo:
-                pid = todo.pop()
-                pids.append(pid)
-                todo.extend(tree.get(pid, []))
             self.peak_driver_mb = max(self.peak_driver_mb, _kb(self.pid, "status", "VmRSS") / 1024)
-            total = sum(_kb(p, "smaps_rollup", "Pss:") for p in pids) / 1024
-            self.peak_tree_mb = max(self.peak_tree_mb, total)
+            if time.monotonic() >= next_pss:
+                next_pss = time.monotonic() + self.pss_every
+                tree, todo, pids = _children(), [self.pid], []
+                while todo:
+                    pid = todo.pop()
+                    pids.append(pid)
+                    todo.extend(tree.get(pid, []))
+                total = sum(_kb(p, "smaps_rollup", "Pss:") for p in pids) / 1024
+                self.peak_tree_mb = max(self.peak_tree_mb, total)
             self.stop.wait(self.every)
 
 
@@ -278,7 +302,7 @@ def format_table(report: dict) -> str:
         )
     lines.append(
         f"{s['size']}x{s['size']} images ({100 * s['mixed']:.0f}% of other sizes, tiled when larger), "
-        f"unet base_width {s['base_width']}, batch {s['batch']}, {s['cpus']} CPUs; (b) "
+        f"model {s['model']}, batch {s['batch']}, {s['cpus']} CPUs; (b) "
         f"{s['loader_workers']} DataLoader worker(s) + {s['b_threads']} torch thread(s); (c) "
         f"{s['c_threads']} thread(s); (a) {' '.join(s['overrides'])}; marginal = (images "
         f"{r['marginal']['between'][1]} - {r['marginal']['between'][0]}) / (pipeline time "
@@ -291,17 +315,17 @@ def format_table(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=600, help="images for a, b and c")
+    parser.add_argument("--images", type=int, default=2000, help="images for a, b and c")
     parser.add_argument(
         "--rss",
         type=int,
         nargs="+",
-        default=[600, 2400],
+        default=[1000, 10000],
         help="image counts at which (a)'s peak memory is measured",
     )
     parser.add_argument("--size", type=int, default=256, help="side of most images; tile size")
     parser.add_argument("--mixed", type=float, default=0.2, help="fraction of other sizes")
-    parser.add_argument("--base-width", type=int, default=8, help="unet base width")
+    parser.add_argument("--model", choices=sorted(MODELS), default="resnet18-unet")
     parser.add_argument("--batch", type=int, default=8, help="images per forward")
     parser.add_argument(
         "--concurrency",
@@ -348,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
         paths = generate(
             args.cache / f"{args.size}-{args.mixed}", max(counts), args.size, args.mixed
         )
-        ckpt = checkpoint(Path(tmp) / "ckpt", args.base_width, args.size)
+        ckpt = checkpoint(Path(tmp) / "ckpt", args.model, args.size)
         subset = paths[: args.images]
         c, c_threads = model_alone(ckpt, subset, args.batch)
         print(f"(c) model alone: {c:.2f} images/s ({c_threads} threads)", flush=True)
@@ -371,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
             "images": args.images,
             "size": args.size,
             "mixed": args.mixed,
-            "base_width": args.base_width,
+            "model": args.model,
             "batch": args.batch,
             "cpus": cpus,
             "loader_workers": workers,

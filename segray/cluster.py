@@ -18,9 +18,33 @@ from pathlib import Path
 
 import ray
 
-__all__ = ["ResourceError", "check_fits", "ensure_ray", "local_ray_lock"]
+__all__ = [
+    "HEAP_REUSE_ENV",
+    "ResourceError",
+    "check_fits",
+    "ensure_ray",
+    "heap_env",
+    "local_ray_lock",
+]
 
 log = logging.getLogger(__name__)
+
+# glibc malloc settings for CPU-heavy Ray workers (``train.heap_reuse``, ``segment.heap_reuse``):
+# never mmap large blocks, keep up to 256 MiB of freed heap, grow it 64 MiB at a time. Without
+# them every allocation above 32 MiB (a full-resolution activation) is a fresh mmap, zeroed
+# page by page on every step: ~100k page faults/s, which costs more in Ray's many-threaded
+# worker processes than in a plain one (measured: 7-8% of a CPU epoch, ~10% of a CPU actor's
+# inference time).
+HEAP_REUSE_ENV = {
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
+    "MALLOC_TOP_PAD_": str(64 << 20),
+}
+
+
+def heap_env(enabled: bool) -> dict[str, str]:
+    """The worker environment variables for a ``heap_reuse`` setting (a Ray ``env_vars``)."""
+    return dict(HEAP_REUSE_ENV) if enabled else {}
 
 
 @contextmanager

@@ -363,6 +363,11 @@ class SegmentConfig(Section):
     uncertain_high: float = Field(
         0.7, ge=0, le=1, description="uncertain_fraction: upper bound of the probability band"
     )
+    heap_reuse: bool = Field(
+        True,
+        description="glibc malloc settings on the inference actors, as train.heap_reuse: "
+        "measured ~10% faster CPU inference in Ray's actor processes",
+    )
     amp: bool = Field(True, description="bfloat16 autocast on GPU actors (ignored on CPU)")
     channels_last: bool = Field(True, description="NHWC memory format on GPU actors (not CPU)")
 

@@ -28,6 +28,10 @@ part, and the commit de-duplicates by image id whatever happened. Rerunning the 
 resumes: committed shards are skipped, staged images are not segmented again (``error`` rows
 are retried only with ``retry_errors``), and the driver re-validates the whole output
 (rows == input images, unique ids) before it writes ``summary.json``.
+
+Nothing here imports torch at module level (the model is loaded inside the actors): Ray's
+read, decode and write tasks import this module in fresh worker processes, often, and torch
+would add over a second of CPU to each.
 """
 
 from __future__ import annotations
@@ -56,8 +60,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from segray import __version__
-from segray.checkpoint import CONFIG_FILE, MODEL_FILE, load_checkpoint_config, model_id
-from segray.cluster import ResourceError, check_fits, ensure_ray
+from segray.cluster import ResourceError, check_fits, ensure_ray, heap_env
 from segray.config import (
     Config,
     ConfigError,
@@ -86,7 +89,14 @@ from segray.segment_io import (
     read_shard,
 )
 
-__all__ = ["OUTPUT_SCHEMA", "InputError", "SegmentError", "run_segment", "summary_line"]
+__all__ = [
+    "OUTPUT_SCHEMA",
+    "InputError",
+    "SegmentError",
+    "actor_options",
+    "run_segment",
+    "summary_line",
+]
 
 # Settings that change what a row holds: a resumed run must use the same ones.
 _ROW_SETTINGS = (
@@ -150,6 +160,8 @@ def run_segment(
         progress: Ray Data progress bars and a few status lines.
     """
     started = time.time()
+    from segray.checkpoint import model_id
+
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + os.urandom(3).hex()
     ckpt = _local_checkpoint(str(checkpoint))
     cfg = _segment_config(ckpt, overrides, config)
@@ -262,6 +274,8 @@ def _segment_config(
                 "checkpoint"
             )
         parsed.update(items)
+    from segray.checkpoint import load_checkpoint_config
+
     return apply_overrides(load_checkpoint_config(ckpt), parsed)
 
 
@@ -272,6 +286,8 @@ def _mask_mapping(cfg: Config) -> dict[str, Any]:
 @functools.cache
 def _local_checkpoint(checkpoint: str) -> str:
     """A local checkpoint directory: the path itself, or a per-process copy of a URI's files."""
+    from segray.checkpoint import CONFIG_FILE, MODEL_FILE
+
     loc = Location.parse(checkpoint)
     if isinstance(loc.fs, pafs.LocalFileSystem):
         return loc.path
@@ -917,6 +933,16 @@ def _run_pipeline(
         context.enable_progress_bars = bars
 
 
+def actor_options(seg: SegmentConfig) -> dict[str, Any]:
+    """Ray options of the inference actors: pool size, resources, environment."""
+    return {
+        "compute": ActorPoolStrategy(size=seg.concurrency),
+        "num_cpus": seg.cpus_per_actor,
+        "num_gpus": seg.gpus_per_actor,
+        "runtime_env": {"env_vars": heap_env(seg.heap_reuse)},
+    }
+
+
 def _stream(
     pending: list[Shard],
     kept: dict[str, int],
@@ -949,15 +975,13 @@ def _stream(
         _SegmentActor,
         batch_format="pyarrow",
         batch_size=seg.batch_size,
-        compute=ActorPoolStrategy(size=seg.concurrency),
-        num_cpus=seg.cpus_per_actor,
-        num_gpus=seg.gpus_per_actor,
         fn_constructor_kwargs=actor_kwargs,
+        **actor_options(seg),
     )
     ds = ds.map_batches(
         _write_staged,
         batch_format="pyarrow",
-        batch_size=None,
+        batch_size=seg.shard_size,  # about one Parquet part per shard, few write tasks
         num_cpus=seg.io_cpus,
         fn_kwargs={"staging": out.staging, "png": png, "run_id": actor_kwargs["run_id"]},
     )

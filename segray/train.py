@@ -44,7 +44,7 @@ from segray.checkpoint import (
     save_checkpoint,
     unwrap,
 )
-from segray.cluster import check_fits, ensure_ray
+from segray.cluster import check_fits, ensure_ray, heap_env
 from segray.config import Config
 from segray.data import build_datasets, prepare_data
 from segray.engine import (
@@ -392,16 +392,9 @@ def worker_resources(cfg: Config) -> dict[str, float]:
 # pages; in Ray's worker processes that made CPU epochs ~12% slower than the same loop in a
 # plain process (benchmarks/isbi_membrane.py). Heap-only allocation with a high trim threshold
 # keeps those pages for the next step. The variables are read when a worker process starts.
-HEAP_REUSE_ENV = {
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
-    "MALLOC_TOP_PAD_": str(64 << 20),
-}
-
-
 def worker_env(cfg: Config) -> dict[str, str]:
     """Environment variables of the training workers (``train.heap_reuse``)."""
-    return dict(HEAP_REUSE_ENV) if cfg.train.heap_reuse else {}
+    return heap_env(cfg.train.heap_reuse)
 
 
 def build_trainer(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import tarfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -282,3 +284,35 @@ def test_segment_settings_from_a_config_file_then_overrides(tmp_path: Path):
     bad.write_text("segment: {batch_size: 4}\nmodel: {base_width: 8}\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: model\.base_width"):
         _segment_config(str(ckpt), [], bad)
+
+
+# --------------------------------------------------------------------------- actor options
+@pytest.mark.parametrize("heap_reuse", [True, False])
+def test_actor_options_carry_resources_and_heap_env(heap_reuse: bool) -> None:
+    from segray.cluster import HEAP_REUSE_ENV
+    from segray.config import load_config
+    from segray.segment import actor_options
+
+    cfg = load_config(
+        None,
+        [
+            "segment.concurrency=3",
+            "segment.cpus_per_actor=1.5",
+            "segment.gpus_per_actor=0.5",
+            f"segment.heap_reuse={str(heap_reuse).lower()}",
+        ],
+    )
+    options = actor_options(cfg.segment)
+    assert (options["compute"].min_size, options["compute"].max_size) == (3, 3)
+    assert (options["num_cpus"], options["num_gpus"]) == (1.5, 0.5)
+    assert options["runtime_env"] == {"env_vars": dict(HEAP_REUSE_ENV) if heap_reuse else {}}
+
+
+def test_pipeline_modules_import_without_torch() -> None:
+    """Ray starts fresh workers for read/decode/write tasks; they must not pay for torch."""
+    code = (
+        "import sys, segray.segment, segray.segment_io, segray.data.io, segray.data.masks; "
+        "heavy = [m for m in ('torch', 'albumentations') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,32 +7,71 @@ normalise) -> `dataset` (torch datasets from the config).
 
 from __future__ import annotations
 
-from segray.data.dataset import (
-    SegmentationDataset,
-    build_datasets,
-    cache_dir,
-    list_samples,
-    prepare_data,
-)
-from segray.data.folder import DatasetError, Sample, find_pairs, list_images
-from segray.data.io import (
-    IMAGE_EXTENSIONS,
-    ImageError,
-    decode_image,
-    encode_png,
-    image_size,
-    read_mask,
-)
-from segray.data.masks import MaskMapper
-from segray.data.pet import download_pet, pet_samples
-from segray.data.split import assign_split, split_samples
-from segray.data.synth import generate
-from segray.data.transforms import (
-    default_norm,
-    eval_transform,
-    train_transform,
-    transforms_from_config,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from segray.data.dataset import (
+        SegmentationDataset,
+        build_datasets,
+        cache_dir,
+        list_samples,
+        prepare_data,
+    )
+    from segray.data.folder import DatasetError, Sample, find_pairs, list_images
+    from segray.data.io import (
+        IMAGE_EXTENSIONS,
+        ImageError,
+        decode_image,
+        encode_png,
+        image_size,
+        read_mask,
+    )
+    from segray.data.masks import MaskMapper
+    from segray.data.pet import download_pet, pet_samples
+    from segray.data.split import assign_split, split_samples
+    from segray.data.synth import generate
+    from segray.data.transforms import (
+        default_norm,
+        eval_transform,
+        train_transform,
+        transforms_from_config,
+    )
+
+# Public name -> submodule. Imported on first use, so that the light modules (io, folder,
+# masks: all that Ray's decode and write tasks need) never pull in torch and albumentations.
+_EXPORTS = {
+    "dataset": [
+        "SegmentationDataset",
+        "build_datasets",
+        "cache_dir",
+        "list_samples",
+        "prepare_data",
+    ],
+    "folder": ["DatasetError", "Sample", "find_pairs", "list_images"],
+    "io": [
+        "IMAGE_EXTENSIONS",
+        "ImageError",
+        "decode_image",
+        "encode_png",
+        "image_size",
+        "read_mask",
+    ],
+    "masks": ["MaskMapper"],
+    "pet": ["download_pet", "pet_samples"],
+    "split": ["assign_split", "split_samples"],
+    "synth": ["generate"],
+    "transforms": ["default_norm", "eval_transform", "train_transform", "transforms_from_config"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "IMAGE_EXTENSIONS",
