@@ -491,8 +491,9 @@ class _Output:
             **extra,
         )
         self.summary.write_atomic(json.dumps(summary, indent=2).encode())
-        if not self.staging.list(recursive=False):
-            self.staging.delete()
+        # Every shard is committed and checked: whatever is still staged is garbage (a part
+        # rewritten by a Ray task retried after a node loss, a killed write's temporary).
+        self.staging.delete()
         return summary
 
 
