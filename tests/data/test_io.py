@@ -200,3 +200,13 @@ def test_image_size_reads_the_header(tmp_path: Path):
     (tmp_path / "bad.png").write_text("nope")
     with pytest.raises(ImageError, match="bad.png: not an image"):
         image_size(tmp_path / "bad.png")
+
+
+def test_lazy_exports_match_the_submodules() -> None:
+    """segray.data's lazy name table must list exactly each submodule's public names."""
+    import importlib
+
+    import segray.data as data
+
+    for module, names in data._EXPORTS.items():
+        assert sorted(names) == sorted(importlib.import_module(f"segray.data.{module}").__all__)
