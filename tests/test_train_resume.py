@@ -28,7 +28,7 @@ def _segray(*args: str, log: Path) -> subprocess.Popen:
 
 
 def _wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen, timeout: float = 300) -> None:
-    """Poll for a file Ray Train writes once an epoch's checkpoint is persisted."""
+    """Poll for a file matching ``path_glob`` (root, pattern) while ``proc`` runs."""
     root, pattern = path_glob
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -37,7 +37,30 @@ def _wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen, timeout: floa
         if proc.poll() is not None:
             raise AssertionError(f"run ended (rc {proc.returncode}) before {pattern} appeared")
         time.sleep(0.5)
-    raise AssertionError("no checkpoint within the timeout")
+    raise AssertionError(f"no {pattern} within {timeout} s")
+
+
+def _wait_for_registered_checkpoint(
+    root: Path, name: str, proc: subprocess.Popen, timeout: float = 300
+) -> None:
+    """Poll until Ray Train's controller has *registered* checkpoint ``name``.
+
+    The checkpoint's files land in storage before the controller records them in its
+    checkpoint-manager snapshot; a run killed in between resumes from the previous
+    checkpoint (or none), so the files alone are not the signal.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for snap in root.glob("*/checkpoint_manager_snapshot.json") if root.exists() else ():
+            try:
+                if name in snap.read_text():
+                    return
+            except OSError:  # being replaced
+                pass
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended (rc {proc.returncode}) before {name} was registered")
+        time.sleep(0.5)
+    raise AssertionError(f"{name} was not registered within {timeout} s")
 
 
 def test_kill_after_epoch_one_then_resume(ray_exclusive, tmp_path):
@@ -45,7 +68,7 @@ def test_kill_after_epoch_one_then_resume(ray_exclusive, tmp_path):
     first = _segray(
         "train", "--output", str(out), *TINY, "train.epochs=4", log=tmp_path / "first.log"
     )
-    _wait_for((out / "ray" / "train", "checkpoint_epoch_0001/model.pt"), first)
+    _wait_for_registered_checkpoint(out / "ray", "checkpoint_epoch_0001", first)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     assert not (out / "history.parquet").exists()  # the run really was cut short
