@@ -189,19 +189,23 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def _kb(pid: int, file: str, key: str) -> int:
+def _kb(pid: int, file: str, *keys: str) -> list[int]:
+    """The kB values of ``keys`` (e.g. ``"Pss:"``) in ``/proc/PID/FILE``; 0 where absent."""
+    found = dict.fromkeys(keys, 0)
     try:
         for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
-            if line.startswith(key):
-                return int(line.split()[1])
+            key = line.split(maxsplit=1)[0] if line else ""
+            if key in found:
+                found[key] = int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return list(found.values())
 
 
 class MemorySampler(threading.Thread):
     """Peak driver RSS (every ``every`` s) and peak summed PSS of a process and all its
-    descendants (every ``pss_every`` s).
+    descendants (every ``pss_every`` s), split into anonymous memory (the processes' heaps:
+    what a leak grows) and shared memory (Ray's object store, mapped by every worker).
 
     Reading ``smaps_rollup`` walks a process's page tables, and Ray's processes map the whole
     object store: sampling the tree's PSS every 0.25 s cost (a) 13% of its throughput here,
@@ -210,13 +214,14 @@ class MemorySampler(threading.Thread):
     def __init__(self, pid: int, every: float = 0.25, pss_every: float = 5.0) -> None:
         super().__init__(daemon=True)
         self.pid, self.every, self.pss_every = pid, every, pss_every
-        self.peak_driver_mb = self.peak_tree_mb = 0.0
+        self.peak_driver_mb = self.peak_tree_mb = self.peak_anon_mb = self.peak_shmem_mb = 0.0
         self.stop = threading.Event()
 
     def run(self) -> None:
         next_pss = time.monotonic() + 1.0
         while not self.stop.is_set():
-            self.peak_driver_mb = max(self.peak_driver_mb, _kb(self.pid, "status", "VmRSS") / 1024)
+            rss = _kb(self.pid, "status", "VmRSS:")[0] / 1024
+            self.peak_driver_mb = max(self.peak_driver_mb, rss)
             if time.monotonic() >= next_pss:
                 next_pss = time.monotonic() + self.pss_every
                 tree, todo, pids = _children(), [self.pid], []
@@ -224,8 +229,11 @@ class MemorySampler(threading.Thread):
                     pid = todo.pop()
                     pids.append(pid)
                     todo.extend(tree.get(pid, []))
-                total = sum(_kb(p, "smaps_rollup", "Pss:") for p in pids) / 1024
+                pss = [_kb(p, "smaps_rollup", "Pss:", "Pss_Anon:", "Pss_Shmem:") for p in pids]
+                total, anon, shmem = (sum(col) / 1024 for col in zip(*pss, strict=True))
                 self.peak_tree_mb = max(self.peak_tree_mb, total)
+                self.peak_anon_mb = max(self.peak_anon_mb, anon)
+                self.peak_shmem_mb = max(self.peak_shmem_mb, shmem)
             self.stop.wait(self.every)
 
 
@@ -273,6 +281,8 @@ def segray_segment(ckpt: Path, folders: list[Path], out: Path, overrides: list[s
         "end_to_end_images_per_s": summary["rows"] / summary["end_to_end_s"],
         "peak_driver_rss_mb": round(sampler.peak_driver_mb, 1),
         "peak_total_pss_mb": round(sampler.peak_tree_mb, 1),
+        "peak_anon_pss_mb": round(sampler.peak_anon_mb, 1),
+        "peak_shmem_pss_mb": round(sampler.peak_shmem_mb, 1),
     }
 
 
@@ -293,12 +303,14 @@ def format_table(report: dict) -> str:
         f"a/b = {r['a_over_b']:.2f} (target >= 1.0)   a/c = {r['a_over_c']:.2f} (target >= 0.85)"
         f"   at scale: a/b = {r['marginal_over_b']:.2f}, a/c = {r['marginal_over_c']:.2f}",
         "",
-        f"{'segray segment memory':<28}{'images':>7}{'driver RSS MB':>15}{'all PSS MB':>12}",
+        f"{'segray segment memory':<28}{'images':>7}{'driver RSS MB':>15}{'all PSS MB':>12}"
+        f"{'heaps MB':>10}{'shm MB':>8}",
     ]
     for m in r["memory"]:
         lines.append(
             f"{'':<28}{m['images']:>7}{m['peak_driver_rss_mb']:>15.0f}"
-            f"{m['peak_total_pss_mb']:>12.0f}"
+            f"{m['peak_total_pss_mb']:>12.0f}{m.get('peak_anon_pss_mb', 0):>10.0f}"
+            f"{m.get('peak_shmem_pss_mb', 0):>8.0f}"
         )
     lines.append(
         f"{s['size']}x{s['size']} images ({100 * s['mixed']:.0f}% of other sizes, tiled when larger), "

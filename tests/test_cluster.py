@@ -47,6 +47,7 @@ TUNE_JOB = [
     *(o for o in TINY if not o.startswith("model.")),
     "model.decoder_channels=[16,8,8,8]",
     "tune.num_samples=2",
+    "data.samples_per_image=1",
 ]
 
 
