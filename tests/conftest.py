@@ -29,11 +29,13 @@ def _isolated_cache(tmp_path_factory) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
-    """A real single-node Ray with 2 CPUs and the dashboard (Train V2 polls the State API)."""
+    """A real single-node Ray with 2 CPUs, started as segray starts its local Ray."""
     import ray
 
+    from segray.cluster import start_local
+
     with ray_lock():
-        ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=True)
+        start_local(num_cpus=2)  # the same local Ray that segray starts
         try:
             yield
         finally:
