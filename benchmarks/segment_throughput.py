@@ -318,7 +318,9 @@ def format_table(report: dict) -> str:
         f"{s['loader_workers']} DataLoader worker(s) + {s['b_threads']} torch thread(s); (c) "
         f"{s['c_threads']} thread(s); (a) {' '.join(s['overrides'])}; marginal = (images "
         f"{r['marginal']['between'][1]} - {r['marginal']['between'][0]}) / (pipeline time "
-        "difference), start-up excluded; load average "
+        "difference), start-up excluded; memory: peaks of the driver's RSS and of the PSS "
+        "summed over the driver and all Ray processes, split into heaps (anonymous) and shared "
+        "memory (the object store); load average "
         f"{report['load_average'][0]:.2f} "
         f"before, {report['load_average'][1]:.2f} after"
     )
