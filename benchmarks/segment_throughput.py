@@ -202,6 +202,17 @@ def _kb(pid: int, file: str, *keys: str) -> list[int]:
     return list(found.values())
 
 
+def _process_name(pid: int) -> str:
+    """A process's kind: Ray's title (``ray::IDLE``, ``ray::MapWorker(...)``) or its program."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    first = argv[0].decode(errors="replace")
+    name = first.split()[0] if first.strip() else "?"
+    return name[:60] if name.startswith("ray::") else Path(name).name or "?"
+
+
 class MemorySampler(threading.Thread):
     """Peak driver RSS (every ``every`` s) and peak summed PSS of a process and all its
     descendants (every ``pss_every`` s), split into anonymous memory (the processes' heaps:
@@ -215,6 +226,7 @@ class MemorySampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.every, self.pss_every = pid, every, pss_every
         self.peak_driver_mb = self.peak_tree_mb = self.peak_anon_mb = self.peak_shmem_mb = 0.0
+        self.anon_by_process: dict[str, float] = {}
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -232,8 +244,14 @@ class MemorySampler(threading.Thread):
                 pss = [_kb(p, "smaps_rollup", "Pss:", "Pss_Anon:", "Pss_Shmem:") for p in pids]
                 total, anon, shmem = (sum(col) / 1024 for col in zip(*pss, strict=True))
                 self.peak_tree_mb = max(self.peak_tree_mb, total)
-                self.peak_anon_mb = max(self.peak_anon_mb, anon)
                 self.peak_shmem_mb = max(self.peak_shmem_mb, shmem)
+                if anon > self.peak_anon_mb:  # whose heaps, at the peak
+                    self.peak_anon_mb = anon
+                    by: dict[str, float] = {}
+                    for pid, (_, pid_anon, _) in zip(pids, pss, strict=True):
+                        name = _process_name(pid)
+                        by[name] = by.get(name, 0.0) + pid_anon / 1024
+                    self.anon_by_process = dict(sorted(by.items(), key=lambda kv: -kv[1]))
             self.stop.wait(self.every)
 
 
@@ -283,10 +301,20 @@ def segray_segment(ckpt: Path, folders: list[Path], out: Path, overrides: list[s
         "peak_total_pss_mb": round(sampler.peak_tree_mb, 1),
         "peak_anon_pss_mb": round(sampler.peak_anon_mb, 1),
         "peak_shmem_pss_mb": round(sampler.peak_shmem_mb, 1),
+        "anon_pss_mb_by_process_at_peak": {
+            k: round(v, 1) for k, v in sampler.anon_by_process.items()
+        },
     }
 
 
 # --------------------------------------------------------------------------- report
+def _runs(runs: list[float] | None) -> str:
+    """The reference's separate runs, when it was measured before and after (a)."""
+    if not runs or len(runs) < 2:
+        return ""
+    return f"   (best of {runs[0]:.2f} before (a), {runs[1]:.2f} after)"
+
+
 def format_table(report: dict) -> str:
     r, s = report["results"], report["settings"]
     lines = [
@@ -297,8 +325,10 @@ def format_table(report: dict) -> str:
         f"{r['a']['end_to_end_images_per_s']:>9.2f}",
         f"{'    segray segment (marginal, at scale)':<44}{r['marginal']['images']:>7}"
         f"{r['marginal']['images_per_s']:>9.2f}",
-        f"{'(b) plain PyTorch loop (DataLoader)':<44}{s['images']:>7}{r['b_images_per_s']:>9.2f}",
-        f"{'(c) model alone, preloaded (ceiling)':<44}{s['images']:>7}{r['c_images_per_s']:>9.2f}",
+        f"{'(b) plain PyTorch loop (DataLoader)':<44}{s['images']:>7}{r['b_images_per_s']:>9.2f}"
+        f"{_runs(r.get('b_runs'))}",
+        f"{'(c) model alone, preloaded (ceiling)':<44}{s['images']:>7}{r['c_images_per_s']:>9.2f}"
+        f"{_runs(r.get('c_runs'))}",
         "-" * 60,
         f"a/b = {r['a_over_b']:.2f} (target >= 1.0)   a/c = {r['a_over_c']:.2f} (target >= 0.85)"
         f"   at scale: a/b = {r['marginal_over_b']:.2f}, a/c = {r['marginal_over_c']:.2f}",
@@ -388,10 +418,18 @@ def main(argv: list[str] | None = None) -> None:
         )
         ckpt = checkpoint(Path(tmp) / "ckpt", args.model, args.size)
         subset = paths[: args.images]
-        c, c_threads = model_alone(ckpt, subset, args.batch)
-        print(f"(c) model alone: {c:.2f} images/s ({c_threads} threads)", flush=True)
-        b = plain_loop(ckpt, subset, args.batch, Path(tmp) / "plain.parquet", workers)
-        print(f"(b) plain loop: {b:.2f} images/s", flush=True)
+        c_runs, b_runs = [], []
+
+        def references() -> int:
+            c, c_threads = model_alone(ckpt, subset, args.batch)
+            print(f"(c) model alone: {c:.2f} images/s ({c_threads} threads)", flush=True)
+            b = plain_loop(ckpt, subset, args.batch, Path(tmp) / "plain.parquet", workers)
+            print(f"(b) plain loop: {b:.2f} images/s", flush=True)
+            c_runs.append(c)
+            b_runs.append(b)
+            return c_threads
+
+        c_threads = references()
         memory = []
         for n in counts:
             folders = sorted({p.parent for p in paths[:n]})
@@ -400,6 +438,10 @@ def main(argv: list[str] | None = None) -> None:
             result = segray_segment(ckpt, folders, Path(tmp) / f"out-{n}", overrides)
             print(f"(a) segray segment, {n} images: {result}", flush=True)
             memory.append(result)
+        # This machine's speed drifts over half an hour: (b) and (c) once more, after (a), and
+        # the faster of each run is the reference (the ratios err on the low side).
+        references()
+    b, c = max(b_runs), max(c_runs)
     a = next(m for m in memory if m["images"] == args.images)
     lo, hi = memory[0], memory[-1]
     marginal = (hi["images"] - lo["images"]) / max(hi["pipeline_s"] - lo["pipeline_s"], 1e-9)
@@ -423,6 +465,8 @@ def main(argv: list[str] | None = None) -> None:
             "a": a,
             "b_images_per_s": b,
             "c_images_per_s": c,
+            "b_runs": b_runs,
+            "c_runs": c_runs,
             "a_over_b": a["images_per_s"] / b,
             "a_over_c": a["images_per_s"] / c,
             "marginal": {

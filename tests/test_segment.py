@@ -342,21 +342,38 @@ def _command(
     return [sys.executable, "-c", driver, json.dumps(args)]
 
 
-def _settle(out: Path, quiet: float = 3.0, limit: float = 60.0) -> None:
-    """Wait until no file under ``out`` has appeared, gone or changed for ``quiet`` seconds."""
+def _wait_for_job_processes_to_exit(driver_pid: int, limit: float = 120.0) -> None:
+    """Wait until the worker processes of the (killed) driver's Ray job have exited.
 
-    def state():
-        try:
-            return sorted((str(p), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file())
-        except FileNotFoundError:  # something moved while we looked: not settled
-            return None
+    Ray stops a dead driver's tasks and actors asynchronously; until their processes are gone
+    they may still write. Ray starts each worker with its job's id in ``RAY_JOB_ID``. Detached
+    actors (Ray Data's stats actor) outlive the job by design and write nothing of ours."""
+    from ray.util.state import list_actors, list_jobs
 
-    last, since, deadline = state(), time.monotonic(), time.monotonic() + limit
-    while time.monotonic() - since < quiet and time.monotonic() < deadline:
-        time.sleep(0.25)
-        now = state()
-        if now != last:
-            last, since = now, time.monotonic()
+    jobs = [j for j in list_jobs() if j.driver_info and j.driver_info.pid == str(driver_pid)]
+    assert jobs, f"no Ray job has driver pid {driver_pid}"
+    job_id = jobs[0].job_id
+    detached = {
+        a.pid
+        for a in list_actors(filters=[("job_id", "=", job_id)], detail=True, limit=10_000)
+        if a.is_detached
+    }
+    needle = f"RAY_JOB_ID={job_id}".encode()
+
+    def alive() -> list[int]:
+        pids = []
+        for entry in os.listdir("/proc"):
+            try:
+                if entry.isdigit() and needle in Path(f"/proc/{entry}/environ").read_bytes():
+                    pids.append(int(entry))
+            except OSError:  # exited while we looked
+                pass
+        return [p for p in pids if p not in detached]
+
+    deadline = time.monotonic() + limit
+    while left := alive():
+        assert time.monotonic() < deadline, f"job processes {left} still alive after {limit} s"
+        time.sleep(0.1)
 
 
 def test_killed_run_resumes_without_segmenting_again(ray_local, ckpt, tmp_path: Path):
@@ -388,7 +405,7 @@ def test_killed_run_resumes_without_segmenting_again(ray_local, ckpt, tmp_path: 
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stdout.close()
-    _settle(out)  # Ray stops the dead driver's tasks asynchronously: let their writes land
+    _wait_for_job_processes_to_exit(proc.pid)  # their last writes have landed
 
     # What the killed run left: complete shard files only, no summary.
     assert not (out / "summary.json").exists()
