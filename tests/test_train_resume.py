@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -27,17 +28,22 @@ def _segray(*args: str, log: Path) -> subprocess.Popen:
     )
 
 
+def _poll(done: Callable[[], bool], proc: subprocess.Popen, what: str, timeout: float) -> None:
+    """Poll ``done()`` every 0.5 s while ``proc`` runs; fail if it ends or time runs out first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended (rc {proc.returncode}) before {what}")
+        time.sleep(0.5)
+    raise AssertionError(f"not {what} within {timeout} s")
+
+
 def _wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen, timeout: float = 300) -> None:
     """Poll for a file matching ``path_glob`` (root, pattern) while ``proc`` runs."""
     root, pattern = path_glob
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if root.exists() and any(root.glob(pattern)):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended (rc {proc.returncode}) before {pattern} appeared")
-        time.sleep(0.5)
-    raise AssertionError(f"no {pattern} within {timeout} s")
+    _poll(lambda: root.exists() and any(root.glob(pattern)), proc, f"{pattern} appeared", timeout)
 
 
 def _wait_for_registered_checkpoint(
@@ -49,18 +55,17 @@ def _wait_for_registered_checkpoint(
     checkpoint-manager snapshot; a run killed in between resumes from the previous
     checkpoint (or none), so the files alone are not the signal.
     """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def registered() -> bool:
         for snap in root.glob("*/checkpoint_manager_snapshot.json") if root.exists() else ():
             try:
                 if name in snap.read_text():
-                    return
+                    return True
             except OSError:  # being replaced
                 pass
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended (rc {proc.returncode}) before {name} was registered")
-        time.sleep(0.5)
-    raise AssertionError(f"{name} was not registered within {timeout} s")
+        return False
+
+    _poll(registered, proc, f"{name} was registered", timeout)
 
 
 def test_kill_after_epoch_one_then_resume(ray_exclusive, tmp_path):
