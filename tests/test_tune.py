@@ -97,3 +97,25 @@ def test_applied_vs_sampled_fails_a_trial_that_ignores_a_value(ray_local, tmp_pa
     assert result.trials["status"].tolist() == ["ERROR"]
     assert "applied != sampled" in result.trials["error"].iloc[0]
     assert "model.dilation_rates" in result.trials["error"].iloc[0]
+
+
+def test_trials_pack_by_their_workers_resources(ray_local):
+    """The trial driver reserves nothing; as many whole trials run at once as the CPUs hold."""
+    from segray.tune import max_concurrent, trial_resources
+
+    two = load_config(None, [*SEARCH, "train.num_workers=2", "train.cpus_per_worker=1"])
+    assert trial_resources(two) == {"CPU": 2.0}
+    assert max_concurrent(two) == 1  # 2 CPUs: one 2-worker trial
+    one = load_config(None, [*SEARCH, "train.num_workers=1", "train.cpus_per_worker=1"])
+    assert max_concurrent(one) == 2
+    assert max_concurrent(load_config(None, [*SEARCH, "tune.max_concurrent_trials=3"])) == 3
+
+
+def test_a_trial_that_can_never_start_fails_at_once(ray_local, tmp_path):
+    from segray.cluster import ResourceError
+
+    cfg = load_config(None, [*SEARCH, "train.num_workers=3", "train.cpus_per_worker=1"])
+    with pytest.raises(
+        ResourceError, match="needs 3 CPU .* the cluster has 2.*no trial could ever start"
+    ):
+        run_tune(cfg, tmp_path / "impossible")
