@@ -25,6 +25,7 @@ __all__ = [
     "ensure_ray",
     "heap_env",
     "local_ray_lock",
+    "onednn_cache_env",
     "start_local",
     "worker_soft_limit",
 ]
@@ -47,6 +48,23 @@ HEAP_REUSE_ENV = {
 def heap_env(enabled: bool) -> dict[str, str]:
     """The worker environment variables for a ``heap_reuse`` setting (a Ray ``env_vars``)."""
     return dict(HEAP_REUSE_ENV) if enabled else {}
+
+
+# oneDNN (torch's CPU convolutions) JIT-compiles a kernel, with its scratch buffers, for every
+# new input shape and caches up to 1024 of them (ideep keeps a second cache of the same
+# size). Mixed image sizes and the tiles at image edges give an inference actor new shapes
+# for as long as it lives, so its memory climbed with them: +450 MB per actor over 4,000
+# mixed-size images (benchmarks/segment_throughput.py), and flat with the caches off, at the
+# same speed. Read when the process starts: set through the actors' ``runtime_env``.
+def onednn_cache_env(capacity: int | None) -> dict[str, str]:
+    """Environment variables bounding oneDNN's per-shape caches (``segment.onednn_cache``);
+    ``None`` keeps oneDNN's defaults."""
+    if capacity is None:
+        return {}
+    return {
+        "ONEDNN_PRIMITIVE_CACHE_CAPACITY": str(capacity),
+        "LRU_CACHE_CAPACITY": str(max(1, capacity)),  # ideep's; 0 is not a valid size there
+    }
 
 
 @contextmanager

@@ -60,7 +60,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from segray import __version__
-from segray.cluster import ResourceError, check_fits, ensure_ray, heap_env
+from segray.cluster import ResourceError, check_fits, ensure_ray, heap_env, onednn_cache_env
 from segray.config import (
     Config,
     ConfigError,
@@ -940,7 +940,7 @@ def actor_options(seg: SegmentConfig) -> dict[str, Any]:
         "compute": ActorPoolStrategy(size=seg.concurrency),
         "num_cpus": seg.cpus_per_actor,
         "num_gpus": seg.gpus_per_actor,
-        "runtime_env": {"env_vars": heap_env(seg.heap_reuse)},
+        "runtime_env": {"env_vars": heap_env(seg.heap_reuse) | onednn_cache_env(seg.onednn_cache)},
     }
 
 

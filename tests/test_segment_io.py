@@ -287,8 +287,8 @@ def test_segment_settings_from_a_config_file_then_overrides(tmp_path: Path):
 
 
 # --------------------------------------------------------------------------- actor options
-@pytest.mark.parametrize("heap_reuse", [True, False])
-def test_actor_options_carry_resources_and_heap_env(heap_reuse: bool) -> None:
+@pytest.mark.parametrize(("heap_reuse", "onednn_cache"), [(True, "0"), (False, "null")])
+def test_actor_options_carry_resources_and_env(heap_reuse: bool, onednn_cache: str) -> None:
     from segray.cluster import HEAP_REUSE_ENV
     from segray.config import load_config
     from segray.segment import actor_options
@@ -300,12 +300,16 @@ def test_actor_options_carry_resources_and_heap_env(heap_reuse: bool) -> None:
             "segment.cpus_per_actor=1.5",
             "segment.gpus_per_actor=0.5",
             f"segment.heap_reuse={str(heap_reuse).lower()}",
+            f"segment.onednn_cache={onednn_cache}",
         ],
     )
     options = actor_options(cfg.segment)
     assert (options["compute"].min_size, options["compute"].max_size) == (3, 3)
     assert (options["num_cpus"], options["num_gpus"]) == (1.5, 0.5)
-    assert options["runtime_env"] == {"env_vars": dict(HEAP_REUSE_ENV) if heap_reuse else {}}
+    expected = dict(HEAP_REUSE_ENV) if heap_reuse else {}
+    if onednn_cache == "0":  # no per-shape kernel cache; ideep's LRU cache takes at least 1
+        expected |= {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "LRU_CACHE_CAPACITY": "1"}
+    assert options["runtime_env"] == {"env_vars": expected}
 
 
 def test_pipeline_modules_import_without_torch() -> None:
