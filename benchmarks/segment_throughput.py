@@ -315,6 +315,12 @@ def _runs(runs: list[float] | None) -> str:
     return f"   (best of {runs[0]:.2f} before (a), {runs[1]:.2f} after)"
 
 
+def _actor_heaps(memory: dict) -> float:
+    """The inference actors' anonymous memory (MB) at the run's heap peak."""
+    by = memory.get("anon_pss_mb_by_process_at_peak", {})
+    return sum(mb for name, mb in by.items() if "_SegmentActor" in name)
+
+
 def format_table(report: dict) -> str:
     r, s = report["results"], report["settings"]
     lines = [
@@ -334,13 +340,13 @@ def format_table(report: dict) -> str:
         f"   at scale: a/b = {r['marginal_over_b']:.2f}, a/c = {r['marginal_over_c']:.2f}",
         "",
         f"{'segray segment memory':<28}{'images':>7}{'driver RSS MB':>15}{'all PSS MB':>12}"
-        f"{'heaps MB':>10}{'shm MB':>8}",
+        f"{'heaps MB':>10}{'actors MB':>11}{'shm MB':>8}",
     ]
     for m in r["memory"]:
         lines.append(
             f"{'':<28}{m['images']:>7}{m['peak_driver_rss_mb']:>15.0f}"
             f"{m['peak_total_pss_mb']:>12.0f}{m.get('peak_anon_pss_mb', 0):>10.0f}"
-            f"{m.get('peak_shmem_pss_mb', 0):>8.0f}"
+            f"{_actor_heaps(m):>11.0f}{m.get('peak_shmem_pss_mb', 0):>8.0f}"
         )
     lines.append(
         f"{s['size']}x{s['size']} images ({100 * s['mixed']:.0f}% of other sizes, tiled when larger), "
@@ -350,7 +356,8 @@ def format_table(report: dict) -> str:
         f"{r['marginal']['between'][1]} - {r['marginal']['between'][0]}) / (pipeline time "
         "difference), start-up excluded; memory: peaks of the driver's RSS and of the PSS "
         "summed over the driver and all Ray processes, split into heaps (anonymous) and shared "
-        "memory (the object store); load average "
+        "memory (the object store); actors: the inference actors' share of the heaps at their "
+        "peak; load average "
         f"{report['load_average'][0]:.2f} "
         f"before, {report['load_average'][1]:.2f} after"
     )

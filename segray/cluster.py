@@ -53,9 +53,11 @@ def heap_env(enabled: bool) -> dict[str, str]:
 # oneDNN (torch's CPU convolutions) JIT-compiles a kernel, with its scratch buffers, for every
 # new input shape and caches up to 1024 of them (ideep keeps a second cache of the same
 # size). Mixed image sizes and the tiles at image edges give an inference actor new shapes
-# for as long as it lives, so its memory climbed with them: +450 MB per actor over 4,000
-# mixed-size images (benchmarks/segment_throughput.py), and flat with the caches off, at the
-# same speed. Read when the process starts: set through the actors' ``runtime_env``.
+# for as long as it lives, so its memory climbed with them. Measured on the segment
+# benchmark's image mix, in a plain-process replica of the actor: peak anonymous memory
+# 928 -> 1379 MB over 4,000 images with the caches, 707 -> 752 MB (flat after ~1,000)
+# without, at the same images/s, also on same-size images. Read when a process starts: set
+# through the actors' ``runtime_env``.
 def onednn_cache_env(capacity: int | None) -> dict[str, str]:
     """Environment variables bounding oneDNN's per-shape caches (``segment.onednn_cache``);
     ``None`` keeps oneDNN's defaults."""
