@@ -3,6 +3,7 @@ once; lose a trial's worker, and Tune's retry of the trial resumes from its chec
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -69,8 +70,10 @@ def test_a_failed_trial_is_retried_from_its_last_checkpoint(ray_exclusive, tmp_p
     ``train.max_failures=0``), Tune retries it (``tune.max_failures=1``), and the retry
     continues from the trial's last checkpoint instead of training epoch 1 again."""
     out, log = tmp_path / "search", tmp_path / "tune.log"
-    args = [*SEARCH, "tune.num_samples=1", "train.epochs=3", "tune.scheduler=none"]
-    proc = _segray("tune", "--output", str(out), *args, "tune.max_failures=1", log=log)
+    # 4 passes over the images an epoch: seconds between epoch 1's checkpoint and the end
+    args = [*SEARCH, "tune.num_samples=1", "train.epochs=4", "data.samples_per_image=4"]
+    args += ["tune.scheduler=none", "tune.max_failures=1"]
+    proc = _segray("tune", "--output", str(out), *args, log=log)
     try:
         _wait_for_registered_checkpoint(out / "ray" / "trials", "checkpoint_epoch_0001", proc)
         workers = _session_pids(proc.pid, b"ray::RayTrainWorker")
@@ -79,17 +82,18 @@ def test_a_failed_trial_is_retried_from_its_last_checkpoint(ray_exclusive, tmp_p
         proc.wait(timeout=900)
     finally:  # never leave a local Ray behind for the next test
         for pid in _session_pids(proc.pid):
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     text = log.read_text()
     assert proc.returncode == 0, text[-3000:]
 
     trials = pd.read_parquet(out / "trials.parquet")
     assert len(trials) == 1 and trials["status"].tolist() == ["TERMINATED"], trials["error"]
-    assert trials["epochs_run"].tolist() == [3]
+    assert trials["epochs_run"].tolist() == [4]
     history = pd.read_parquet(out / "history.parquet")
-    assert history["epoch"].tolist() == [1, 2, 3]
+    assert history["epoch"].tolist() == [1, 2, 3, 4]
     # Two attempts: the first from scratch, the retry from a checkpoint (epoch 1 or later) ...
-    starts = re.findall(r"training: .* epochs (\d+)-3", text)
+    starts = re.findall(r"training: .* epochs (\d+)-4", text)
     assert starts[0] == "1" and len(starts) == 2 and int(starts[1]) >= 2, starts
     # ... so epoch 1 was trained exactly once.
-    assert len(re.findall(r"epoch 1/3\b", text)) == 1
+    assert len(re.findall(r"epoch 1/4\b", text)) == 1
