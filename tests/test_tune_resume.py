@@ -58,7 +58,7 @@ def _session_pids(session: int, title: bytes = b"") -> list[int]:
             if os.getsid(int(entry.name)) != session:
                 continue
             cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, ProcessLookupError):  # gone meanwhile
+        except OSError:  # gone meanwhile (ProcessLookupError is an OSError)
             continue
         if cmdline.startswith(title):
             pids.append(int(entry.name))
