@@ -4,14 +4,18 @@ Usage::
 
     python benchmarks/forward.py [--sizes 256 512] [--models unet resnet_unet-resnet50 ...]
                                  [--batch 2] [--repeats N] [--min-time 3]
+                                 [--precision auto|fp32|bf16]
                                  [--output benchmarks/results/forward.json]
 
 For each variant and square input size: eval mode under ``torch.inference_mode``, one warm-up
 forward, then timed forwards (``--repeats`` exactly, or as many as fit in ``--min-time``
 seconds, at least one). FLOPs per image are counted with
 ``torch.utils.flop_counter.FlopCounterMode`` on a meta-device copy (convolutions and matmuls,
-2 FLOPs per multiply-add; norms, activations and resizes are not counted). The ceiling is the
-best GFLOP/s of a 2048 x 2048 @ 2048 x 2048 fp32 matmul timed in the same run. The "cpu %"
+2 FLOPs per multiply-add; norms, activations and resizes are not counted). Forwards run in
+``--precision`` (`segray.precision`; default ``auto``: bf16 autocast + channels_last on a CPU
+with native bf16, else fp32 + channels_last), the best this CPU runs. The ceilings are the
+best GFLOP/s of a 2048 x 2048 @ 2048 x 2048 matmul in fp32 and in bf16, timed in the same run;
+"% ceil" is against the ceiling of the precision the forwards ran in. The "cpu %"
 column (CPU time of this process / (wall time x threads)) shows whether other processes
 competed for the cores during a cell. Prints a table and writes JSON.
 """
@@ -29,6 +33,7 @@ from _common import publish
 from torch.utils.flop_counter import FlopCounterMode
 
 from segray.models import create_model
+from segray.precision import Precision, resolve_precision
 
 # variant name -> (registry name, kwargs); all take 3 channels and produce 1 class.
 VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
@@ -43,9 +48,11 @@ MATMUL_SIZE = 2048  # square fp32 matmul used as the machine's GFLOP/s ceiling
 CEILING_SECONDS = 2.0  # how long the matmul ceiling is sampled
 
 
-def matmul_ceiling_gflops(size: int = MATMUL_SIZE, seconds: float = CEILING_SECONDS) -> float:
-    """Best GFLOP/s of ``size x size @ size x size`` fp32 matmuls repeated for ``seconds``."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_ceiling_gflops(
+    size: int = MATMUL_SIZE, seconds: float = CEILING_SECONDS, dtype: torch.dtype = torch.float32
+) -> float:
+    """Best GFLOP/s of ``size x size @ size x size`` matmuls in ``dtype`` for ``seconds``."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.mm(a, b)  # warm-up
     best = float("inf")
     deadline = time.perf_counter() + seconds
@@ -67,7 +74,11 @@ def gflops_per_image(name: str, kwargs: dict[str, object], size: int) -> float:
 
 
 def time_forward(
-    model: torch.nn.Module, x: torch.Tensor, repeats: int | None, min_time: float
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    repeats: int | None,
+    min_time: float,
+    precision: Precision | None = None,
 ) -> tuple[int, float, float]:
     """Warm up once, then time forwards.
 
@@ -79,7 +90,11 @@ def time_forward(
     def enough() -> bool:
         return count >= repeats if repeats else count >= 1 and elapsed >= min_time
 
-    with torch.inference_mode():
+    precision = precision or Precision()
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), precision.autocast("cpu"):
         model(x)
         cpu_start = time.process_time()
         while not enough():
@@ -91,15 +106,24 @@ def time_forward(
 
 
 def run(
-    variants: list[str], sizes: list[int], batch: int, repeats: int | None, min_time: float
+    variants: list[str],
+    sizes: list[int],
+    batch: int,
+    repeats: int | None,
+    min_time: float,
+    precision: str = "auto",
 ) -> dict[str, object]:
     """Benchmark ``variants`` x ``sizes``; return the JSON-ready report."""
     torch.set_num_threads(os.cpu_count() or 1)
     load_before = os.getloadavg()[0]
-    ceiling = matmul_ceiling_gflops()
+    resolved = resolve_precision(precision, "cpu")
+    ceiling_fp32 = matmul_ceiling_gflops()
+    ceiling_bf16 = matmul_ceiling_gflops(dtype=torch.bfloat16)
+    ceiling = ceiling_bf16 if resolved.dtype == torch.bfloat16 else ceiling_fp32
     print(
         f"{os.cpu_count()} CPU threads, torch {torch.__version__}, load average {load_before:.2f}; "
-        f"ceiling ({MATMUL_SIZE}^3 fp32 matmul): {ceiling:.1f} GFLOP/s",
+        f"ceilings ({MATMUL_SIZE}^3 matmul): fp32 {ceiling_fp32:.1f}, bf16 {ceiling_bf16:.1f} "
+        f"GFLOP/s; forwards in {resolved.describe()}",
         flush=True,
     )
     rows = []
@@ -111,7 +135,7 @@ def run(
         for size in sizes:
             flops = gflops_per_image(name, kwargs, size)
             count, elapsed, cpu = time_forward(
-                model, torch.randn(batch, 3, size, size), repeats, min_time
+                model, torch.randn(batch, 3, size, size), repeats, min_time, resolved
             )
             images_per_s = batch * count / elapsed
             achieved = flops * images_per_s
@@ -143,9 +167,19 @@ def run(
             "load_average_before": load_before,
             "load_average_after": os.getloadavg()[0],
             "ceiling_gflops": ceiling,
-            "ceiling": f"{MATMUL_SIZE}x{MATMUL_SIZE} @ {MATMUL_SIZE}x{MATMUL_SIZE} fp32 matmul",
+            "ceiling_fp32_gflops": ceiling_fp32,
+            "ceiling_bf16_gflops": ceiling_bf16,
+            "ceiling": f"{MATMUL_SIZE}x{MATMUL_SIZE} @ {MATMUL_SIZE}x{MATMUL_SIZE} "
+            f"{resolved.name} matmul",
         },
-        "settings": {"batch": batch, "repeats": repeats, "min_time_s": min_time, "sizes": sizes},
+        "settings": {
+            "batch": batch,
+            "repeats": repeats,
+            "min_time_s": min_time,
+            "sizes": sizes,
+            "precision": resolved.name,
+            "channels_last": resolved.channels_last,
+        },
         "results": rows,
     }
 
@@ -166,8 +200,11 @@ def format_table(report: dict[str, object]) -> str:
         )
     machine = report["machine"]
     lines.append(
-        f"batch {report['settings']['batch']}; ceiling {machine['ceiling_gflops']:.1f} GFLOP/s "
-        f"({machine['ceiling']}, {machine['threads']} threads); load average "
+        f"batch {report['settings']['batch']}, {report['settings']['precision']}"
+        f"{' + channels_last' if report['settings']['channels_last'] else ''}; ceiling "
+        f"{machine['ceiling_gflops']:.1f} GFLOP/s ({machine['ceiling']}, {machine['threads']} "
+        f"threads; fp32 {machine['ceiling_fp32_gflops']:.1f}, bf16 "
+        f"{machine['ceiling_bf16_gflops']:.1f}); load average "
         f"{machine['load_average_before']:.2f} before, {machine['load_average_after']:.2f} after; "
         "cpu % = this process's CPU time / (wall time x threads) while timing"
     )
@@ -191,10 +228,16 @@ def main(argv: list[str] | None = None) -> None:
         default=3.0,
         help="without --repeats: time forwards until this many seconds (at least one forward)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="forward precision (segray.precision); auto = the best this CPU runs natively",
+    )
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/forward.json"))
     args = parser.parse_args(argv)
 
-    report = run(args.models, args.sizes, args.batch, args.repeats, args.min_time)
+    report = run(args.models, args.sizes, args.batch, args.repeats, args.min_time, args.precision)
     publish(report, format_table(report), args.output)
 
 

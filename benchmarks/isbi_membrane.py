@@ -3,8 +3,16 @@
 Usage::
 
     python benchmarks/isbi_membrane.py [--minutes 7] [--quick] [--layout auto|1x2|2x1] [--probe-epochs 3]
+                                       [--precision auto|fp32|bf16]
                                        [--data ../shared/datasets/isbi2012-membrane]
                                        [--output benchmarks/results/isbi_membrane.json]
+    python benchmarks/isbi_membrane.py --only segray --epochs 30 --precision bf16 [--layout 1x2]
+
+``--precision`` is ``train.precision`` of both sides (the plain loop autocasts the same way,
+`segray.precision`; default ``auto``: bf16 + channels_last on a CPU with native bf16).
+``--only segray`` trains only the segray side for exactly ``--epochs`` epochs in one layout (no
+probe, no plain side, no budget): the cheap row for comparing precisions, e.g. ``--precision
+fp32`` then ``bf16`` (writes ``isbi_membrane_segray_<precision>.json`` unless ``--output``).
 
 Both sides train ``configs/isbi_membrane.yaml`` (slices 0-19 train, 20-29 val, label > 127 =
 cell = foreground, grayscale ResNet34-U-Net, 256 x 256 random crops (4 per slice an epoch) with flips / rot90 /
@@ -70,6 +78,7 @@ from segray.data import build_datasets, prepare_data
 from segray.losses import create_loss
 from segray.metrics import SegMetrics, probs_from_logits
 from segray.models import create_model
+from segray.precision import resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "isbi_membrane.yaml"
@@ -111,6 +120,9 @@ def plain_run(cfg: Config, epochs: int, label: str = "plain") -> dict[str, Any]:
 
     datasets = build_datasets(cfg)  # segray's data + transforms_from_config augmentation
     model = create_model(cfg.model.name, **cfg.model.kwargs(cfg.num_classes))
+    precision = resolve_precision(cfg.train.precision, "cpu", cfg.train.channels_last)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     loss_fn = create_loss(
         cfg.loss.name,
         num_classes=cfg.num_classes,
@@ -149,7 +161,11 @@ def plain_run(cfg: Config, epochs: int, label: str = "plain") -> dict[str, Any]:
         model.train()
         total, n = 0.0, 0
         for images, masks in train_loader:
-            loss = loss_fn(model(images), masks)
+            if precision.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with precision.autocast("cpu"):
+                logits = model(images)
+            loss = loss_fn(logits.float(), masks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip:
@@ -163,7 +179,10 @@ def plain_run(cfg: Config, epochs: int, label: str = "plain") -> dict[str, Any]:
         val_total, val_n = 0.0, 0
         with torch.no_grad():
             for images, masks in val_loader:
-                logits = model(images)
+                if precision.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with precision.autocast("cpu"):
+                    logits = model(images).float()
                 val_total, val_n = (
                     val_total + loss_fn(logits, masks).item() * len(images),
                     val_n + len(images),
@@ -263,9 +282,83 @@ def _slim(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def _config(args: argparse.Namespace) -> Config:
+    root = str(Path(args.data).expanduser().resolve())
+    return load_config(CONFIG, {"data.root": root, "train.precision": args.precision})
+
+
+def run_segray_only(args: argparse.Namespace) -> dict[str, Any]:
+    """``--only segray``: one segray training of ``--epochs`` epochs in one layout."""
+    cfg = prepare_data(_config(args))
+    layout = "1x2" if args.layout == "auto" else args.layout
+    precision = resolve_precision(cfg.train.precision, "cpu", cfg.train.channels_last)
+    load_before = os.getloadavg()[0]
+    workdir = Path(tempfile.mkdtemp(prefix="segray-isbi-bench-"))
+    try:
+        with ray_lock():
+            import ray
+
+            from segray.cluster import ensure_ray
+
+            ensure_ray()
+            try:
+                seg = segray_run(cfg, args.epochs, layout, workdir, f"segray-{precision.name}")
+            finally:
+                ray.shutdown()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    best = _pick(seg["history"])
+    dice = best["best"]["val_dice"]
+    return {
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "ray": _ray_version(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg()[0],
+        },
+        "settings": {
+            "config": str(CONFIG.relative_to(REPO)),
+            "only": "segray",
+            "layout": layout,
+            "epochs": args.epochs,
+            **precision.record(),
+        },
+        "segray": {
+            "wall_s": seg["wall_s"],
+            "first_epoch_s": seg["history"][0]["epoch_time_s"],
+            "per_epoch_s": _steady([r["report_gap_s"] for r in seg["history"]]),
+            "per_epoch_compute_s": _steady([r["epoch_time_s"] for r in seg["history"]]),
+            **best,
+            "history": _slim(seg["history"]),
+        },
+        "targets": {
+            "dice": {"target": DICE_TARGET, "value": dice, "pass": bool(dice >= DICE_TARGET)}
+        },
+    }
+
+
+def format_segray_only(report: dict[str, Any]) -> str:
+    s, st, m = report["segray"], report["settings"], report["machine"]
+    return "\n".join(
+        [
+            f"segray only: {st['epochs']} epochs, layout {st['layout']}, precision "
+            f"{st['precision']}{' + channels_last' if st['channels_last'] else ''}",
+            f"time/epoch, epochs 2.. (s): {s['per_epoch_s']:.2f} (train+eval only "
+            f"{s['per_epoch_compute_s']:.2f}); total wall {s['wall_s']:.1f} s",
+            f"best epoch {s['best_epoch']}: val Dice {s['best']['val_dice']:.4f} (target >= "
+            f"{DICE_TARGET}: {'PASS' if report['targets']['dice']['pass'] else 'FAIL'}), "
+            f"IoU {s['best']['val_iou']:.4f}; last val Dice {s['last']['val_dice']:.4f}",
+            f"{m['cpus']} CPUs, torch {m['torch']}, ray {m['ray']}; load average "
+            f"{m['load_average_before']:.2f} before, {m['load_average_after']:.2f} after",
+        ]
+    )
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     budget = args.minutes * 60.0
-    cfg = load_config(CONFIG, {"data.root": str(Path(args.data).expanduser().resolve())})
+    cfg = _config(args)
     cfg = prepare_data(cfg)  # absolute root; checks every file once
     load_before = os.getloadavg()[0]
     print(
@@ -474,8 +567,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help="ISBI 2012 folder (image/, label/)"
     )
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="train.precision of both sides (segray.precision)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["both", "segray"],
+        default="both",
+        help="segray: train only segray's side, --epochs epochs, no probe or budget",
+    )
+    parser.add_argument("--epochs", type=int, default=30, help="--only segray: epochs")
+    parser.add_argument("--output", type=Path, default=None, help=f"default {DEFAULT_OUTPUT}")
     args = parser.parse_args(argv)
+    if args.only == "segray":
+        output = args.output or DEFAULT_OUTPUT.with_name(
+            f"isbi_membrane_segray_{args.precision}.json"
+        )
+        report = run_segray_only(args)
+        publish(report, format_segray_only(report), output)
+        return
+    args.output = args.output or DEFAULT_OUTPUT
     if args.quick:
         args.minutes, args.probe_epochs = 1.0, 2
     if args.probe_epochs < 2:

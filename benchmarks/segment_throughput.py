@@ -4,8 +4,9 @@ and against the model alone, on the same checkpoint and the same generated image
 Usage::
 
     python benchmarks/segment_throughput.py [--images 2000] [--rss 1000 10000] [--size 256]
-        [--mixed 0.2] [--model resnet18-unet|unet-w8] [--concurrency CPUS]
-        [--cpus-per-actor auto] [--batch 8]
+        [--mixed 0.2] [--model resnet18-unet|unet-w8|resnet50-unet] [--concurrency CPUS]
+        [--cpus-per-actor auto] [--batch 8] [--precision auto|fp32|bf16]
+        [--set segment.compile=true ...] [--baseline segment.precision=fp32 ... --rounds 3]
         [--output benchmarks/results/segment_throughput.json]
 
 Images: ``--size`` squared (``--mixed`` of them of random sizes from 96 to 2.5 x size, so some
@@ -13,13 +14,22 @@ are tiled), smooth random scenes saved as PNG and JPEG, generated once into a ca
 Checkpoint (``--model``, seeded random weights, ``segment.tile_size = --size``):
 ``resnet18-unet``, the atrous ResNet18-U-Net that ``segray demo`` trains and segments with, or
 ``unet-w8``, a classic U-Net of base width 8 whose forward pass costs about as much as decoding
-the image: a stress test of the pipeline's own per-image overhead.
+the image: a stress test of the pipeline's own per-image overhead, or ``resnet50-unet``, the
+flagship atrous ResNet50-U-Net of ``configs/tune_cluster.yaml``.
 
 (a) ``run_segment`` in a fresh Python process with its own local Ray (images/s over the
     pipeline, the summary's ``images_per_s``; end-to-end including Ray start-up is reported too),
 (b) a plain PyTorch loop: DataLoader (``cpu_count`` workers) decoding with segray's decoder ->
     the same `Segmenter` -> the same mask statistics and PNG encoding -> pyarrow ParquetWriter,
-(c) the model alone: `Segmenter.predict_batch_proba` on images decoded beforehand (the ceiling).
+(c) the model alone: `Segmenter.predict_batch_proba` on images decoded beforehand (the ceiling),
+    in the best precision this CPU runs (`segray.precision` ``auto``: bf16 + channels_last
+    where the CPU has native bf16), whatever ``--precision`` (a) and (b) run.
+
+``--precision`` is ``segment.precision`` of (a) and the `Segmenter` precision of (b).
+``--set K=V ...`` adds overrides to (a). ``--baseline K=V ...`` also runs (a) at ``--images``
+with those overrides on top (e.g. ``segment.precision=fp32``, the CPU default before the
+precision policy), interleaved with (a) for ``--rounds`` rounds so that other work on the
+machine slows both alike; the report gives each one's best and median round and their ratio.
 
 Peak memory of (a) is sampled from /proc: the driver's RSS every 0.25 s, and every 5 s the
 summed PSS of the driver and every process it started (Ray's raylet, GCS, workers, the actors;
@@ -33,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,6 +101,8 @@ MODELS = {
         "model.decoder_channels=[64,32,16,8]",
     ],
     "unet-w8": ["model.name=unet", "model.base_width=8"],
+    # the flagship of configs/tune_cluster.yaml: atrous ResNet50-U-Net, default decoder
+    "resnet50-unet": ["model.name=resnet_unet", "model.encoder=resnet50"],
 }
 
 
@@ -105,8 +118,8 @@ def checkpoint(directory: Path, model: str, size: int) -> Path:
 # --------------------------------------------------------------------------- (c) model alone
 def model_alone(ckpt: Path, paths: list[Path], batch: int) -> tuple[float, int]:
     """Best images/s of 1 thread and of every CPU's thread (on a busy machine, fewer threads
-    than cores can be faster), and the thread count that gave it."""
-    seg = load_segmenter(ckpt, device="cpu", batch_size=batch)
+    than cores can be faster), and the thread count that gave it; best precision (auto)."""
+    seg = load_segmenter(ckpt, device="cpu", batch_size=batch, precision="auto")
     arrays = [decode_image(p, channels=3) for p in paths]
     best = (0.0, 1)
     for threads in sorted({1, os.cpu_count() or 1}):
@@ -134,11 +147,13 @@ class _Files(torch.utils.data.Dataset):
             return str(self.paths[i]), str(e)
 
 
-def plain_loop(ckpt: Path, paths: list[Path], batch: int, out: Path, workers: int) -> float:
+def plain_loop(
+    ckpt: Path, paths: list[Path], batch: int, out: Path, workers: int, precision: str
+) -> float:
     """The loop one would write by hand: ``workers`` decode, the other CPUs run the model."""
     torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
     start = time.perf_counter()
-    seg = load_segmenter(ckpt, device="cpu", batch_size=batch)
+    seg = load_segmenter(ckpt, device="cpu", batch_size=batch, precision=precision)
     loader = torch.utils.data.DataLoader(
         _Files(paths),
         batch_size=batch,
@@ -321,6 +336,20 @@ def _actor_heaps(memory: dict) -> float:
     return sum(mb for name, mb in by.items() if "_SegmentActor" in name)
 
 
+def _ab_lines(report: dict) -> list[str]:
+    ab = report["results"].get("ab")
+    if not ab:
+        return []
+    s = report["settings"]
+    return [
+        f"(a) vs (a) with {' '.join(s['baseline'])}, interleaved rounds: "
+        f"best {ab['a_best']:.2f} vs {ab['baseline_best']:.2f} img/s = "
+        f"{ab['a_over_baseline']:.2f}x (median {ab['a_median']:.2f} vs "
+        f"{ab['baseline_median']:.2f} = {ab['a_over_baseline_median']:.2f}x); best a/c = "
+        f"{ab['best_a_over_c']:.2f}"
+    ]
+
+
 def format_table(report: dict) -> str:
     r, s = report["results"], report["settings"]
     lines = [
@@ -338,6 +367,7 @@ def format_table(report: dict) -> str:
         "-" * 60,
         f"a/b = {r['a_over_b']:.2f} (target >= 1.0)   a/c = {r['a_over_c']:.2f} (target >= 0.85)"
         f"   at scale: a/b = {r['marginal_over_b']:.2f}, a/c = {r['marginal_over_c']:.2f}",
+        *_ab_lines(report),
         "",
         f"{'segray segment memory':<28}{'images':>7}{'driver RSS MB':>15}{'all PSS MB':>12}"
         f"{'heaps MB':>10}{'actors MB':>11}{'shm MB':>8}",
@@ -350,7 +380,8 @@ def format_table(report: dict) -> str:
         )
     lines.append(
         f"{s['size']}x{s['size']} images ({100 * s['mixed']:.0f}% of other sizes, tiled when larger), "
-        f"model {s['model']}, batch {s['batch']}, {s['cpus']} CPUs; (b) "
+        f"model {s['model']}, batch {s['batch']}, {s['cpus']} CPUs, precision "
+        f"{s.get('precision', 'fp32')} ((c): auto); (b) "
         f"{s['loader_workers']} DataLoader worker(s) + {s['b_threads']} torch thread(s); (c) "
         f"{s['c_threads']} thread(s); (a) {' '.join(s['overrides'])}; marginal = (images "
         f"{r['marginal']['between'][1]} - {r['marginal']['between'][0]}) / (pipeline time "
@@ -378,6 +409,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mixed", type=float, default=0.2, help="fraction of other sizes")
     parser.add_argument("--model", choices=sorted(MODELS), default="resnet18-unet")
     parser.add_argument("--batch", type=int, default=8, help="images per forward")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="segment.precision of (a) and (b); (c) always runs auto",
+    )
+    parser.add_argument(
+        "--baseline",
+        nargs="+",
+        default=None,
+        metavar="KEY=VALUE",
+        help="also run (a) with these overrides on top, interleaved with (a), --rounds times",
+    )
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE", help="more overrides of (a)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="--baseline: interleaved rounds")
     parser.add_argument(
         "--concurrency",
         type=int,
@@ -416,6 +464,8 @@ def main(argv: list[str] | None = None) -> None:
         f"segment.cpus_per_actor={per_actor:g}",
         f"segment.io_cpus={io_cpus:g}",
         f"segment.shard_size={FOLDER // 2}",
+        f"segment.precision={args.precision}",
+        *args.set,
     ]
     counts = sorted({args.images, *args.rss})
     with ray_lock(), tempfile.TemporaryDirectory() as tmp:
@@ -430,7 +480,9 @@ def main(argv: list[str] | None = None) -> None:
         def references() -> int:
             c, c_threads = model_alone(ckpt, subset, args.batch)
             print(f"(c) model alone: {c:.2f} images/s ({c_threads} threads)", flush=True)
-            b = plain_loop(ckpt, subset, args.batch, Path(tmp) / "plain.parquet", workers)
+            b = plain_loop(
+                ckpt, subset, args.batch, Path(tmp) / "plain.parquet", workers, args.precision
+            )
             print(f"(b) plain loop: {b:.2f} images/s", flush=True)
             c_runs.append(c)
             b_runs.append(b)
@@ -445,6 +497,14 @@ def main(argv: list[str] | None = None) -> None:
             result = segray_segment(ckpt, folders, Path(tmp) / f"out-{n}", overrides)
             print(f"(a) segray segment, {n} images: {result}", flush=True)
             memory.append(result)
+        ab: dict[str, list[float]] = {}
+        if args.baseline:  # (a) new vs (a) baseline, interleaved
+            folders = sorted({p.parent for p in subset})
+            for r in range(args.rounds):
+                for name, over in (("a", overrides), ("baseline", overrides + args.baseline)):
+                    result = segray_segment(ckpt, folders, Path(tmp) / f"ab-{name}", over)
+                    ab.setdefault(name, []).append(result["images_per_s"])
+                    print(f"({name}) round {r + 1}: {result['images_per_s']:.2f} img/s", flush=True)
         # This machine's speed drifts over half an hour: (b) and (c) once more, after (a), and
         # the faster of each run is the reference (the ratios err on the low side).
         references()
@@ -486,6 +546,21 @@ def main(argv: list[str] | None = None) -> None:
             "memory": memory,
         },
     }
+    report["settings"]["precision"] = args.precision
+    if ab:
+        new, old = max(ab["a"] + [a["images_per_s"]]), max(ab["baseline"])
+        report["settings"]["baseline"] = args.baseline
+        report["results"]["ab"] = {
+            "rounds": ab,
+            "a_best": new,
+            "baseline_best": old,
+            "a_median": statistics.median(ab["a"]),
+            "baseline_median": statistics.median(ab["baseline"]),
+            "a_over_baseline": new / old,
+            "a_over_baseline_median": statistics.median(ab["a"])
+            / statistics.median(ab["baseline"]),
+            "best_a_over_c": new / c,
+        }
     publish(report, format_table(report), args.output)
 
 

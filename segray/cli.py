@@ -74,21 +74,51 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    """Print the resolved config as YAML."""
-    print(_load(args).to_yaml(), end="")
+    """Print the resolved config as YAML (a ``tune.space`` is checked too)."""
+    from segray.search_space import parse_space
+
+    cfg = _load(args)
+    if cfg.tune.space:
+        parse_space(cfg.tune.space, cfg)
+    print(cfg.to_yaml(), end="")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Fingerprint a dataset: sizes, modes, mask values, the class mapping, balance, problems."""
+    from segray.config import load_config
+    from segray.data.dataset import inspect_data
+
+    overrides = list(args.overrides)
+    if args.data is not None and OVERRIDE.match(args.data):  # `segray inspect key=value ...`
+        overrides, args.data = [args.data, *overrides], None
+    if args.data is not None:
+        overrides.append(f"data.root={Path(args.data).absolute()}")
+        if load_config(args.config, overrides).data.source != "pet":
+            overrides.append("data.source=folder")
+    cfg, fp = inspect_data(load_config(args.config, overrides), strict=False, sample=args.sample)
+    print(fp.table())
+    path = fp.save(args.output)
+    print(f"fingerprint -> {path}")
+    fp.raise_if_unusable()
+    if fp.updates:
+        settings = " ".join(f"{k}={v}" for k, v in fp.updates.items())
+        print(f"train and tune will use: {settings}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train with DDP on Ray Train (local Ray, or the cluster in RAY_ADDRESS)."""
     from segray.config import load_config
-    from segray.train import run_training
+    from segray.train import check_resume_config, run_training
 
     if args.resume:
         saved = Path(args.resume) / "config.yaml"
         if not saved.is_file():
             raise FileNotFoundError(f"{args.resume}: no config.yaml: not a segray training output")
         cfg = load_config(saved, args.overrides)
+        # Only settings that leave the trajectory alone (logging, retries, loader processes).
+        check_resume_config(load_config(saved), cfg, args.resume)
         output = Path(args.resume)
     else:
         cfg = _load(args)
@@ -116,7 +146,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     keys = ("dice", "iou", "accuracy", "precision", "recall", "f1", "mse", "roc_auc", "pr_auc")
     print(
-        "  ".join(f"{k} {m[k]:.4f}" for k in keys if k in m) + f"  ({m.get('num_images')} images)"
+        "  ".join(f"{k} {m[k]:.4f}" for k in keys if k in m)
+        + f"  ({m.get('num_images')} images, {m.get('num_images_no_foreground', 0)} without "
+        "foreground; a class absent from target and prediction counts as undefined, never 1.0)"
     )
     print(f"report -> {args.output}")
     return 0
@@ -136,7 +168,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     """Hyperparameter search: Tune + Optuna + ASHA, each trial a DDP training."""
     from segray.tune import run_tune
 
-    cfg = None if args.resume else _load(args)
+    cfg = None if args.resume else _load(args)  # run_tune checks tune.space before Ray starts
     output = args.resume or args.output
     result = run_tune(cfg, output, resume=bool(args.resume), address=args.address)
     s = result.summary
@@ -241,6 +273,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(s)
     s.set_defaults(func=cmd_config_show)
 
+    p = sub.add_parser(
+        "inspect",
+        help="fingerprint a dataset: sizes, modes, mask values, class mapping, balance, problems",
+        description="Read every image and mask header and the pixels of a sample of pairs; "
+        "print sizes, modes, bit depths, the mask value histogram, the class mapping "
+        "(data.mask_mode: auto is chosen here, as train and tune choose it), class balance and "
+        "suspicious files; write fingerprint.json. Exits 2 with a one-line error if the "
+        "dataset cannot be trained on as configured.",
+    )
+    p.add_argument(
+        "data",
+        nargs="?",
+        metavar="DATA",
+        help="dataset folder with images/ and masks/ (sets data.root, and data.source=folder "
+        "unless the config says pet); default: the config's dataset",
+    )
+    _add_config_args(p)
+    p.add_argument(
+        "--output",
+        "-o",
+        default=".",
+        metavar="DIR",
+        help="where fingerprint.json goes (default: the current folder)",
+    )
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=256,
+        metavar="N",
+        help="pairs whose pixels are read, spread over the dataset (default 256)",
+    )
+    p.set_defaults(func=cmd_inspect)
+
     p = sub.add_parser("train", help="train with DDP on Ray Train (local or cluster)")
     _add_config_args(p)
     p.add_argument(
@@ -251,7 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run folder: config.yaml, history.parquet, checkpoints/{last,best} (default runs/train)",
     )
     p.add_argument(
-        "--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint"
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR from its last checkpoint, exactly as if never stopped; "
+        "overrides may change only data.loader_workers, data.eval_batch_size, "
+        "train.max_failures, train.heap_reuse, tune.*, segment.*",
     )
     _add_address(p)
     p.set_defaults(func=cmd_train)

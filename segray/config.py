@@ -75,10 +75,17 @@ class DataConfig(Section):
         ["background", "foreground"],
         description="class names, background first; 2 names = binary (one sigmoid logit)",
     )
-    mask_mode: Literal["threshold", "index", "values", "trimap"] = Field(
-        "threshold",
-        description="threshold: value > mask_threshold is foreground; index: pixel value is the "
-        "class index; values: mask_values maps pixel values to classes; trimap: Oxford Pet",
+    mask_suffix: str | None = Field(
+        None,
+        description="folder source: mask name = image name + this suffix (e.g. _mask); "
+        "x_mask and x_segmentation are matched without it",
+    )
+    mask_mode: Literal["auto", "threshold", "index", "values", "trimap"] = Field(
+        "auto",
+        description="auto: chosen from the dataset's mask values before training (0/1, 0/255, "
+        "0..K-1, Pet trimaps; see `segray inspect`); threshold: value > mask_threshold is "
+        "foreground; index: pixel value is the class index; values: mask_values maps pixel "
+        "values to classes; trimap: Oxford Pet",
     )
     mask_threshold: int = Field(127, ge=0, le=65534, description="threshold mode cut-off")
     mask_values: dict[int, int] | None = Field(
@@ -230,6 +237,13 @@ class ModelConfig(Section):
                 f"model.{unused[0]} is not a parameter of model {self.name!r} "
                 f"(it takes: {', '.join(sorted(k for k in accepted if k != 'num_classes'))})"
             )
+        ignored = sorted(
+            f
+            for f in self.model_fields_set & {"dilation_rates", "kernel_sizes"}
+            if not self.atrous and getattr(self, f) != type(self).model_fields[f].default
+        )
+        if ignored:  # the plain decoder has no atrous branches
+            raise ValueError(f"model.{ignored[0]} is unused with model.atrous=false")
         return self
 
     def kwargs(self, num_classes: int) -> dict[str, Any]:
@@ -280,10 +294,15 @@ class TrainConfig(Section):
     use_gpu: bool = Field(False, description="one or more GPUs per worker, NCCL backend")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
     gpus_per_worker: float = Field(1.0, ge=0, description="GPUs per worker when use_gpu")
-    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
-        "auto", description="mixed precision: auto = bf16 on CUDA if supported, off on CPU"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="autocast dtype of forward passes (segray.precision): auto = bf16 where the "
+        "device runs it natively (Ampere+ GPUs; CPUs with AVX512-BF16/AMX), fp16 + GradScaler "
+        "on older GPUs, else fp32; fp16 needs CUDA",
     )
-    channels_last: bool = Field(False, description="NHWC memory format (faster on CUDA)")
+    channels_last: Literal["auto"] | bool = Field(
+        "auto", description="NHWC memory format; auto = on CUDA and oneDNN CPUs (faster there)"
+    )
     sync_batchnorm: bool = Field(False, description="convert BatchNorm to SyncBatchNorm")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop after this many epochs without a better val Dice"
@@ -300,6 +319,26 @@ class TrainConfig(Section):
         "threshold) so large activations reuse heap pages instead of fresh zeroed mmap pages "
         "every step: measured ~8% faster CPU epochs in Ray's worker processes",
     )
+
+    @model_validator(mode="after")
+    def _fp16_needs_gpu(self) -> TrainConfig:
+        if self.precision == "fp16" and not self.use_gpu:
+            raise ValueError("precision 'fp16' needs use_gpu: true; on CPUs use 'bf16' or 'fp32'")
+        return self
+
+    @model_validator(mode="after")
+    def _gpu_settings(self) -> TrainConfig:
+        if self.sync_batchnorm and not self.use_gpu:
+            raise ValueError(
+                "train.sync_batchnorm: true needs train.use_gpu: true (SyncBatchNorm runs on "
+                "CUDA only); set it to false on CPU workers"
+            )
+        if self.use_gpu and (self.gpus_per_worker < 1 or self.gpus_per_worker % 1):
+            raise ValueError(
+                f"train.gpus_per_worker={self.gpus_per_worker:g} with use_gpu: a DDP worker needs "
+                "a whole number of GPUs (>= 1); NCCL cannot share one GPU between workers"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------- tune
@@ -376,8 +415,21 @@ class SegmentConfig(Section):
         "kernel with its buffers, so a cache grows an actor's memory with the variety of "
         "sizes; 0, measured at the same speed, keeps it flat",
     )
-    amp: bool = Field(True, description="bfloat16 autocast on GPU actors (ignored on CPU)")
-    channels_last: bool = Field(True, description="NHWC memory format on GPU actors (not CPU)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="inference precision of the actors, as train.precision (auto: bf16 where "
+        "native, fp16 on older GPUs, else fp32)",
+    )
+    channels_last: Literal["auto"] | bool = Field(
+        "auto", description="NHWC memory format; auto = on CUDA and oneDNN CPUs (faster there)"
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile (inductor) the model in each actor: measured 1.39x the eager "
+        "bf16 forward on CPU (benchmarks/cpu_runtime.py), but every actor compiles first "
+        "(~100 s cold on 2 cores, seconds from the on-disk cache) and again per new input "
+        "shape: for long runs of same-size images",
+    )
 
     @model_validator(mode="after")
     def _band(self) -> SegmentConfig:
@@ -385,6 +437,10 @@ class SegmentConfig(Section):
             raise ValueError(
                 f"uncertain_low {self.uncertain_low} must be below uncertain_high "
                 f"{self.uncertain_high}"
+            )
+        if self.precision == "fp16" and self.gpus_per_actor == 0:
+            raise ValueError(
+                "precision 'fp16' needs gpus_per_actor > 0; on CPUs use 'bf16' or 'fp32'"
             )
         return self
 
@@ -506,7 +562,9 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({e.problem})") from None
+            raise ConfigError(
+                f"override {item!r}: value is not valid YAML: {_yaml_problem(e, column_offset=len(key) + 1)}"
+            ) from None
         out[key] = _yaml_number(value)
     return out
 
@@ -527,12 +585,26 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(
             f"{path}: top level must be a mapping of sections, got {type(data).__name__}"
         )
     return data
+
+
+def _yaml_problem(err: yaml.YAMLError, *, column_offset: int | None = None) -> str:
+    """One line from a YAML parser error: what is wrong (and, for an override, at which
+    character of ``key=value``; a file's error is prefixed with file:line:column instead)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    text = f"{problem} ({context})" if context else problem
+    mark = getattr(err, "problem_mark", None)
+    if column_offset is not None and mark is not None:
+        text += f" at character {column_offset + mark.column + 1}"
+    return " ".join(text.split())
 
 
 def _deep_merge(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
@@ -556,6 +628,9 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     for i, part in enumerate(parts):
         fields = model.model_fields
         if part not in fields:
+            renamed = _RENAMED.get(".".join(parts[: i + 1]))
+            if renamed:
+                raise ConfigError(f"{dotted}={value!r}: {renamed}")
             where = ".".join(parts[:i]) or "the top level"
             raise ConfigError(
                 f"{dotted}={value!r}: unknown key {part!r} in {where}; valid: {', '.join(fields)}"
@@ -582,6 +657,13 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
         return
 
 
+# Keys of earlier versions: what to write instead.
+_RENAMED = {
+    "train.amp": "replaced by train.precision: auto | fp32 | bf16 | fp16 (amp 'off' is fp32)",
+    "segment.amp": "replaced by segment.precision: auto | fp32 | bf16 | fp16 (amp false is fp32)",
+}
+
+
 def _format_errors(err: ValidationError, data: Mapping[str, Any]) -> str:
     lines = []
     for e in err.errors():
@@ -589,7 +671,7 @@ def _format_errors(err: ValidationError, data: Mapping[str, Any]) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             valid = _valid_keys(e["loc"][:-1])
-            msg = f"unknown key; valid keys here: {', '.join(valid)}"
+            msg = _RENAMED.get(loc) or f"unknown key; valid keys here: {', '.join(valid)}"
         value = _lookup(data, e["loc"])
         if loc and not isinstance(value, Mapping):  # a field: name its value
             lines.append(f"{loc}={_short(value)}: {msg}")

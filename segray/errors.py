@@ -5,6 +5,7 @@ from __future__ import annotations
 from segray.config import ConfigError
 from segray.data.folder import DatasetError
 from segray.data.io import ImageError
+from segray.engine import NonFiniteLossError
 from segray.export import ExportError
 from segray.models import PretrainedWeightsError
 
@@ -14,5 +15,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ImageError,
     ExportError,
     PretrainedWeightsError,
+    NonFiniteLossError,
     FileNotFoundError,
 )

@@ -9,15 +9,22 @@ from counts over all pixels, never an average of per-image scores), and its mask
 per-image scores. Written into ``output/``:
 
     metrics.json        accuracy, dice, iou, precision, recall, f1, specificity, mse, roc_auc,
-                        pr_auc, <metric>_<class> for every class, num_images, split, data,
-                        checkpoint, model_id (NaN, e.g. an AUC without positives, as null)
+                        pr_auc, <metric>_<class> for every class, num_images,
+                        num_images_no_foreground, split, data, checkpoint, model_id (undefined
+                        values as null: e.g. Dice with no foreground in any target or
+                        prediction, an AUC without positives)
     per_image.parquet   key, image, width, height, dice, iou, precision, recall, accuracy,
                         foreground_fraction_true, foreground_fraction_pred (over non-ignored
-                        pixels; foreground = any class but 0)
+                        pixels; foreground = any class but 0; foreground_fraction_true == 0:
+                        an image without foreground, whose recall is NaN, and Dice / IoU too
+                        unless foreground was predicted)
     roc_pr.png          ROC and PR curves side by side, AUCs in the legends (one curve per
                         foreground class)
-    overlays/           the ``worst_k`` images with the lowest Dice, worst first:
+    overlays/           the ``worst_k`` images with the lowest Dice, worst first (images whose
+                        Dice is undefined, nothing to find and nothing found, rank last):
                         image | ground truth | prediction, titled with key and Dice
+
+Metric definitions, undefined values included: `segray.metrics`.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from segray.config import Config
+from segray.config import Config, apply_overrides
 from segray.data import (
     DatasetError,
     ImageError,
@@ -43,6 +50,7 @@ from segray.data import (
     Sample,
     decode_image,
     find_pairs,
+    fingerprint,
     list_samples,
     prepare_data,
     read_mask,
@@ -130,7 +138,9 @@ def evaluate_checkpoint(
                 rows.append(row)
                 # Min-heap on (-dice, -index): its root is the best of the kept worst_k, so a
                 # new image replaces it only if strictly worse (ties keep the earlier image).
-                entry = (-row["dice"], -len(rows), sample, pred, target)
+                # An undefined Dice (no foreground in target or prediction) ranks as the best.
+                dice = math.inf if math.isnan(row["dice"]) else row["dice"]
+                entry = (-dice, -len(rows), sample, pred, target)
                 if len(worst) < worst_k:
                     heapq.heappush(worst, entry)
                 elif worst_k:
@@ -151,7 +161,8 @@ def evaluate_checkpoint(
     for rank, (neg_dice, _, sample, pred, target) in enumerate(sorted(worst, reverse=True)):
         image = decode_image(sample.image, channels=segmenter.channels)
         name = f"{rank:02d}_{sample.key.replace('/', '__')}.png"
-        title = f"{sample.key}  -  Dice {-neg_dice:.4f}"
+        dice = "n/a (no foreground)" if math.isinf(neg_dice) else f"{-neg_dice:.4f}"
+        title = f"{sample.key}  -  Dice {dice}"
         _plot_overlay(image, target, pred, title, len(classes), ignore, output / "overlays" / name)
     return result
 
@@ -161,10 +172,19 @@ def _dataset_config(config: Config, data: str | Path | None) -> tuple[Config, Pa
     """The config whose ``data`` maps the masks, and the dataset root, for ``data``.
 
     The checkpoint's own dataset is prepared first (absolute root; a synthetic one generated
-    and its mask convention set), exactly as training prepared it.
+    and its mask convention set), exactly as training prepared it. For another folder, a
+    ``data.mask_mode`` of ``auto`` is chosen from that folder's mask values.
     """
     if data is not None:
-        return config, Path(data).absolute()
+        root = Path(data).absolute()
+        if config.data.mask_mode == "auto":
+            folder = {"data.source": "folder", "data.root": str(root)}
+            folder.update({"data.images_dir": "images", "data.masks_dir": "masks"})
+            found = fingerprint(apply_overrides(config, folder).data)
+            if not found.updates:
+                raise DatasetError(found.error or f"{root}: cannot choose data.mask_mode")
+            config = apply_overrides(config, found.updates)
+        return config, root
     prepared = prepare_data(config)
     assert prepared.data.root is not None  # prepare_data always sets it
     return prepared, Path(prepared.data.root)

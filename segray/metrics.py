@@ -20,27 +20,41 @@ Binary tasks are scored over the two classes (background, foreground).
 Count metrics, per class c from the confusion matrix (TP, FP, FN, TN of c against the rest):
 dice = f1 = 2TP / (2TP + FP + FN), iou = TP / (TP + FP + FN), precision = TP / (TP + FP),
 recall = TP / (TP + FN), specificity = TN / (TN + FP); accuracy = correct pixels / all pixels.
-Zero-division rules (an empty denominator):
+A ratio whose denominator is empty is undefined and reported as NaN, never as a made-up score
+(scikit-learn's ``zero_division=np.nan``):
 
-* dice, iou, f1: the class is absent from both prediction and target -> 1.0 (perfect).
-* precision, no predicted positive: 1.0 if no positive was missed (FN == 0), else 0.0.
-* recall, no actual positive: 1.0 if nothing was wrongly predicted positive (FP == 0), else 0.0.
-* specificity, no actual negative: 1.0 if no negative was wrongly predicted (FN == 0), else 0.0.
-* accuracy and mse with no valid pixel at all: NaN.
+* dice, iou, f1: NaN when the class is absent from both target and prediction. A model that
+  predicts only background on images without foreground has no foreground Dice: NaN, not 1.0.
+  With foreground in the target and none predicted (or the reverse) they are 0.
+* precision: NaN when the class is never predicted; recall: NaN when it never occurs in the
+  target; specificity: NaN when every pixel is of the class.
+* accuracy and mse: NaN only with no valid pixel at all.
 
-Score metrics, per class from the binned class probabilities: ``mse`` = mean over valid pixels
-of (p_c - onehot_c)^2 (binary foreground: of P(foreground) vs the 0/1 target, as in seed 003);
-``roc_auc`` = trapezoidal area under the ROC curve; ``pr_auc`` = average precision as
-scikit-learn defines it, sum_n (R_n - R_{n-1}) * P_n. roc_auc is NaN when the class has no
+Score metrics, per class: ``mse`` = mean over valid pixels of (p_c - onehot_c)^2 (binary
+foreground: of P(foreground) vs the 0/1 target, as in seed 003); from histograms of the class
+log-odds, ``roc_auc`` = trapezoidal area under the ROC curve and ``pr_auc`` = average precision
+as scikit-learn defines it, sum_n (R_n - R_{n-1}) * P_n. roc_auc is NaN when the class has no
 positive or no negative pixel; pr_auc is NaN when it has no positive pixel (with positives only
-it is 1.0, as in scikit-learn).
+it is 1.0, as in scikit-learn). The histograms bin log(p_c / (1 - p_c)) uniformly over
+[-LOGIT_LIMIT, LOGIT_LIMIT] (beyond it: the edge bins), so a confident model, whose scores
+crowd next to 0 and 1 in probability, keeps its ranking: the AUCs match scikit-learn's exact ones
+within 1e-3. `SegMetrics.update_from_logits` bins the logits themselves (sigmoid) or the
+softmax log-odds z_c - logsumexp_{j != c} z_j (computed stably); `SegMetrics.update` takes
+probabilities and their logit. Pixels are processed in chunks of a fixed size, so an update's
+temporaries are bounded whatever the batch.
 
-Headline keys (``dice``, ``iou``, ...): binary -> the foreground class; multi-class -> the macro
-mean over classes 1..K-1, i.e. background (class 0) excluded, skipping classes whose value is
-NaN. Per-class keys ``<metric>_<class name>`` are reported for every class, background included.
+Headline keys (``dice``, ``iou``, ...): binary -> the foreground class (NaN where it is NaN);
+multi-class -> the macro mean over classes 1..K-1, i.e. background (class 0) excluded,
+skipping classes whose value is NaN (NaN if all are). Per-class keys ``<metric>_<class name>``
+are reported for every class, background included. ``num_images`` counts the images seen and
+``num_images_no_foreground`` those whose target has no valid pixel of any class but background
+(binary: no foreground pixel): images whose recall is undefined, and Dice / IoU too unless
+foreground was predicted on them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -53,10 +67,15 @@ __all__ = [
     "confusion_metrics",
     "per_image_metrics",
     "probs_from_logits",
+    "softmax_log_odds",
 ]
 
 COUNT_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "f1", "specificity")
 SCORE_METRICS: tuple[str, ...] = ("mse", "roc_auc", "pr_auc")
+#: The histograms span log-odds in [-LOGIT_LIMIT, LOGIT_LIMIT]: probabilities 2e-9 .. 1 - 2e-9.
+LOGIT_LIMIT = 20.0
+#: Values (pixels x classes) an update processes at once: its temporaries are a few times this.
+CHUNK_VALUES = 1 << 21
 
 
 def probs_from_logits(logits: Tensor) -> Tensor:
@@ -64,6 +83,23 @@ def probs_from_logits(logits: Tensor) -> Tensor:
     if logits.ndim != 4:
         raise ValueError(f"logits must be (B, K, H, W), got {tuple(logits.shape)}")
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+def softmax_log_odds(logits: Tensor, dim: int = 1) -> Tensor:
+    """log(p_c / (1 - p_c)) of ``softmax(logits)`` along ``dim``, stable for confident models.
+
+    Equals z_c - logsumexp_{j != c} z_j. With e_j = exp(z_j - max z) and s the sum of e_j over
+    the classes but the winner (the argmax, e = 1): a loser's log-odds is
+    z_c - max z - log(1 + s - e_c) (the argument is >= 1: no cancellation) and the winner's
+    -log(s), a sum without a subtraction: exact where ``log(p) - log1p(-p)`` would give +inf
+    once p rounds to 1.
+    """
+    top, winner = logits.max(dim=dim, keepdim=True)
+    shifted = logits - top
+    e = torch.exp(shifted)
+    others = e.scatter(dim, winner, 0.0).sum(dim=dim, keepdim=True)
+    odds = shifted.sub_(torch.log((others - e).add_(1.0)))
+    return odds.scatter_(dim, winner, -torch.log(others))
 
 
 def _ratio(num: npt.ArrayLike, den: npt.ArrayLike, empty: npt.ArrayLike) -> np.ndarray:
@@ -78,23 +114,23 @@ def confusion_metrics(confusion: np.ndarray) -> dict[str, np.ndarray]:
 
     The one place these formulas live: `SegMetrics.compute` and `per_image_metrics` both call
     it. Returns ``accuracy`` (0-d) and, per class (shape (C,)), ``dice``, ``iou``,
-    ``precision``, ``recall``, ``f1`` (equal to dice for hard labels) and ``specificity``, with
-    the zero-division rules of the module docstring.
+    ``precision``, ``recall``, ``f1`` (equal to dice for hard labels) and ``specificity``; an
+    empty denominator gives NaN (module docstring).
     """
     cm = np.asarray(confusion, dtype=np.float64)
     tp = np.diag(cm)
     fp = cm.sum(axis=0) - tp
     fn = cm.sum(axis=1) - tp
     tn = cm.sum() - tp - fp - fn
-    dice = _ratio(2 * tp, 2 * tp + fp + fn, 1.0)
+    dice = _ratio(2 * tp, 2 * tp + fp + fn, np.nan)
     return {
         "accuracy": _ratio(np.trace(cm), cm.sum(), np.nan),
         "dice": dice,
-        "iou": _ratio(tp, tp + fp + fn, 1.0),
-        "precision": _ratio(tp, tp + fp, (fn == 0).astype(np.float64)),
-        "recall": _ratio(tp, tp + fn, (fp == 0).astype(np.float64)),
+        "iou": _ratio(tp, tp + fp + fn, np.nan),
+        "precision": _ratio(tp, tp + fp, np.nan),
+        "recall": _ratio(tp, tp + fn, np.nan),
         "f1": dice,
-        "specificity": _ratio(tn, tn + fp, (fn == 0).astype(np.float64)),
+        "specificity": _ratio(tn, tn + fp, np.nan),
     }
 
 
@@ -133,23 +169,49 @@ def _aucs(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return roc_auc, pr_auc
 
 
+def _pixel_chunks(values: Tensor, target: Tensor, size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """(B, K, H, W) values and (B, H, W) targets as ((n, K), (n,)) pixel chunks, n <= ``size``
+    (whole images together while they fit, else slices of one image): every copy is O(size)."""
+    b, k = values.shape[:2]
+    values, target = values.flatten(2), target.flatten(1)
+    hw = values.shape[2]
+    if hw == 0:
+        return
+    if hw <= size:
+        step = size // hw
+        for i in range(0, b, step):
+            yield (
+                values[i : i + step].transpose(1, 2).reshape(-1, k),
+                target[i : i + step].reshape(-1),
+            )
+    else:
+        for i in range(b):
+            for s in range(0, hw, size):
+                yield values[i, :, s : s + size].T, target[i, s : s + size]
+
+
 class SegMetrics:
-    """Streaming per-class confusion counts + binned score histograms, all-reducible across ranks.
+    """Streaming per-class confusion counts + log-odds histograms, all-reducible across ranks.
 
     State (tensors on ``device``), C = 2 for a binary task (background, foreground), else K:
 
     * ``confusion``: (C, C) int64, rows = target class, columns = predicted class.
-    * ``hist``: (C, 2, bins) int64; ``hist[c, 0]`` / ``hist[c, 1]`` histogram the probability of
-      class c over pixels not of / of class c (binary background: 1 - P(foreground)).
+    * ``hist``: (C, 2, bins) int64; ``hist[c, 0]`` / ``hist[c, 1]`` histogram the log-odds of
+      class c over pixels not of / of class c (binary background: minus the foreground logit).
+      Bin i is [-L + i w, -L + (i + 1) w), w = 2L / bins, L = `LOGIT_LIMIT`; values beyond
+      -L / L fall into the first / last bin.
     * ``sq_err``: (C,) float64, sum over pixels of (p_c - onehot_c)^2.
     * ``n_pixels``: () int64, number of valid pixels seen.
+    * ``n_images``, ``n_images_no_fg``: () int64, images seen, and those of them whose target has
+      no valid pixel of any class but background.
 
     Args:
         num_classes: 1 for a binary task (one sigmoid channel), K >= 2 for K softmax classes.
         class_names: names used in the per-class keys, C of them; default
             ["background", "foreground"] (binary) or ["class0", ..., "class{K-1}"].
         threshold: binary only: foreground where P(foreground) >= threshold.
-        bins: histogram bins over [0, 1] for ROC / PR curves (bin i is [i/bins, (i+1)/bins)).
+        bins: histogram bins over the log-odds range (the default resolves 0.0025 in log-odds,
+            i.e. 6e-4 in probability around 0.5).
         ignore_index: target value of pixels that never count; None: every pixel counts.
         device: where the state lives; under DDP the device the backend reduces on (CPU for
             gloo, the rank's GPU for nccl).
@@ -161,7 +223,7 @@ class SegMetrics:
         *,
         class_names: list[str] | None = None,
         threshold: float = 0.5,
-        bins: int = 10000,
+        bins: int = 16384,
         ignore_index: int | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
@@ -192,6 +254,8 @@ class SegMetrics:
         self.hist = torch.zeros(n, 2, bins, dtype=torch.int64, device=self.device)
         self.sq_err = torch.zeros(n, dtype=torch.float64, device=self.device)
         self.n_pixels = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.n_images = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.n_images_no_fg = torch.zeros((), dtype=torch.int64, device=self.device)
 
     @property
     def state(self) -> dict[str, Tensor]:
@@ -201,48 +265,85 @@ class SegMetrics:
             "hist": self.hist,
             "sq_err": self.sq_err,
             "n_pixels": self.n_pixels,
+            "n_images": self.n_images,
+            "n_images_no_fg": self.n_images_no_fg,
         }
 
     @torch.no_grad()
     def update(self, probs: Tensor, target: Tensor) -> None:
-        """Add a batch: ``probs`` (B, K, H, W) from `probs_from_logits`, ``target`` (B, H, W)."""
-        k, n, bins = self.num_classes, self.confusion.shape[0], self.bins
-        if probs.ndim != 4 or probs.shape[1] != k:
+        """Add a batch: ``probs`` (B, K, H, W) from `probs_from_logits`, ``target`` (B, H, W).
+
+        The histograms bin ``logit(p)``: in float32 a probability within 6e-8 of 1 is 1, so
+        positives more confident than that tie in the last bin; `update_from_logits` keeps them
+        apart (the AUCs differ only if negatives score that high too).
+        """
+        self._update(probs, target, "probs")
+
+    @torch.no_grad()
+    def update_from_logits(self, logits: Tensor, target: Tensor) -> None:
+        """Add a batch of (B, K, H, W) logits: as `update` with ``probs_from_logits(logits)``,
+        but the histograms bin the log-odds computed from the logits (exact at any confidence)."""
+        self._update(logits, target, "logits")
+
+    def _update(self, values: Tensor, target: Tensor, kind: str) -> None:
+        k, n = self.num_classes, self.confusion.shape[0]
+        if values.ndim != 4 or values.shape[1] != k:
             raise ValueError(
-                f"probs must be (B, {k}, H, W) for num_classes={k}, got {tuple(probs.shape)}"
+                f"{kind} must be (B, {k}, H, W) for num_classes={k}, got {tuple(values.shape)}"
             )
-        b, _, h, w = probs.shape
+        b, _, h, w = values.shape
         if tuple(target.shape) != (b, h, w):
             raise ValueError(
-                f"target must be (B, H, W) = {(b, h, w)} to match probs, got {tuple(target.shape)}"
+                f"target must be (B, H, W) = {(b, h, w)} to match {kind}, got {tuple(target.shape)}"
             )
         if target.dtype.is_floating_point or target.dtype.is_complex:
             raise ValueError(f"target must hold integer class indices (int64), got {target.dtype}")
-        p = probs.detach().to(self.device, torch.float32).permute(0, 2, 3, 1).reshape(-1, k)
-        t = target.to(self.device, torch.int64).reshape(-1)
+        # Checked before any count changes, so a bad batch leaves the state as it was.
+        foreground, bad = target > 0, (target < 0) | (target >= n)
         if self.ignore_index is not None:
-            keep = t != self.ignore_index
-            p, t = p[keep], t[keep]
-        if bool(((t < 0) | (t >= n)).any()):
+            valid = target != self.ignore_index
+            foreground, bad = foreground & valid, bad & valid
+        if bool(bad.any()):
             ignored = "" if self.ignore_index is None else f" or ignore_index={self.ignore_index}"
             raise ValueError(f"target values must be class indices 0..{n - 1}{ignored}")
+        if b == 0:
+            return
+        no_fg = (~foreground.flatten(1).any(dim=1)).sum()
+        self.n_images += b
+        self.n_images_no_fg += no_fg.to(self.device)
+        del foreground, bad
+        size = max(1, CHUNK_VALUES // n)
+        for x, t in _pixel_chunks(values.detach(), target, size):
+            self._add_chunk(x.to(self.device, torch.float32), t.to(self.device, torch.int64), kind)
+
+    def _add_chunk(self, x: Tensor, t: Tensor, kind: str) -> None:
+        """Count (n, K) probabilities or logits ``x`` of pixels with targets ``t`` (n,)."""
+        n, bins = self.confusion.shape[0], self.bins
+        if self.ignore_index is not None:
+            keep = t != self.ignore_index
+            if not bool(keep.all()):
+                x, t = x[keep], t[keep]
+        if kind == "logits":
+            p = torch.sigmoid(x) if self.binary else torch.softmax(x, dim=1)
+            odds = x if self.binary else softmax_log_odds(x)
+        else:
+            p, odds = x, torch.logit(x)  # +-inf at 0 / 1: the edge bins
         if self.binary:
             fg = p[:, 0]
             pred = (fg >= self.threshold).long()
-            p = torch.stack([1.0 - fg, fg], dim=1)
+            p, odds = torch.stack([1.0 - fg, fg], dim=1), torch.cat([-odds, odds], dim=1)
         else:
             pred = p.argmax(dim=1)
         classes = torch.arange(n, device=self.device)
         onehot = t.unsqueeze(1) == classes
         self.confusion += torch.bincount(t * n + pred, minlength=n * n).view(n, n)
-        slot = (classes * 2 + onehot) * bins + (p * bins).long().clamp_(0, bins - 1)
-        self.hist += torch.bincount(slot.reshape(-1), minlength=n * 2 * bins).view(n, 2, bins)
+        scale = bins / (2 * LOGIT_LIMIT)
+        # bin = floor((odds + L) * scale), clamped: truncation floors the clamped values >= 0
+        index = odds.add_(LOGIT_LIMIT).mul_(scale).clamp_(0, bins - 1).long()
+        slot = (classes * 2 + onehot) * bins + index
+        self.hist += torch.bincount(slot.view(-1), minlength=n * 2 * bins).view(n, 2, bins)
         self.sq_err += (p - onehot.float()).square().sum(dim=0, dtype=torch.float64)
         self.n_pixels += t.numel()
-
-    def update_from_logits(self, logits: Tensor, target: Tensor) -> None:
-        """`update` with ``probs_from_logits(logits)``."""
-        self.update(probs_from_logits(logits), target)
 
     def all_reduce(self) -> SegMetrics:
         """Sum every state tensor over all ranks when torch.distributed is initialised.
@@ -276,7 +377,8 @@ class SegMetrics:
             tensor.zero_()
 
     def compute(self) -> dict[str, float]:
-        """Headline metrics, then ``<metric>_<class name>`` for every class (module docstring)."""
+        """Headline metrics, ``<metric>_<class name>`` for every class, then ``num_images`` and
+        ``num_images_no_foreground`` (module docstring)."""
         per_class = confusion_metrics(self.confusion.cpu().numpy())
         n_pixels = int(self.n_pixels)
         per_class["mse"] = _ratio(self.sq_err.cpu().numpy(), n_pixels, np.nan)
@@ -285,6 +387,16 @@ class SegMetrics:
         for key in COUNT_METRICS + SCORE_METRICS:
             for name, value in zip(self.class_names, per_class[key], strict=True):
                 out[f"{key}_{name}"] = float(value)
+        out["num_images"] = int(self.n_images)
+        out["num_images_no_foreground"] = int(self.n_images_no_fg)
+        return out
+
+    def _bin_thresholds(self) -> np.ndarray:
+        """Probability at the lower edge of every bin, ascending (bin 0: 0.0, it holds all
+        below), as float64 (the sigmoid of the log-odds edges)."""
+        edges = -LOGIT_LIMIT + np.arange(self.bins) * (2 * LOGIT_LIMIT / self.bins)
+        out = 1.0 / (1.0 + np.exp(-edges))
+        out[0] = 0.0
         return out
 
     def curves(self, class_index: int | None = None) -> dict[str, np.ndarray]:
@@ -297,8 +409,9 @@ class SegMetrics:
         Returns:
             ``fpr``, ``tpr``, ``precision``, ``recall`` and ``thresholds``, equal-length arrays:
             point i predicts positive where the class probability >= ``thresholds[i]``. The
-            thresholds are the lower edges of the non-empty bins, decreasing, after a first
-            point at +inf (nothing positive: fpr = tpr = recall = 0, precision = 1).
+            thresholds are the lower edges of the non-empty bins in probability, decreasing,
+            after a first point at +inf (nothing positive: fpr = tpr = recall = 0,
+            precision = 1).
         """
         n = self.confusion.shape[0]
         if class_index is None:
@@ -312,7 +425,7 @@ class SegMetrics:
             raise ValueError(f"class_index must be in 0..{n - 1}, got {class_index}")
         hist = self.hist[class_index].cpu().numpy()
         fpr, tpr, precision, recall = _sweep(hist)
-        thresholds = np.concatenate([[np.inf], np.arange(self.bins - 1, -1, -1) / self.bins])
+        thresholds = np.concatenate([[np.inf], self._bin_thresholds()[::-1]])
         keep = np.concatenate([[True], hist.sum(axis=0)[::-1] > 0])
         return {
             "fpr": fpr[keep],

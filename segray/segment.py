@@ -41,6 +41,7 @@ import functools
 import hashlib
 import json
 import os
+import posixpath
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -82,7 +83,9 @@ from segray.segment_io import (
     commit_shard,
     empty_row,
     encode_mask_png,
+    ground_truth_metrics,
     mask_stats,
+    metrics_summary,
     part_files,
     plan_inputs,
     read_columns,
@@ -94,6 +97,7 @@ __all__ = [
     "InputError",
     "SegmentError",
     "actor_options",
+    "actor_precision",
     "run_segment",
     "summary_line",
 ]
@@ -165,7 +169,11 @@ def run_segment(
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + os.urandom(3).hex()
     ckpt = _local_checkpoint(str(checkpoint))
     cfg = _segment_config(ckpt, overrides, config)
+    mask_index = MaskIndex.build(masks) if masks else None
+    if mask_index is not None and cfg.data.mask_mode == "auto":
+        cfg = _resolve_mask_mode(cfg, mask_index)
     seg = cfg.segment
+    precision = actor_precision(seg)  # printed below, recorded in summary.json
     out = _Output(Location.parse(output))
     settings = {
         "model_id": model_id(ckpt),
@@ -179,7 +187,6 @@ def run_segment(
         image_column=seg.image_column,
         id_column=seg.id_column,
     )
-    mask_index = MaskIndex.build(masks) if masks else None
     png = Location.parse(write_png) if write_png else None
     # Everything that can refuse the run happens before the output folder is touched.
     previous = out.check(settings, shards, overwrite=overwrite)
@@ -211,6 +218,7 @@ def run_segment(
             f"segment: {where}; {seg.concurrency} actor(s) x {seg.cpus_per_actor:g} CPU "
             f"/ {seg.gpus_per_actor:g} GPU, batch {seg.batch_size}",
         )
+        _say(progress, f"segment: precision {precision.pop('describe')}")
         totals = _run_pipeline(
             pending,
             kept,
@@ -237,6 +245,7 @@ def run_segment(
             "masks": settings["masks"],
             "write_png": png.uri if png else None,
             "ray": where,
+            **{k: v for k, v in precision.items() if k != "describe"},
         },
     )
     return summary
@@ -473,6 +482,7 @@ class _Output:
             "foreground_fraction",
             "mean_confidence",
             "uncertain_fraction",
+            "gt_foreground_fraction",
             *METRIC_COLUMNS,
         ]
         table = dataset.to_table(columns=columns)
@@ -507,7 +517,6 @@ def _summarise(table: pa.Table, *, run_id: str, pipeline_s: float) -> dict[str, 
     ok_mask = pc.equal(status, "ok")
     ok = table.filter(ok_mask)
     processed = int(pc.sum(pc.equal(table.column("run_id"), run_id)).as_py() or 0)
-    with_gt = ok.filter(pc.is_valid(ok.column("dice")))
 
     def mean(t: pa.Table, name: str) -> float | None:
         value = pc.mean(t.column(name)).as_py() if t.num_rows else None
@@ -531,10 +540,7 @@ def _summarise(table: pa.Table, *, run_id: str, pipeline_s: float) -> dict[str, 
         "prediction": {
             k: mean(ok, k) for k in ("foreground_fraction", "mean_confidence", "uncertain_fraction")
         },
-        "metrics": {
-            "images_with_ground_truth": with_gt.num_rows,
-            **{k: mean(with_gt, k) for k in METRIC_COLUMNS},
-        },
+        "metrics": metrics_summary(ok),
         "error_reasons": dict(reasons.most_common(20)),
     }
 
@@ -628,6 +634,32 @@ def _decode(
     return pa.Table.from_pylist(out, schema=DECODED_SCHEMA)
 
 
+def _resolve_mask_mode(cfg: Config, index: MaskIndex, sample: int = 32) -> Config:
+    """``data.mask_mode: auto`` (a checkpoint from before modes were resolved at training, or an
+    override) chosen from the values of up to ``sample`` ground-truth masks spread over the
+    folder, as training chooses it. Masks with only background (a legitimate evaluation set)
+    map 0 to background whatever the encoding."""
+    from segray.data.inspect import resolve_mask_mode
+
+    rels = sorted(index.by_rel.values())
+    picked = rels[:: max(1, len(rels) // sample)][:sample]
+    histogram: Counter[int] = Counter()
+    for rel in picked:
+        path = posixpath.join(index.root.path, rel)
+        try:
+            with index.root.fs.open_input_file(path) as f:
+                values, counts = np.unique(read_mask(f.read(), name=path), return_counts=True)
+        except (ImageError, OSError):
+            continue  # an unreadable mask becomes that image's gt_error later
+        histogram.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
+    if set(histogram) == {0}:  # (0/255 masks with ignore_index 255 are binary: not here)
+        return apply_overrides(cfg, {"data.mask_mode": "index"})
+    _, mode, updates, _, error = resolve_mask_mode(cfg.data, dict(histogram))
+    if error or mode is None:
+        raise InputError(f"--masks {index.root.uri}: {error or 'cannot choose data.mask_mode'}")
+    return apply_overrides(cfg, updates)
+
+
 def _target(row: dict[str, Any], shape: tuple[int, ...], mapper: MaskMapper):
     name = row["gt_mask"]
     if row["gt_data"] is None:
@@ -685,8 +717,9 @@ class _SegmentActor:
             cfg,
             device=device,
             model_id=model,
-            amp=seg.amp and cuda,
-            channels_last=seg.channels_last and cuda,
+            precision=seg.precision,
+            channels_last=seg.channels_last,
+            compile=seg.compile,
         )
         self.cfg, self.model, self.run_id = cfg, model, run_id
         self.channels = self.segmenter.channels
@@ -731,8 +764,6 @@ class _SegmentActor:
         return row
 
     def _result(self, r: dict[str, Any], proba: np.ndarray) -> dict[str, Any]:
-        from segray.metrics import per_image_metrics
-
         seg = self.cfg.segment
         mask = self.segmenter.mask_from_proba(proba)
         res: dict[str, Any] = {
@@ -748,7 +779,7 @@ class _SegmentActor:
             target = np.frombuffer(r["gt_target"], np.int32).reshape(mask.shape)
             try:
                 res.update(
-                    per_image_metrics(
+                    ground_truth_metrics(
                         mask,
                         target,
                         num_classes=self.cfg.num_classes,
@@ -932,6 +963,27 @@ def _run_pipeline(
         )
     finally:
         context.enable_progress_bars = bars
+
+
+def actor_precision(seg: SegmentConfig) -> dict[str, Any]:
+    """The precision the actors resolve (`segray.precision`), as the driver sees their device.
+
+    A GPU actor's ``auto`` is decided on its GPU (bf16 where native, else fp16); a driver
+    without that GPU says so instead of guessing.
+    """
+    import torch
+
+    from segray.precision import resolve_precision
+
+    device = "cuda" if seg.gpus_per_actor > 0 else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        return {
+            "precision": seg.precision,
+            "channels_last": seg.channels_last,
+            "describe": f"{seg.precision} on the actors' GPUs (auto: bf16 where native, else fp16)",
+        }
+    resolved = resolve_precision(seg.precision, device, seg.channels_last)
+    return {**resolved.record(), "describe": f"{resolved.describe()} on the actors' {device}"}
 
 
 def actor_options(seg: SegmentConfig) -> dict[str, Any]:

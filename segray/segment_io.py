@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
@@ -41,8 +42,10 @@ __all__ = [
     "Member",
     "Shard",
     "encode_mask_png",
+    "ground_truth_metrics",
     "mask_stats",
     "merge_shard",
+    "metrics_summary",
     "plan_inputs",
     "read_shard",
     "schema_markdown",
@@ -114,15 +117,33 @@ _COLUMNS: list[tuple[str, pa.DataType, bool, str]] = [
         "wrong size, bad values), else null",
     ),
     (
+        "gt_foreground_fraction",
+        pa.float32(),
+        True,
+        "`--masks`: fraction of the ground truth's valid pixels of any class but background "
+        "(0: an image without foreground); null without metrics",
+    ),
+    (
         "dice",
         pa.float32(),
         True,
-        "`--masks`: Dice of the prediction (binary: foreground; "
-        "multi-class: mean over classes 1..K-1); null without ground truth",
+        "`--masks`: Dice of the prediction (binary: foreground; multi-class: mean over "
+        "classes 1..K-1 present in the ground truth or the prediction); null without ground "
+        "truth, and where undefined: no foreground in either (never a vacuous 1.0)",
     ),
     ("iou", pa.float32(), True, "`--masks`: IoU, as dice"),
-    ("precision", pa.float32(), True, "`--masks`: precision, as dice"),
-    ("recall", pa.float32(), True, "`--masks`: recall, as dice"),
+    (
+        "precision",
+        pa.float32(),
+        True,
+        "`--masks`: precision, as dice; null where nothing was predicted as foreground",
+    ),
+    (
+        "recall",
+        pa.float32(),
+        True,
+        "`--masks`: recall, as dice; null where the ground truth has no foreground",
+    ),
     ("accuracy", pa.float32(), True, "`--masks`: pixel accuracy"),
     (
         "model_id",
@@ -749,6 +770,44 @@ def mask_stats(proba: np.ndarray, mask: np.ndarray, *, low: float, high: float) 
         "mean_confidence": float(top.mean()),
         "uncertain_fraction": float(band.mean()),
         "num_components": components,
+    }
+
+
+def ground_truth_metrics(
+    mask: np.ndarray, target: np.ndarray, *, num_classes: int, ignore_index: int | None
+) -> dict[str, float | None]:
+    """``gt_foreground_fraction`` and the `METRIC_COLUMNS` of one (H, W) predicted class map
+    against its ground truth, as output values: `segray.metrics.per_image_metrics`, undefined
+    values (NaN: e.g. Dice on an image with no foreground predicted or true) as null.
+
+    Raises:
+        ValueError: the ground truth holds values that are not class indices.
+    """
+    from segray.metrics import per_image_metrics  # torch: loaded only where metrics are made
+
+    scores = per_image_metrics(mask, target, num_classes=num_classes, ignore_index=ignore_index)
+    valid = target[target != ignore_index] if ignore_index is not None else target
+    fraction = np.count_nonzero(valid) / valid.size if valid.size else None
+    out: dict[str, float | None] = {"gt_foreground_fraction": fraction, **scores}
+    return {k: None if v is None or np.isnan(v) else float(v) for k, v in out.items()}
+
+
+def metrics_summary(ok: pa.Table) -> dict[str, Any]:
+    """``summary.json``'s ``metrics`` over the ok rows: images scored against a ground truth,
+    those of them whose ground truth has no foreground, and the mean of every metric column
+    over the images where it is defined (null and NaN skipped; null if none)."""
+    scored = ok.filter(pc.is_valid(ok.column("gt_foreground_fraction")))
+    no_fg = pc.sum(pc.equal(scored.column("gt_foreground_fraction"), 0.0)).as_py()
+
+    def mean(name: str) -> float | None:
+        column = scored.column(name)
+        value = pc.mean(pc.filter(column, pc.invert(pc.is_nan(column)))).as_py()
+        return None if value is None else round(float(value), 6)
+
+    return {
+        "images_with_ground_truth": scored.num_rows,
+        "images_without_foreground": int(no_fg or 0),
+        **{k: mean(k) for k in METRIC_COLUMNS},
     }
 
 

@@ -34,7 +34,6 @@ from ray.train import (
     RunConfig,
     ScalingConfig,
 )
-from torch.utils.data import DataLoader, DistributedSampler
 
 from segray.checkpoint import (
     build_model,
@@ -45,17 +44,21 @@ from segray.checkpoint import (
     unwrap,
 )
 from segray.cluster import check_fits, ensure_ray, heap_env
-from segray.config import Config
-from segray.data import build_datasets, prepare_data
+from segray.config import Config, ConfigError, load_config
+from segray.data import build_datasets, inspect_data
+from segray.data.folder import DatasetError
+from segray.data.loaders import train_loader, val_loader
 from segray.engine import (
     EarlyStopping,
-    EpochScheduler,
-    ShardSampler,
+    LRSchedule,
+    NonFiniteLossError,
     StepConfig,
     build_optimizer,
     evaluate,
+    gather_rng_states,
     rank_param_spread,
     seed_everything,
+    set_rng_state,
     train_one_epoch,
 )
 from segray.losses import create_loss
@@ -65,6 +68,7 @@ __all__ = [
     "AppliedMismatchError",
     "TrainResult",
     "check_applied",
+    "check_resume_config",
     "count_nodes",
     "worker_env",
     "run_training",
@@ -111,12 +115,19 @@ def build_metrics(cfg: Config, device: torch.device | str = "cpu") -> SegMetrics
 def applied_hparams(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss
 ) -> dict[str, Any]:
-    """The hyperparameters as actually built, read back from the live objects."""
+    """The hyperparameters as actually built, read back from the live objects; a value is
+    listed only where the object uses it (SGD's momentum, bce_dice's weight, ...)."""
     out = {f"model.{k}": v for k, v in unwrap(model).applied_hparams().items()}
+    out["optim.name"] = type(optimizer).__name__.lower()
     out["optim.lr"] = optimizer.defaults["lr"]
     out["optim.weight_decay"] = optimizer.defaults.get("weight_decay", 0.0)
-    if hasattr(loss, "bce_weight"):
+    if "momentum" in optimizer.defaults:
+        out["optim.momentum"] = optimizer.defaults["momentum"]
+    out["loss.name"] = loss.name
+    if loss.name == "bce_dice":
         out["loss.bce_weight"] = float(loss.bce_weight)
+    if loss.name in ("bce_dice", "dice"):
+        out["loss.smooth"] = float(loss.smooth)
     return out
 
 
@@ -133,15 +144,24 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def check_applied(expected: Mapping[str, Any], applied: Mapping[str, Any], cfg: Config) -> None:
-    """Fail loudly unless every sampled value is what the worker actually built.
+    """Fail loudly unless every sampled value is what the worker actually built and uses.
 
-    Keys the live objects report (``applied``) are compared with what they report; other keys
-    with the worker's resolved config. Catches the classic HPO bug where every trial silently
-    trains the same model.
+    A key the resolved config ignores (`segray.search_space.unused_reason`: ``loss.bce_weight``
+    without bce_dice, ``optim.momentum`` without SGD, dilation rates of a plain decoder) is a
+    mismatch. Keys the live objects report (``applied``: read back from the built modules,
+    optimizer and loss) are compared with what they report; other keys, which have no physical
+    read-back, with the worker's resolved config. Catches the classic HPO bug where every trial
+    silently trains the same model.
     """
+    from segray.search_space import unused_reason
+
     resolved = cfg.to_dict()
     problems = []
     for key, want in expected.items():
+        reason = unused_reason(key, cfg)
+        if reason:
+            problems.append(f"{key}: sampled {want!r} but this trial ignores it: {reason}")
+            continue
         if key in applied:
             got, where = applied[key], "built"
         else:
@@ -241,6 +261,21 @@ def _quiet_report_log() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+def _check_resumable(state: Mapping[str, Any], world: int, steps_per_epoch: int) -> None:
+    """A checkpoint this run can continue exactly (same world size, same steps per epoch)."""
+    if "rng" not in state or "per_step" not in state.get("scheduler", {}):
+        raise RuntimeError(
+            "the checkpoint to resume from was written by an older segray (no random-number "
+            "or per-step LR state): it cannot be continued exactly; start a new run"
+        )
+    if state["world_size"] != world or state["steps_per_epoch"] != steps_per_epoch:
+        raise RuntimeError(
+            f"the checkpoint was trained with {state['world_size']} workers x "
+            f"{state['steps_per_epoch']} steps per epoch, this run has {world} x "
+            f"{steps_per_epoch}: resume with the run's train.num_workers and data settings"
+        )
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: build, (resume,) train, evaluate, report, checkpoint."""
     cfg = Config.from_dict(loop_config["config"])
@@ -263,50 +298,34 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state = load_train_state(d)
     if cfg.train.sync_batchnorm and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if cfg.train.channels_last:
+    step = StepConfig.from_config(cfg.train, cfg.optim, device)  # train.precision, channels_last
+    if step.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
 
     loss_fn = build_loss(cfg)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
-    scheduler = EpochScheduler(optimizer, cfg.optim, cfg.train.epochs)
-    step = StepConfig.from_config(cfg.train, cfg.optim, device)
+    train_ds, val_ds = datasets["train"], datasets["val"]
+    sampler, loader = train_loader(cfg, train_ds, rank, world, pin_memory=device.type == "cuda")
+    steps_per_epoch = len(loader)
+    loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
+    # Before the optimizer's state is loaded: a LambdaLR takes its base LR from the optimizer.
+    scheduler = LRSchedule(
+        optimizer, cfg.optim, cfg.train.epochs * steps_per_epoch, steps_per_epoch
+    )
     scaler = torch.amp.GradScaler(device.type) if step.precision.needs_scaler else None
     early = EarlyStopping(cfg.train.early_stopping_patience)
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if state is not None:
+        _check_resumable(state, world, steps_per_epoch)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         early.best, early.bad_epochs = state["early_best"], state["early_bad_epochs"]
         history, start_epoch = list(state["history"]), int(state["epoch"])
-
-    train_ds, val_ds = datasets["train"], datasets["val"]
-    batch = cfg.data.batch_size
-    sampler = DistributedSampler(
-        train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed
-    )
-    # Drop the last incomplete batch (BatchNorm cannot train on a batch of 1) unless that
-    # would leave a shard with no batch at all.
-    drop_last = len(sampler) >= batch
-    train_loader = DataLoader(
-        train_ds,
-        batch_size=batch,
-        sampler=sampler,
-        drop_last=drop_last,
-        num_workers=cfg.data.loader_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=cfg.data.loader_workers > 0,
-    )
-    train_loader = ray.train.torch.prepare_data_loader(train_loader, add_dist_sampler=False)
-    val_loader = DataLoader(
-        val_ds,
-        batch_size=cfg.data.eval_batch_size or batch,
-        sampler=ShardSampler(len(val_ds), rank, world),
-        num_workers=cfg.data.loader_workers,
-    )
+    val = val_loader(cfg, val_ds, rank, world)
     metrics = build_metrics(cfg, device)
     applied = applied_hparams(model, optimizer, loss_fn)
     check_applied(loop_config.get("expect") or {}, applied, cfg)
@@ -317,26 +336,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             f"({device.type}), {len(train_ds)} train samples / {len(val_ds)} val images, "
             f"epochs {start_epoch + 1}-{cfg.train.epochs}"
         )
+        _say(f"precision: {step.precision.describe()}")
 
+    if state is not None:  # last: nothing above may draw from the restored generators
+        set_rng_state(state["rng"][rank])
     t_start = time.time()
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.time()
-        lr = scheduler.set_epoch(epoch)
         sampler.set_epoch(epoch)
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "num_nodes": num_nodes}
-        row.update(
-            {
-                f"train_{k}": v
-                for k, v in train_one_epoch(
-                    model, train_loader, loss_fn, optimizer, step, scaler
-                ).items()
-            }
+        row: dict[str, Any] = {"epoch": epoch + 1, "num_nodes": num_nodes}
+        losses = train_one_epoch(
+            model, loader, loss_fn, optimizer, step, scaler, schedule=scheduler, epoch=epoch
         )
+        row["lr"] = scheduler.last_lr  # of the epoch's last step
+        row.update({f"train_{k}": v for k, v in losses.items()})
         if len(val_ds):
             row.update(
                 {
                     f"val_{k}": v
-                    for k, v in evaluate(model, val_loader, loss_fn, metrics, step).items()
+                    for k, v in evaluate(model, val, loss_fn, metrics, step, epoch=epoch).items()
                 }
             )
         row["param_rank_spread"], row["param_fingerprint"] = rank_param_spread(model)
@@ -346,7 +364,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         row["stopped_early"] = stop  # by train.early_stopping_patience (ASHA stops from outside)
         row["epoch_time_s"] = time.time() - t0
         history.append(row)
-        best = max(h.get("val_dice", -math.inf) for h in history)
+        best = max(  # NaN (no foreground anywhere in val) is never the best
+            (v for h in history if math.isfinite(v := h.get("val_dice", math.nan))),
+            default=math.nan,
+        )
+        rng = gather_rng_states()  # every rank's, for an exact resume (a collective)
         report = {**row, "best_val_dice": best}
         if rank == 0:
             _say(
@@ -359,7 +381,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     save_checkpoint,
                     model=model,
                     config=cfg,
-                    metrics={**report, "applied": applied},
+                    metrics={**report, "applied": applied, **step.precision.record()},
                     train_state={
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
@@ -368,6 +390,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                         "early_bad_epochs": early.bad_epochs,
                         "epoch": epoch + 1,
                         "history": history,
+                        "world_size": world,
+                        "steps_per_epoch": steps_per_epoch,
+                        "sampler": {"seed": cfg.train.seed, "epoch": epoch},
+                        "rng": rng,
                     },
                 ),
             )
@@ -380,6 +406,50 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- driver side
+# Keys a resumed run may change: they cannot alter the weights, the data order or the LR
+# schedule (augmentations are seeded per sample, so loader processes do not matter; the val
+# batch size changes only how the reported val loss's soft-Dice part is batched).
+RESUME_MUTABLE = (
+    "data.loader_workers",
+    "data.eval_batch_size",
+    "train.max_failures",
+    "train.heap_reuse",
+    "tune.",
+    "segment.",
+)
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value and key not in ("space", "split_ids"):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resume_config(saved: Config, cfg: Config, where: str | Path) -> None:
+    """Refuse, in one line, settings that would bend a resumed run's trajectory.
+
+    Every key outside `RESUME_MUTABLE` (epochs, lr, schedule, batch size, data, model, loss,
+    seed, worker count...) must equal the run's saved ``config.yaml``.
+    """
+    old, new = _flat(saved.to_dict()), _flat(cfg.to_dict())
+    changed = sorted(
+        k
+        for k in old.keys() | new.keys()
+        if old.get(k) != new.get(k) and not k.startswith(RESUME_MUTABLE)
+    )
+    if changed:
+        shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise ConfigError(
+            f"--resume {where}: cannot change {shown}{more}: they change the run's trajectory "
+            f"(a resumed run may change only {', '.join(k.rstrip('.') for k in RESUME_MUTABLE)})"
+        )
+
+
 def worker_resources(cfg: Config) -> dict[str, float]:
     res = {"CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
@@ -467,7 +537,18 @@ def run_training(
         raise FileExistsError(
             f"{out} already holds a training run: continue it with --resume {out} or choose another --output"
         )
-    cfg = prepare_data(cfg)
+    cfg, fingerprint = inspect_data(cfg, echo=True)  # mask_mode: auto resolved; one summary line
+    if resume and out is not None and (out / "config.yaml").is_file():
+        check_resume_config(load_config(out / "config.yaml"), cfg, out)
+    if not len(build_datasets(cfg)["train"]):
+        raise DatasetError(
+            f"{cfg.data.root}: the training split is empty: check data.split / data.split_ids"
+        )
+    if cfg.train.use_gpu and ray.cluster_resources().get("GPU", 0) == 0:
+        raise ConfigError(
+            "train.use_gpu=true but the Ray cluster has no GPU: set train.use_gpu=false "
+            "(CPU workers, gloo) or join a cluster with GPUs"
+        )
     check_fits(
         worker_resources(cfg),
         cfg.train.num_workers,
@@ -476,22 +557,31 @@ def run_training(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.yaml")
+        fingerprint.save(out)  # fingerprint.json: what the dataset holds, the mapping chosen
 
-    result = build_trainer(
+    trainer = build_trainer(
         cfg,
         storage_path=storage_path,
         name=name,
         callbacks=callbacks,
         expect=expect,
         monitor=monitor,
-    ).fit()
-    if result.error is not None:
-        raise result.error
+    )
+    try:
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+    except Exception as e:  # a diverged run: the workers' own one-line message, no traceback
+        for failure in getattr(e, "worker_failures", {}).values():
+            if isinstance(failure, NonFiniteLossError):
+                raise NonFiniteLossError(str(failure)) from None
+        raise
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
 
     metric, sign = monitor[0], (1.0 if monitor[1] == "max" else -1.0)
     scored = [(c, m) for c, m in result.best_checkpoints if metric in m]
+    scored = [(c, m) for c, m in scored if math.isfinite(m[metric])]  # NaN is never the best
     best_ckpt = max(scored, key=lambda cm: sign * cm[1][metric])[0] if scored else result.checkpoint
     with result.checkpoint.as_directory() as last_dir:
         state = load_train_state(last_dir) or {}

@@ -37,8 +37,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from segray.checkpoint import STATE_FILE, copy_checkpoint
 from segray.cluster import ResourceError, check_fits, ensure_ray
 from segray.config import Config, apply_overrides, load_config
-from segray.data import prepare_data
+from segray.data import inspect_data
 from segray.search_space import SearchSpace, parse_space
+from segray.searcher import RankedOptunaSearch, score_key
 from segray.train import run_training, worker_resources
 
 __all__ = ["TuneResult", "run_tune"]
@@ -126,7 +127,6 @@ def _searcher(cfg: Config, space: SearchSpace):
     if space.is_grid:
         return None  # Tune's grid/variant generator
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
     sampler = (
         optuna.samplers.TPESampler(
@@ -134,11 +134,17 @@ def _searcher(cfg: Config, space: SearchSpace):
             multivariate=True,
             # Optuna's default of 10 random start-up trials would make small searches pure random.
             n_startup_trials=cfg.tune.startup_trials or min(10, max(2, cfg.tune.num_samples // 3)),
+            constant_liar=True,  # trials still running count as bad, so parallel ones spread out
         )
         if cfg.tune.searcher == "optuna"
         else optuna.samplers.RandomSampler(seed=cfg.tune.seed)
     )
-    return OptunaSearch(metric=cfg.tune.metric, mode=cfg.tune.mode, sampler=sampler)
+    return RankedOptunaSearch(
+        metric=cfg.tune.metric,
+        mode=cfg.tune.mode,
+        sampler=sampler,
+        max_epochs=cfg.tune.max_epochs or cfg.train.epochs,
+    )
 
 
 def _scheduler(cfg: Config):
@@ -174,7 +180,6 @@ def run_tune(
     """Run (or with ``resume=True`` continue) the search described by ``cfg.tune``."""
     started = time.time()
     out = str(output) if "://" in str(output) else str(Path(output).resolve())
-    ensure_ray(address)
     exp_uri = f"{out}/ray/{EXPERIMENT}"
     if resume:
         saved = _read_text(f"{out}/config.yaml")
@@ -188,8 +193,9 @@ def run_tune(
             f"{out} already holds a search: continue it with --resume {out} or choose another --output"
         )
     assert cfg is not None
-    space = parse_space(cfg.tune.space, cfg)
-    cfg = prepare_data(cfg)
+    space = parse_space(cfg.tune.space, cfg)  # a bad space fails before Ray starts
+    ensure_ray(address)
+    cfg, fingerprint = inspect_data(cfg, echo=True)  # mask_mode: auto resolved; one summary line
     per_worker = worker_resources(cfg)
     try:
         check_fits(
@@ -199,6 +205,7 @@ def run_tune(
         raise ResourceError(f"{e}; no trial could ever start") from None
     if not resume:
         _write_text(f"{out}/config.yaml", cfg.to_yaml())
+        _write_text(f"{out}/fingerprint.json", fingerprint.to_json())
 
     trials_uri = f"{out}/ray/trials"
     trainable = _trainable(cfg, space, trials_uri)
@@ -283,11 +290,10 @@ def _collect(cfg: Config, space: SearchSpace, grid, out: str, wall: float) -> Tu
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
 
     best_row = None
-    ok = (
-        trials.dropna(subset=[f"best_{metric}"]) if f"best_{metric}" in trials else trials.iloc[0:0]
-    )
-    if len(ok):
-        best_row = ok.loc[(ok[f"best_{metric}"] * sign).idxmax()]
+    col = f"best_{metric}"
+    ok = trials[trials[col].map(lambda v: score_key(v, mode) > -math.inf)] if col in trials else []
+    if len(ok):  # a trial with no finite score (diverged) is never the best
+        best_row = ok.loc[ok[col].map(lambda v: score_key(v, mode)).idxmax()]
     summary = {
         "num_trials": len(trials),
         "completed": int((trials["status"] == "TERMINATED").sum()) if len(trials) else 0,
@@ -336,8 +342,11 @@ def _kept_epochs(trials_uri: str, trial_id: str | None) -> set[int]:
 def _best_kept_epoch(hist: pd.DataFrame, metric: str, sign: float, kept: set[int]) -> Any:
     """The history row of the best epoch that still has its checkpoint; ties go to the later
     epoch (a model stuck on one prediction scores the same every epoch, and Ray keeps the
-    later checkpoints of a tie). Without any kept checkpoint: the best epoch by the metric."""
-    ranked = hist.assign(_score=hist[metric] * sign).sort_values(["_score", "epoch"])
+    later checkpoints of a tie). Without any kept checkpoint: the best epoch by the metric.
+    NaN and infinite values rank below every finite one (a diverged epoch is never best)."""
+    mode = "max" if sign > 0 else "min"
+    score = hist[metric].map(lambda v: score_key(v, mode))
+    ranked = hist.assign(_score=score).sort_values(["_score", "epoch"], kind="stable")
     with_ckpt = ranked[ranked["epoch"].astype(int).isin(kept)]
     return (with_ckpt if len(with_ckpt) else ranked).index[-1]
 
@@ -451,7 +460,7 @@ def _plots(trials: pd.DataFrame, space: SearchSpace, metric: str, mode: str, fol
     col = f"best_{metric}"
     if col not in trials:
         return
-    done = trials.dropna(subset=[col])
+    done = trials[trials[col].map(lambda v: score_key(v, mode) > -math.inf)]  # finite only
     if done.empty:
         return
     folder.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,12 @@ def test_dict_field_override_takes_rest_of_path():
         (["data.split=[0.5,0.5,0.5]"], r"data\.split=.*summing to 1"),
         (["loss.name=ce"], r"'ce' is for more than 2 classes"),
         (
-            ["data.source=folder", "data.root=x", "data.classes=[a,b,c]"],
+            [
+                "data.source=folder",
+                "data.root=x",
+                "data.classes=[a,b,c]",
+                "data.mask_mode=threshold",
+            ],
             r"mask_mode=.threshold. makes binary masks",
         ),
         (["data.source=folder"], r"source 'folder' needs data\.root"),
@@ -130,3 +135,46 @@ def test_model_kwargs_only_pass_what_the_model_takes():
     kwargs = cfg.model.kwargs(cfg.num_classes)
     assert kwargs["base_width"] == 16 and kwargs["num_classes"] == 1
     assert "dilation_rates" not in kwargs
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "what"),
+    [
+        (
+            "model:\n  name: unet\n  dilation_rates: [1, 2\ntrain:\n  epochs: 3\n",
+            "4:6",
+            "expected ','",
+        ),
+        ("model:\n  name: unet\n   bad: 1\n", "3:7", "mapping values are not allowed here"),
+        ("model:\n\tname: unet\n", "2:1", "found character '\\t'"),
+    ],
+)
+def test_a_yaml_syntax_error_is_one_line_with_file_line_column(tmp_path, text, where, what):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}:{where}: not valid YAML: ") and what in msg
+    assert "\n" not in msg
+
+
+def test_an_override_that_is_not_yaml_is_one_line():
+    with pytest.raises(ConfigError) as info:
+        parse_overrides(["model.dilation_rates=[1,2"])
+    msg = str(info.value)
+    assert msg.startswith("override 'model.dilation_rates=[1,2': value is not valid YAML: ")
+    assert "expected ',' or ']'" in msg and msg.endswith("at character 26") and "\n" not in msg
+
+
+def test_atrous_rates_with_a_plain_decoder_are_refused():
+    with pytest.raises(
+        ConfigError, match=r"model\.dilation_rates is unused with model\.atrous=false"
+    ):
+        load_config(None, ["model.atrous=false", "model.dilation_rates=[1,2,4,8]"])
+    with pytest.raises(
+        ConfigError, match=r"model\.kernel_sizes is unused with model\.atrous=false"
+    ):
+        load_config(None, ["model.atrous=false", "model.kernel_sizes=[1,3,3,5]"])
+    plain = load_config(None, ["model.atrous=false"])  # the default rates: nothing was asked for
+    assert load_config(None, base=plain.to_dict()) == plain  # a saved full config reloads

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,11 @@ IMAGES = [
 ]
 SPLIT_IDS = "data.split_ids={train: [a0, a1, a2], val: [b0, b1], test: [c0]}"
 HEADLINE = ("accuracy", "dice", "iou", "precision", "recall", "f1", "specificity", "mse")
-REPORT_KEYS = {*HEADLINE, "roc_auc", "pr_auc", "num_images", "split", "checkpoint", "model_id"}
+REPORT_KEYS = {
+    *HEADLINE,
+    *("roc_auc", "pr_auc", "num_images", "num_images_no_foreground"),
+    *("split", "checkpoint", "model_id"),
+}
 
 
 def _write_folder(root: Path, num_classes: int) -> Path:
@@ -52,10 +57,15 @@ def _write_folder(root: Path, num_classes: int) -> Path:
     return root
 
 
-def _checkpoint(directory: Path, overrides: list[str]) -> Path:
+def _checkpoint(directory: Path, overrides: list[str], *, background_only: bool = False) -> Path:
     config = load_config(None, overrides)
     torch.manual_seed(0)
-    return save_checkpoint(directory, model=build_model(config), config=config, metrics={})
+    model = build_model(config)
+    if background_only:  # a head that predicts background everywhere, whatever the image
+        with torch.no_grad():
+            model.head.weight.zero_()
+            model.head.bias.fill_(-20.0)
+    return save_checkpoint(directory, model=model, config=config, metrics={})
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +95,7 @@ def test_report_files_and_keys(binary: tuple[Path, Path], binary_report) -> None
         f"{k}_{c}" for k in HEADLINE if k != "accuracy" for c in ("background", "foreground")
     } <= set(written)
     assert written["num_images"] == len(IMAGES) and written["split"] == "all"
+    assert written["num_images_no_foreground"] == 0
     assert written["model_id"] == model_id(ckpt)
     assert written["checkpoint"] == str(ckpt.absolute())
     assert written["dice"] == pytest.approx(metrics["dice"], abs=0)
@@ -102,9 +113,13 @@ def test_per_image_table(binary_report) -> None:
     sizes = {k: (w, h) for k, h, w in IMAGES}
     assert all(sizes[r.key] == (r.width, r.height) for r in table.itertuples())
     assert all(Path(p).is_file() for p in table["image"])
-    for column in ("dice", "iou", "precision", "recall", "accuracy", "foreground_fraction_true"):
+    for column in ("dice", "iou", "recall", "accuracy", "foreground_fraction_true"):
         assert table[column].between(0, 1).all(), column
     assert (table["foreground_fraction_true"] > 0).all()
+    # precision is undefined (NaN) exactly where no foreground was predicted
+    nothing_predicted = table["foreground_fraction_pred"] == 0
+    assert table["precision"].isna().equals(nothing_predicted)
+    assert table["precision"][~nothing_predicted].between(0, 1).all()
 
 
 def test_metrics_equal_an_independent_computation(binary: tuple[Path, Path], binary_report) -> None:
@@ -172,6 +187,60 @@ def test_multiclass_report(tmp_path: Path) -> None:
     assert (out / "roc_pr.png").is_file()
     table = pd.read_parquet(out / "per_image.parquet")
     assert table["dice"].between(0, 1).all() and len(table) == len(IMAGES)
+
+
+def test_background_only_model_scores_nan_without_foreground_and_0_with_it(
+    binary: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Never a vacuous 1.0: an all-background model on all-background targets has no Dice."""
+    _, data = binary
+    # an explicit mask mode: `auto` cannot choose one from masks that are all background
+    overrides = TINY_UNET + [SPLIT_IDS, "data.mask_mode=threshold"]
+    ckpt = _checkpoint(tmp_path / "ckpt", overrides, background_only=True)
+    empty = tmp_path / "empty"
+    shutil.copytree(data, empty)
+    for mask in (empty / "masks").iterdir():
+        Image.fromarray(np.zeros_like(np.asarray(Image.open(mask)))).save(mask)
+    out = tmp_path / "report_empty"
+    metrics = evaluate_checkpoint(
+        ckpt, data=empty, split="all", output=out, worst_k=2, progress=False
+    )
+    written = json.loads((out / "metrics.json").read_text())
+    for key in ("dice", "iou", "f1", "precision", "recall", "dice_foreground"):
+        assert written[key] is None and np.isnan(metrics[key]), key
+    assert written["accuracy"] == 1.0
+    assert written["num_images_no_foreground"] == written["num_images"] == len(IMAGES)
+    table = pd.read_parquet(out / "per_image.parquet")
+    assert table["dice"].isna().all() and table["recall"].isna().all()
+    assert (table["foreground_fraction_true"] == 0).all() and (table["accuracy"] == 1).all()
+    assert len(list((out / "overlays").iterdir())) == 2
+
+    out = tmp_path / "report_missed"
+    metrics = evaluate_checkpoint(ckpt, data=data, split="all", output=out, progress=False)
+    assert (metrics["dice"], metrics["iou"], metrics["recall"]) == (0.0, 0.0, 0.0)
+    assert np.isnan(metrics["precision"]) and metrics["num_images_no_foreground"] == 0
+    table = pd.read_parquet(out / "per_image.parquet")
+    assert (table["dice"] == 0).all() and table["precision"].isna().all()
+
+
+def test_worst_overlays_rank_undefined_dice_last(binary: tuple[Path, Path], tmp_path: Path) -> None:
+    """Images with nothing to find and nothing found are not among the worst."""
+    _, data = binary
+    ckpt = _checkpoint(tmp_path / "ckpt", TINY_UNET + [SPLIT_IDS], background_only=True)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(data, mixed)
+    empties = {"a0", "b1"}
+    for key in empties:
+        mask = mixed / "masks" / f"{key}.png"
+        Image.fromarray(np.zeros_like(np.asarray(Image.open(mask)))).save(mask)
+    out = tmp_path / "report"
+    metrics = evaluate_checkpoint(
+        ckpt, data=mixed, split="all", output=out, worst_k=len(IMAGES), progress=False
+    )
+    assert metrics["num_images_no_foreground"] == len(empties)
+    names = [p.name for p in sorted((out / "overlays").iterdir())]
+    assert {n.split("_", 1)[1].removesuffix(".png") for n in names[-2:]} == empties
+    assert metrics["dice"] == 0.0  # the images with foreground: all missed
 
 
 def test_checkpoint_config_dataset_is_the_default(tmp_path: Path) -> None:

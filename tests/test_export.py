@@ -53,7 +53,7 @@ def _jit_load(path: Path) -> torch.jit.ScriptModule:
 
 def _assert_matches_segmenter(ckpt: Path, run) -> None:
     """The artifact's probabilities on a raw uint8 image equal `Segmenter.predict_proba`."""
-    seg = load_segmenter(ckpt, device="cpu")
+    seg = load_segmenter(ckpt, device="cpu", precision="fp32")  # artifacts are fp32
     image = np.random.default_rng(7).integers(0, 256, (70, 90, seg.channels), dtype=np.uint8)
     probs = run(image[None])
     assert probs.shape == (1, seg.num_classes, 70, 90) and probs.dtype == np.float32

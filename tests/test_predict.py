@@ -246,12 +246,26 @@ def test_same_size_images_share_forward_passes() -> None:
     assert sorted(seg.model.input_shapes) == [(1, 3, 40, 40), (1, 3, 50, 60), (2, 3, 40, 40)]
 
 
-def test_channels_last_and_amp_on_cpu_give_the_same_probabilities(binary_ckpt: Path) -> None:
+def test_channels_last_fp32_gives_the_same_probabilities(binary_ckpt: Path) -> None:
     image = _smooth_rgb(70, 90)
-    reference = load_segmenter(binary_ckpt, device="cpu").predict_proba(image)
-    seg = load_segmenter(binary_ckpt, device="cpu", channels_last=True, amp=True)
-    assert seg.precision.dtype is None  # bf16 autocast is for CUDA only
+    reference = load_segmenter(
+        binary_ckpt, device="cpu", precision="fp32", channels_last=False
+    ).predict_proba(image)
+    seg = load_segmenter(binary_ckpt, device="cpu", precision="fp32", channels_last=True)
+    assert seg.precision.dtype is None and seg.channels_last
+    assert next(seg.model.parameters()).dtype == torch.float32  # autocast never casts weights
     np.testing.assert_allclose(seg.predict_proba(image), reference, atol=1e-5, rtol=0)
+
+
+def test_bf16_runs_the_network_only_and_returns_float32(binary_ckpt: Path) -> None:
+    image = _smooth_rgb(70, 90)
+    reference = load_segmenter(binary_ckpt, device="cpu", precision="fp32").predict_proba(image)
+    seg = load_segmenter(binary_ckpt, device="cpu", precision="bf16")
+    assert seg.precision.dtype == torch.bfloat16
+    proba = seg.predict_proba(image)
+    assert proba.dtype == np.float32
+    diff = np.abs(proba - reference)
+    assert 0 < diff.max() < 0.05  # bf16 really ran (not fp32), and stayed close
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -277,3 +291,13 @@ def test_preprocess_rejects_normalisation_for_other_channel_counts() -> None:
     config.data.mean = [0.1, 0.2, 0.3]
     with pytest.raises(ValueError, match="data.mean has 3 values but the model takes 1 channels"):
         Preprocess.from_config(config, 1)
+
+
+def test_compiled_network_gives_the_eager_probabilities() -> None:
+    image = _smooth_rgb(48, 64)
+    eager = _pointwise_segmenter(precision="fp32")
+    compiled = Segmenter(eager.model, eager.config, precision="fp32", compile=True)
+    assert compiled.compiled and compiled.model is eager.model  # the module itself is kept
+    np.testing.assert_allclose(
+        compiled.predict_proba(image), eager.predict_proba(image), atol=1e-5, rtol=0
+    )

@@ -23,7 +23,7 @@ from PIL import Image
 
 from segray.checkpoint import save_checkpoint
 from segray.cluster import ResourceError
-from segray.config import ConfigError, load_config
+from segray.config import ConfigError, apply_overrides, load_config
 from segray.data import MaskMapper, read_mask
 from segray.metrics import per_image_metrics
 from segray.models import create_model
@@ -215,7 +215,13 @@ def test_ground_truth_metrics_and_png_mirror(mixed, ckpt):
     inputs, root, summary = mixed
     df = _read(root / "out")
     seg = load_segmenter(ckpt, device="cpu")
-    mapper = MaskMapper.from_config(seg.config.data)
+    # The checkpoint says data.mask_mode=auto: the run chose the mapping from the 0/255
+    # ground truth, which must be the threshold mapping (any other reads them differently).
+    assert seg.config.data.mask_mode == "auto"
+    chosen = apply_overrides(
+        seg.config, {"data.mask_mode": "threshold", "data.mask_threshold": 127}
+    )
+    mapper = MaskMapper.from_config(chosen.data)
     for image_id, gt in [
         ("photos/a.png", "a.png"),
         ("photos/sub/big.png", "sub/big.png"),

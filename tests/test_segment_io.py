@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from segray.segment_io import (
+    METRIC_COLUMNS,
     OUTPUT_SCHEMA,
     InputError,
     Location,
@@ -24,8 +25,10 @@ from segray.segment_io import (
     commit_shard,
     empty_row,
     encode_mask_png,
+    ground_truth_metrics,
     mask_stats,
     merge_shard,
+    metrics_summary,
     plan_inputs,
     read_shard,
     schema_markdown,
@@ -197,6 +200,51 @@ def test_mask_stats_binary_and_multiclass():
     mask3 = proba3.argmax(0).astype(np.uint8)
     s3 = mask_stats(proba3, mask3, low=0.3, high=0.7)
     assert len(s3["class_fraction"]) == 3 and sum(s3["class_fraction"]) == pytest.approx(1)
+
+
+def test_ground_truth_metrics_are_null_where_undefined():
+    none = np.zeros((4, 4), np.uint8)
+    some = none.copy()
+    some[0] = 1
+    some[1, 0] = 255  # ignored
+    empty = ground_truth_metrics(none, none.astype(np.int32), num_classes=1, ignore_index=255)
+    assert empty == {
+        "gt_foreground_fraction": 0.0,
+        "dice": None,  # nothing to find, nothing found: undefined, not 1.0
+        "iou": None,
+        "precision": None,
+        "recall": None,
+        "accuracy": 1.0,
+    }
+    missed = ground_truth_metrics(none, some.astype(np.int32), num_classes=1, ignore_index=255)
+    assert missed["gt_foreground_fraction"] == pytest.approx(4 / 15)
+    assert (missed["dice"], missed["recall"], missed["precision"]) == (0.0, 0.0, None)
+    hit = ground_truth_metrics(
+        some.clip(0, 1), some.astype(np.int32), num_classes=1, ignore_index=255
+    )
+    assert (hit["dice"], hit["precision"], hit["recall"]) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="class indices"):
+        ground_truth_metrics(none, none.astype(np.int32) + 7, num_classes=1, ignore_index=255)
+
+
+def test_metrics_summary_counts_images_without_foreground_and_skips_undefined():
+    rows = []
+    for fraction, dice in [(0.5, 0.8), (0.0, None), (0.2, 0.4), (0.0, 0.0), (None, None)]:
+        row = empty_row()
+        row.update(
+            gt_foreground_fraction=fraction, dice=dice, accuracy=None if fraction is None else 0.9
+        )
+        rows.append(row)
+    ok = pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+    summary = metrics_summary(ok)
+    assert summary["images_with_ground_truth"] == 4 and summary["images_without_foreground"] == 2
+    assert summary["dice"] == pytest.approx((0.8 + 0.4 + 0.0) / 3)  # not (... + 1.0) / 4
+    assert summary["accuracy"] == pytest.approx(0.9) and summary["recall"] is None
+    nan = pa.table(
+        {"gt_foreground_fraction": [0.5, 0.5], **{k: [float("nan"), 0.5] for k in METRIC_COLUMNS}}
+    )
+    assert metrics_summary(nan)["dice"] == 0.5  # a NaN (not null) is skipped too
+    assert metrics_summary(ok.slice(0, 0))["images_with_ground_truth"] == 0
 
 
 def test_schema_constant_and_markdown_agree():

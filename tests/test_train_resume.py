@@ -1,4 +1,5 @@
-"""Kill a training run after its first epoch, then `segray train --resume`: same end, unbroken history."""
+"""Kill a training run after epoch 2, then `segray train --resume`: the same weights and history
+as an uninterrupted run with the same seed."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from tests.conftest import TINY
 
@@ -68,24 +70,44 @@ def _wait_for_registered_checkpoint(
     _poll(registered, proc, f"{name} was registered", timeout)
 
 
-def test_kill_after_epoch_one_then_resume(ray_exclusive, tmp_path):
+# 4 epochs of 3 passes over the 11 training images, with flips and brightness/contrast on:
+# a few seconds between epoch 2's checkpoint and the end, to kill the run in.
+RUN = [*TINY, "train.epochs=4", "data.samples_per_image=3", "data.brightness_contrast=0.5"]
+METRICS = ["epoch", "lr", "train_loss", "train_loss_bce", "train_loss_dice", "val_loss", "val_dice"]
+
+
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(ray_exclusive, tmp_path):
+    straight = tmp_path / "straight"
+    full = _segray("train", "--output", str(straight), *RUN, log=tmp_path / "straight.log")
+    full.wait(timeout=600)
+    assert full.returncode == 0, (tmp_path / "straight.log").read_text()[-3000:]
+
     out = tmp_path / "run"
-    first = _segray(
-        "train", "--output", str(out), *TINY, "train.epochs=4", log=tmp_path / "first.log"
-    )
-    _wait_for_registered_checkpoint(out / "ray", "checkpoint_epoch_0001", first)
+    first = _segray("train", "--output", str(out), *RUN, log=tmp_path / "first.log")
+    _wait_for_registered_checkpoint(out / "ray", "checkpoint_epoch_0002", first)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     assert not (out / "history.parquet").exists()  # the run really was cut short
+
+    # A setting that would bend the trajectory is refused, in one line, before any work.
+    refused = _segray("train", "--resume", str(out), "optim.lr=0.5", log=tmp_path / "refused.log")
+    refused.wait(timeout=300)
+    lines = (tmp_path / "refused.log").read_text().strip().splitlines()
+    assert refused.returncode != 0
+    assert "cannot change optim.lr (0.01 -> 0.5)" in lines[-1], lines[-5:]
 
     second = _segray("train", "--resume", str(out), log=tmp_path / "second.log")
     second.wait(timeout=600)
     log = (tmp_path / "second.log").read_text()
     assert second.returncode == 0, log[-3000:]
-    history = pd.read_parquet(out / "history.parquet")
-    assert history["epoch"].tolist() == [1, 2, 3, 4]
-    # The resumed run started after epoch 1 or later: it never re-ran epoch 1.
-    assert "epoch 1/4" not in log
-    # Same LR schedule as an uninterrupted cosine run over 4 epochs.
-    lrs = history["lr"].to_numpy()
-    assert (lrs[1:] < lrs[:-1]).all()
+    assert "epoch 1/4" not in log and "epoch 2/4" not in log  # it continued after epoch 2
+
+    want = pd.read_parquet(straight / "history.parquet")[METRICS]
+    got = pd.read_parquet(out / "history.parquet")[METRICS]
+    assert got["epoch"].tolist() == [1, 2, 3, 4]
+    pd.testing.assert_frame_equal(got, want, rtol=1e-6)
+    a = torch.load(straight / "checkpoints" / "last" / "model.pt", weights_only=True)
+    b = torch.load(out / "checkpoints" / "last" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key

@@ -1,8 +1,9 @@
 """Datasets (folder pairs, Oxford Pet trimaps, synthetic), splits, augmentation and image I/O.
 
 Read in data-flow order: `io` (decode files) -> `folder` / `pet` / `synth` (find samples) ->
-`masks` (raw values -> classes) -> `split` (train/val/test) -> `transforms` (augment,
-normalise) -> `dataset` (torch datasets from the config).
+`masks` (raw values -> classes) -> `inspect` (the dataset's fingerprint; chooses
+``mask_mode: auto``) -> `split` (train/val/test) -> `transforms` (augment, normalise) ->
+`dataset` (torch datasets from the config).
 """
 
 from __future__ import annotations
@@ -15,16 +16,28 @@ if TYPE_CHECKING:
         SegmentationDataset,
         build_datasets,
         cache_dir,
+        inspect_data,
         list_samples,
         prepare_data,
     )
-    from segray.data.folder import DatasetError, Sample, find_pairs, list_images
+    from segray.data.folder import (
+        MASK_SUFFIXES,
+        DatasetError,
+        Problems,
+        Sample,
+        find_pairs,
+        list_images,
+        pair_files,
+    )
+    from segray.data.inspect import Fingerprint, fingerprint
     from segray.data.io import (
         IMAGE_EXTENSIONS,
+        Header,
         ImageError,
         decode_image,
         encode_png,
         image_size,
+        read_header,
         read_mask,
     )
     from segray.data.masks import MaskMapper
@@ -45,16 +58,28 @@ _EXPORTS = {
         "SegmentationDataset",
         "build_datasets",
         "cache_dir",
+        "inspect_data",
         "list_samples",
         "prepare_data",
     ],
-    "folder": ["DatasetError", "Sample", "find_pairs", "list_images"],
+    "folder": [
+        "MASK_SUFFIXES",
+        "DatasetError",
+        "Problems",
+        "Sample",
+        "find_pairs",
+        "list_images",
+        "pair_files",
+    ],
+    "inspect": ["Fingerprint", "fingerprint"],
     "io": [
         "IMAGE_EXTENSIONS",
+        "Header",
         "ImageError",
         "decode_image",
         "encode_png",
         "image_size",
+        "read_header",
         "read_mask",
     ],
     "masks": ["MaskMapper"],
@@ -75,9 +100,13 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MASK_SUFFIXES",
     "DatasetError",
+    "Fingerprint",
+    "Header",
     "ImageError",
     "MaskMapper",
+    "Problems",
     "Sample",
     "SegmentationDataset",
     "assign_split",
@@ -89,12 +118,16 @@ __all__ = [
     "encode_png",
     "eval_transform",
     "find_pairs",
+    "fingerprint",
     "generate",
     "image_size",
+    "inspect_data",
     "list_images",
     "list_samples",
+    "pair_files",
     "pet_samples",
     "prepare_data",
+    "read_header",
     "read_mask",
     "split_samples",
     "train_transform",

@@ -1,6 +1,7 @@
 """From the data config to train/val/test torch datasets.
 
-cfg = prepare_data(cfg)            # on the driver, once: absolute root, synthetic data made
+cfg = prepare_data(cfg)            # on the driver, once: absolute root, synthetic data made,
+                                   # dataset checked, data.mask_mode: auto resolved
 datasets = build_datasets(cfg)     # on every worker: {"train": ..., "val": ..., "test": ...}
 image, mask = datasets["train"][0] # (C, H, W) float32, (H, W) int64
 """
@@ -19,34 +20,60 @@ from torch.utils.data import Dataset
 
 from segray.config import Config, DataConfig, apply_overrides
 from segray.data.folder import Sample, find_pairs
-from segray.data.io import ImageError, decode_image, read_mask
+from segray.data.inspect import DEFAULT_SAMPLE, Fingerprint, fingerprint
+from segray.data.io import ImageError, decode_image, image_size, read_mask
 from segray.data.masks import MaskMapper
 from segray.data.pet import pet_samples
 from segray.data.split import split_samples
 from segray.data.synth import generate, synth_params
-from segray.data.transforms import transforms_from_config
+from segray.data.transforms import sample_seed, transforms_from_config
 
-__all__ = ["SegmentationDataset", "build_datasets", "cache_dir", "list_samples", "prepare_data"]
+__all__ = [
+    "SegmentationDataset",
+    "build_datasets",
+    "cache_dir",
+    "inspect_data",
+    "list_samples",
+    "prepare_data",
+]
 
 PairFn = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 
 
 class SegmentationDataset(Dataset):
-    """Decodes, maps and transforms one (image, mask) pair per item; errors name the file."""
+    """Decodes, maps and transforms one (image, mask) pair per item; errors name the file.
+
+    With ``seed`` (training), an item ``(epoch, i)`` is augmented with
+    ``sample_seed(seed, epoch, i)`` (`segray.engine.EpochSampler` yields such items), so the
+    augmentation depends on (seed, epoch, index) only; a plain ``i`` uses the transform as is.
+    """
 
     def __init__(
-        self, samples: Sequence[Sample], *, channels: int, mapper: MaskMapper, transform: PairFn
+        self,
+        samples: Sequence[Sample],
+        *,
+        channels: int,
+        mapper: MaskMapper,
+        transform: PairFn,
+        seed: int | None = None,
     ) -> None:
         self.samples = list(samples)
         self.channels = channels
         self.mapper = mapper
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(image (C, H, W) float32, mask (H, W) int64)`` of sample ``i``."""
+    def image_size(self, i: int) -> tuple[int, int]:
+        """``(width, height)`` of sample ``i``'s image from its header (EXIF-rotated)."""
+        return image_size(self.samples[i].image)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image (C, H, W) float32, mask (H, W) int64)`` of sample ``i`` (``item`` is ``i``
+        or ``(epoch, i)``)."""
+        epoch, i = item if isinstance(item, tuple) else (None, item)
         sample = self.samples[i]
         if sample.mask is None:
             raise ImageError(f"{sample.image}: no mask for this image")
@@ -57,7 +84,9 @@ class SegmentationDataset(Dataset):
                 f"{sample.image}: image is {image.shape[1]}x{image.shape[0]} but its mask "
                 f"{sample.mask} is {target.shape[1]}x{target.shape[0]}"
             )
-        return self.transform(image, target)
+        if epoch is None or self.seed is None:
+            return self.transform(image, target)
+        return self.transform(image, target, seed=sample_seed(self.seed, epoch, i))
 
 
 def cache_dir() -> Path:
@@ -84,8 +113,22 @@ def prepare_data(cfg: Config) -> Config:
     ``data.root`` becomes absolute (workers run in other folders). For ``synthetic`` the dataset
     is generated (or found complete) in ``data.root`` or the cache, that folder becomes
     ``data.root``, and ``data.mask_mode`` follows the generator's convention: ``threshold``
-    for 2 classes (0/255 masks), ``index`` for more. For ``folder`` and ``pet`` the dataset is
-    listed and checked here, so a broken one fails before any worker starts.
+    for 2 classes (0/255 masks), ``index`` for more. Every dataset is then fingerprinted
+    (`segray.data.inspect`): a broken one (unmatched, unreadable or size-mismatched files, mask
+    values no mode fits, no foreground in any mask) fails here, in one line, and
+    ``data.mask_mode: auto`` becomes the concrete mode its mask values call for.
+    """
+    return inspect_data(cfg)[0]
+
+
+def inspect_data(
+    cfg: Config, *, echo: bool = False, strict: bool = True, sample: int = DEFAULT_SAMPLE
+) -> tuple[Config, Fingerprint]:
+    """`prepare_data` that also returns the dataset's `Fingerprint` (for ``fingerprint.json``).
+
+    ``echo`` prints its one-line summary; ``strict=False`` returns an unusable dataset's
+    fingerprint instead of raising (`Fingerprint.raise_if_unusable`); ``sample``: pairs whose
+    pixels are read.
     """
     data = cfg.data
     root = _root(data)
@@ -95,8 +138,14 @@ def prepare_data(cfg: Config) -> Config:
         generate(root, num=s.num, size=s.size, num_classes=len(data.classes), seed=s.seed)
         updates["data.mask_mode"] = "threshold" if len(data.classes) == 2 else "index"
     prepared = apply_overrides(cfg, updates)
-    list_samples(prepared.data, check=True)
-    return prepared
+    fp = fingerprint(prepared.data, sample=sample)
+    if strict:
+        fp.raise_if_unusable()
+    if fp.updates:
+        prepared = apply_overrides(prepared, fp.updates)
+    if echo:
+        print(fp.summary(), flush=True)
+    return prepared, fp
 
 
 def list_samples(data_cfg: DataConfig, *, check: bool = True) -> list[Sample]:
@@ -106,7 +155,12 @@ def list_samples(data_cfg: DataConfig, *, check: bool = True) -> list[Sample]:
         return pet_samples(root, "trainval")
     if data_cfg.source == "synthetic":
         return find_pairs(root / "images", root / "masks", check=check)
-    return find_pairs(root / data_cfg.images_dir, root / data_cfg.masks_dir, check=check)
+    return find_pairs(
+        root / data_cfg.images_dir,
+        root / data_cfg.masks_dir,
+        check=check,
+        mask_suffix=data_cfg.mask_suffix,
+    )
 
 
 def build_datasets(cfg: Config) -> dict[str, SegmentationDataset]:
@@ -127,6 +181,7 @@ def build_datasets(cfg: Config) -> dict[str, SegmentationDataset]:
             channels=cfg.model.in_channels,
             mapper=mapper,
             transform=train_fn if name == "train" else eval_fn,
+            seed=cfg.train.seed if name == "train" else None,
         )
         for name, split in splits.items()
     }

@@ -1,6 +1,8 @@
 """Image/mask pairs from two folders, matched by relative path without extension.
 
-``images/a/1.jpg`` pairs with ``masks/a/1.png`` (key ``"a/1"``). Every problem in a dataset is
+``images/a/1.jpg`` pairs with ``masks/a/1.png`` (key ``"a/1"``), and with the usual mask-name
+conventions ``masks/a/1_mask.gif``, ``masks/a/1_segmentation.png`` or ``masks/a/1<suffix>.png``
+(``data.mask_suffix``); two candidate masks for one image are an error. Every problem in a dataset is
 collected and reported at once, in one `DatasetError`, so a user fixes a folder in one pass:
 
     dataset /data/x: 3 problems (2 images without a mask, 1 size mismatch); first:
@@ -16,9 +18,19 @@ from pathlib import Path
 
 from segray.data.io import IMAGE_EXTENSIONS, ImageError, image_size
 
-__all__ = ["DatasetError", "Sample", "find_pairs", "list_images"]
+__all__ = [
+    "MASK_SUFFIXES",
+    "DatasetError",
+    "Problems",
+    "Sample",
+    "find_pairs",
+    "list_images",
+    "pair_files",
+]
 
 _MAX_LISTED = 5
+# Mask names that add a suffix to their image's name: x.png <-> x_mask.png, x_segmentation.png.
+MASK_SUFFIXES = ("_mask", "_segmentation")
 
 
 class DatasetError(ValueError):
@@ -58,33 +70,65 @@ def list_images(folder: str | Path, what: str = "image") -> dict[str, list[Path]
     return dict(found)
 
 
-def find_pairs(
-    images_dir: str | Path, masks_dir: str | Path, *, check: bool = True
-) -> list[Sample]:
-    """Every (image, mask) pair, sorted by key; all problems raised together as a DatasetError.
+def pair_files(
+    images_dir: str | Path, masks_dir: str | Path, *, mask_suffix: str | None = None
+) -> tuple[list[Sample], Problems]:
+    """The (image, mask) pairs, sorted by key, and the pairing problems (not raised).
 
-    Problems: images without a mask, masks without an image, two files with one key, and (with
-    ``check``, from the file headers) unreadable files and image/mask size mismatches.
+    A mask matches the image with its key, or, failing that, the image whose key it extends by
+    ``mask_suffix`` or one of `MASK_SUFFIXES`. Problems: two files with one key, images without
+    a mask, masks without an image, images with two candidate masks.
     """
     images_dir, masks_dir = Path(images_dir).absolute(), Path(masks_dir).absolute()
     images = list_images(images_dir, "image")
     masks = list_images(masks_dir, "mask")
-    root = Path(os.path.commonpath([images_dir, masks_dir]))
-    problems = _Problems(root)
+    problems = Problems(Path(os.path.commonpath([images_dir, masks_dir])))
+    suffixes = tuple(dict.fromkeys(s for s in (mask_suffix, *MASK_SUFFIXES) if s))
 
     for files in (images, masks):
         for paths in files.values():
             for extra in paths[1:]:
                 problems.add("duplicate name", extra, f"same name as {problems.rel(paths[0])}")
-    for key in sorted(images.keys() - masks.keys()):
-        problems.add("image without a mask", images[key][0], f"no mask in {masks_dir}")
-    for key in sorted(masks.keys() - images.keys()):
-        problems.add("mask without an image", masks[key][0], f"no image in {images_dir}")
+    candidates: dict[str, list[str]] = defaultdict(list)  # image key -> mask keys
+    for key in sorted(masks):
+        owner = key if key in images else None
+        for suffix in suffixes if owner is None else ():
+            if key.endswith(suffix) and key[: -len(suffix)] in images:
+                owner = key[: -len(suffix)]
+                break
+        if owner is None:
+            problems.add("mask without an image", masks[key][0], f"no image in {images_dir}")
+        else:
+            candidates[owner].append(key)
+    samples = []
+    for key in sorted(images):
+        found = candidates.get(key, [])
+        if not found:
+            problems.add("image without a mask", images[key][0], f"no mask in {masks_dir}")
+        elif len(found) > 1:
+            names = " and ".join(problems.rel(masks[k][0]) for k in found)
+            problems.add("ambiguous mask", images[key][0], f"two candidate masks, {names}")
+        else:
+            samples.append(Sample(key, str(images[key][0]), str(masks[found[0]][0])))
+    # problems in the order a user reads a folder: duplicates, unmatched images, then masks
+    order = ("duplicate name", "image without a mask", "ambiguous mask", "mask without an image")
+    problems.sort(order)
+    return samples, problems
 
-    samples = [
-        Sample(key, str(images[key][0]), str(masks[key][0]))
-        for key in sorted(images.keys() & masks.keys())
-    ]
+
+def find_pairs(
+    images_dir: str | Path,
+    masks_dir: str | Path,
+    *,
+    check: bool = True,
+    mask_suffix: str | None = None,
+) -> list[Sample]:
+    """Every (image, mask) pair, sorted by key; all problems raised together as a DatasetError.
+
+    Problems: those of `pair_files`, and (with ``check``, from the file headers) unreadable
+    files and image/mask size mismatches.
+    """
+    samples, problems = pair_files(images_dir, masks_dir, mask_suffix=mask_suffix)
     if check:
         for sample in samples:
             sizes = []
@@ -104,7 +148,7 @@ def find_pairs(
     return samples
 
 
-class _Problems:
+class Problems:
     """Collects (kind, file, problem) and raises them as one summarised DatasetError."""
 
     _PLURALS = {
@@ -124,6 +168,12 @@ class _Problems:
     def add(self, kind: str, path: Path, problem: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
         self.items.append((kind, f"{self.rel(path)}: {problem}"))
+
+    def sort(self, kinds: tuple[str, ...]) -> None:
+        """Order the problems (and their counts) by kind, stably, in the order of ``kinds``."""
+        rank = {k: i for i, k in enumerate(kinds)}
+        self.items.sort(key=lambda item: rank.get(item[0], len(kinds)))
+        self.counts = dict(sorted(self.counts.items(), key=lambda kc: rank.get(kc[0], len(kinds))))
 
     def raise_if_any(self) -> None:
         if not self.items:

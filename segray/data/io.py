@@ -11,6 +11,7 @@ file in a folder of thousands (or a bad row in a Parquet shard) is named, not ju
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +19,16 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "Header",
     "ImageError",
     "decode_image",
     "encode_png",
     "image_size",
+    "read_header",
     "read_mask",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 
 # Our own pixel limit (`max_pixels`, checked from the header) replaces PIL's global
 # decompression-bomb warning/error, which would fire before we could name the file.
@@ -72,24 +75,60 @@ def decode_image(
 def read_mask(source: Source, *, name: str | None = None) -> np.ndarray:
     """Decode a mask to ``(H, W)`` int64 holding its RAW values (no class mapping).
 
-    Palette images keep their palette indices, grayscale and 16-bit images their values,
-    bilevel images become 0/255, colour images are converted to grayscale.
+    Palette images (``P``, ``PA``) keep their palette indices, grayscale and 16-bit images
+    their values, bilevel images become 0/255. Gray stored as colour (``LA``, or ``RGB`` /
+    ``RGBA`` whose three channels are equal everywhere) gives its gray value; alpha is
+    ignored. A real colour mask is an ImageError naming the file and its first colours.
     """
     label = _label(source, name)
     img = _open(source, label, None)
-    if img.mode not in _RAW_MASK_MODES:
-        try:
-            img = img.convert("L")
-        except (OSError, ValueError) as e:
-            raise ImageError(f"{label}: cannot convert mask mode {img.mode} ({e})") from None
+    mode = img.mode
+    try:
+        if mode in ("PA", "LA"):
+            img = img.getchannel(0)
+        elif mode not in _RAW_MASK_MODES:
+            img = img.convert("L" if mode == "1" else "RGB")
+    except (OSError, ValueError) as e:
+        raise ImageError(f"{label}: cannot convert mask mode {mode} ({e})") from None
+    if img.mode == "RGB":
+        return _gray_of_colour(np.asarray(img), label, mode)
     array = np.asarray(img)
     if array.dtype.kind == "f":
         array = np.rint(array)
     return array.astype(np.int64)
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """``(width, height)`` of an image as `decode_image` returns it, from the header only."""
+def _gray_of_colour(rgb: np.ndarray, label: str, mode: str) -> np.ndarray:
+    """The gray value of an (H, W, 3) mask whose channels are equal; else a one-line error."""
+    red = rgb[..., 0]
+    coloured = (rgb[..., 1] != red) | (rgb[..., 2] != red)
+    if not coloured.any():
+        return red.astype(np.int64)
+    packed = np.unique(rgb[coloured].astype(np.int64) @ np.array([1 << 16, 1 << 8, 1]))
+    shown = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255})" for c in packed[:4].tolist())
+    more = f" and {len(packed) - 4} more" if len(packed) > 4 else ""
+    raise ImageError(
+        f"{label}: colour mask (mode {mode}; colours {shown}{more}): segray reads gray or "
+        "palette masks: save it as a palette PNG (mode P, palette index = class) or as gray "
+        "class values, then use data.mask_mode=index or data.mask_mode=values with "
+        "data.mask_values={value: class}"
+    )
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a file's header says: size as decoded (EXIF-rotated), PIL mode, bands, bits."""
+
+    width: int
+    height: int
+    mode: str
+    bands: int
+    bit_depth: int
+    format: str
+
+
+def read_header(path: str | Path) -> Header:
+    """The `Header` of an image file, read lazily: no pixel is decoded."""
     label = str(path)
     img = _open_header(path, label, None)
     with img:
@@ -98,7 +137,17 @@ def image_size(path: str | Path) -> tuple[int, int]:
             orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
         except _EXIF_ERRORS:  # decoding ignores unreadable EXIF too
             orientation = 1
-    return (height, width) if orientation in _SWAPS_AXES else (width, height)
+        if orientation in _SWAPS_AXES:
+            width, height = height, width
+        mode = img.mode
+        bits = 1 if mode == "1" else 16 if mode.startswith("I;16") else 32 if mode in "IF" else 8
+        return Header(width, height, mode, len(img.getbands()), bits, img.format or "")
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of an image as `decode_image` returns it, from the header only."""
+    header = read_header(path)
+    return header.width, header.height
 
 
 def encode_png(array: np.ndarray) -> bytes:

@@ -1,6 +1,9 @@
 """Raw mask values -> class indices (``data.mask_mode``).
 
-mapper = MaskMapper.from_config(cfg.data)
+``data.mask_mode: auto`` is resolved to one of the concrete modes below by
+`segray.data.prepare_data` (from the dataset's mask values, see `segray.data.inspect`):
+
+mapper = MaskMapper.from_config(prepare_data(cfg).data)
 target = mapper(read_mask(path), key="a/1")   # (H, W) int64: 0..K-1 or ignore_index
 """
 
@@ -46,6 +49,11 @@ class MaskMapper:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.mode == "auto":
+            raise ValueError(
+                "mask mode 'auto' is chosen from the dataset's mask values: build the mapper "
+                "from the config that segray.data.prepare_data(cfg) returns"
+            )
         if self.mode not in MASK_MODES:
             raise ValueError(f"unknown mask mode {self.mode!r}; valid: {', '.join(MASK_MODES)}")
         if self.num_classes < 2:

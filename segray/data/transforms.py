@@ -30,6 +30,7 @@ __all__ = [
     "PairTransform",
     "default_norm",
     "eval_transform",
+    "sample_seed",
     "train_transform",
     "transforms_from_config",
 ]
@@ -50,9 +51,11 @@ def default_norm(channels: int) -> tuple[list[float], list[float]]:
 class PairTransform:
     """``(image (H, W, C) uint8, mask (H, W) int)`` -> ``((C, H, W) float32, (H, W) int64)``.
 
-    Random augmentations are reproducible yet differ between DataLoader worker processes and
-    DDP ranks: albumentations keeps its own generator, which a forked worker would otherwise
-    copy, so it is reseeded once per process from torch's seed for that worker and the rank.
+    Training passes ``seed=sample_seed(seed, epoch, index)``: the augmentation of a sample is
+    then a function of (seed, epoch, index) alone, whatever the rank, the DataLoader worker or
+    the process, so a run resumed at epoch k sees epoch k's augmentations. Without ``seed``,
+    albumentations' own generator (which a forked worker would otherwise copy) is reseeded once
+    per process from torch's seed for that worker and the rank.
     """
 
     def __init__(
@@ -67,10 +70,16 @@ class PairTransform:
         )
         self._seeded_for: tuple[int, int | None] | None = None
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray, *, seed: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if image.shape[:2] != mask.shape:
             raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} differ in size")
-        self._reseed()
+        if seed is None:
+            self._reseed()
+        else:
+            self.compose.set_random_seed(seed)
+            self._seeded_for = None  # a later call without a seed reseeds its process
         # int32: a mask dtype every OpenCV operation supports (int64 is not).
         out = self.compose(image=image, mask=mask.astype(np.int32, copy=False))
         return out["image"].contiguous(), out["mask"].long()
@@ -89,6 +98,12 @@ class PairTransform:
     def __repr__(self) -> str:
         names = ", ".join(type(t).__name__ for t in self.compose.transforms)
         return f"PairTransform({names})"
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of sample ``index`` in ``epoch`` of a run seeded ``seed``."""
+    state = np.random.SeedSequence([seed % 2**64, epoch, index]).generate_state(1)
+    return int(state[0])
 
 
 def _resize(size: int) -> A.Resize:

@@ -89,13 +89,13 @@ def test_synthetic_mask_mode_follows_the_generator(tmp_path):
 
 
 def make_folder(root: Path, names, size=(20, 16)) -> None:
+    """Random RGB images and 0/255 masks (``data.mask_mode: auto`` -> threshold)."""
     rng = np.random.default_rng(0)
     for name in names:
-        for sub, shape in (("img", (size[1], size[0], 3)), ("lbl", (size[1], size[0]))):
+        for sub, shape, high in (("img", (size[1], size[0], 3), 256), ("lbl", size[::-1], 2)):
             (root / sub).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(
-                root / sub / f"{name}.png"
-            )
+            pixels = rng.integers(0, high, shape, dtype=np.uint8) * (255 if high == 2 else 1)
+            Image.fromarray(pixels).save(root / sub / f"{name}.png")
 
 
 def folder_config(root: Path, **overrides):

@@ -111,3 +111,48 @@ def test_exif_rotated_image_matches_its_upright_mask(tmp_path):
     (tmp_path / "i.png").rename(tmp_path / "images" / "i.png")
     write(tmp_path / "masks" / "i.png", size=(6, 8), mode="L")  # as the image is displayed
     assert [s.key for s in find_pairs(tmp_path / "images", tmp_path / "masks")] == ["i"]
+
+
+@pytest.mark.parametrize(
+    ("mask_name", "suffix"),
+    [
+        ("x_mask.png", None),
+        ("x_segmentation.png", None),
+        ("x_mask.gif", None),  # Carvana
+        ("x.gif", None),
+        ("x-label.tif", "-label"),  # data.mask_suffix
+    ],
+)
+def test_mask_name_conventions_pair_with_their_image(tmp_path, mask_name, suffix):
+    write(tmp_path / "images" / "sub" / "x.jpg")
+    write(tmp_path / "images" / "y.png")
+    write(tmp_path / "masks" / "sub" / mask_name, mode="P" if mask_name.endswith("gif") else "L")
+    write(tmp_path / "masks" / "y_mask.png", mode="L")
+    samples = find_pairs(tmp_path / "images", tmp_path / "masks", mask_suffix=suffix)
+    assert samples == [
+        Sample(
+            "sub/x", str(tmp_path / "images/sub/x.jpg"), str(tmp_path / "masks/sub" / mask_name)
+        ),
+        Sample("y", str(tmp_path / "images/y.png"), str(tmp_path / "masks/y_mask.png")),
+    ]
+
+
+def test_unknown_suffix_is_a_mask_without_an_image(tmp_path):
+    write(tmp_path / "images" / "x.png")
+    write(tmp_path / "masks" / "x-label.png", mode="L")
+    with pytest.raises(DatasetError, match=r"1 image without a mask, 1 mask without an image"):
+        find_pairs(tmp_path / "images", tmp_path / "masks")  # without data.mask_suffix=-label
+
+
+def test_two_candidate_masks_for_one_image_name_both(tmp_path):
+    write(tmp_path / "images" / "x.png")
+    write(tmp_path / "images" / "y.png")
+    write(tmp_path / "masks" / "x.png", mode="L")
+    write(tmp_path / "masks" / "x_mask.png", mode="L")
+    write(tmp_path / "masks" / "y_mask.png", mode="L")
+    with pytest.raises(DatasetError) as e:
+        find_pairs(tmp_path / "images", tmp_path / "masks")
+    assert str(e.value) == (
+        f"dataset {tmp_path}: 1 problem (1 ambiguous mask); first: images/x.png: "
+        "two candidate masks, masks/x.png and masks/x_mask.png"
+    )

@@ -129,6 +129,41 @@ def test_read_mask_keeps_raw_values():
     assert read_mask(png_bytes(bilevel)).tolist() == [[255, 0]]
 
 
+def test_read_mask_gray_stored_as_colour_gives_the_gray_value():
+    gray = np.array([[0, 1, 128, 255]], np.uint8)
+    alpha = np.array([[255, 0, 128, 255]], np.uint8)
+    stored = {
+        "LA": Image.fromarray(np.dstack([gray, alpha]), mode="LA"),
+        "RGB": Image.fromarray(np.dstack([gray] * 3)),
+        "RGBA": Image.fromarray(np.dstack([gray] * 3 + [alpha])),
+    }
+    for mode, img in stored.items():
+        assert img.mode == mode
+        assert read_mask(png_bytes(img)).tolist() == gray.tolist(), mode  # alpha is ignored
+
+
+def test_read_mask_palette_with_alpha_keeps_indices(tmp_path):
+    indices = np.array([[0, 1, 2, 7]], np.uint8)
+    img = palette_image(indices, [(0, 0, 0)] + [(255, 255, 255)] * 7).convert("PA")
+    path = tmp_path / "pa.tiff"
+    img.save(path)
+    assert Image.open(path).mode == "PA" and read_mask(path).tolist() == [[0, 1, 2, 7]]
+
+
+def test_read_mask_rejects_a_real_colour_mask_in_one_line(tmp_path):
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[0, 0] = (128, 0, 0)
+    rgb[1, 2] = (0, 128, 0)
+    path = tmp_path / "colour.png"
+    Image.fromarray(rgb).save(path)
+    with pytest.raises(ImageError) as e:
+        read_mask(path)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: colour mask (mode RGB; colours ")
+    assert "(0, 128, 0), (128, 0, 0)" in msg  # the colours found, sorted
+    assert "palette" in msg and "data.mask_mode=values" in msg
+
+
 def test_encode_png_round_trips():
     assert (decode_image(encode_png(RGB), channels=3) == RGB).all()
     gray = RGB[..., 0]

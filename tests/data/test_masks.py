@@ -100,3 +100,10 @@ def test_from_config():
         "values", 3, threshold=127, values={0: 0, 128: 1, 255: 2}, ignore_index=7, seed=3
     )
     assert mapper(np.array([[0, 128, 255, 5]])).tolist() == [[0, 1, 2, 7]]
+
+
+def test_auto_is_resolved_before_a_mapper_is_built():
+    with pytest.raises(ValueError, match=r"'auto' is chosen from the dataset.*prepare_data"):
+        MaskMapper("auto", 2)
+    with pytest.raises(ValueError, match="prepare_data"):
+        MaskMapper.from_config(DataConfig())  # the default mask_mode is auto

@@ -11,6 +11,7 @@ from segray.config import DataConfig
 from segray.data.transforms import (
     default_norm,
     eval_transform,
+    sample_seed,
     train_transform,
     transforms_from_config,
 )
@@ -175,3 +176,34 @@ def test_augmentations_are_reproducible_and_differ_between_loader_workers():
     loader = DataLoader(_Crops(), batch_size=4, num_workers=2, multiprocessing_context="fork")
     batch_worker0, batch_worker1 = (b.tolist() for b in loader)  # batch i comes from worker i
     assert batch_worker0 != batch_worker1
+
+
+class _SeededCrops(Dataset):
+    """Items ``(epoch, i)`` cropped with ``sample_seed(7, epoch, i)``, as training does."""
+
+    def __init__(self) -> None:
+        self.fn = train_transform(size=16, hflip=0.0, brightness_contrast=0.0, **NORM3)
+        self.pair = position_pair(64, 64)
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, item: tuple[int, int]) -> int:
+        epoch, i = item
+        return int(self.fn(*self.pair, seed=sample_seed(7, epoch, i))[1][0, 0])
+
+
+def test_seeded_augmentation_depends_on_seed_epoch_and_index_only():
+    """A resumed epoch k sees epoch k's crops, whatever ran before and in which process."""
+    ds = _SeededCrops()
+    epoch2 = [ds[(2, i)] for i in range(8)]
+    assert len(set(epoch2)) > 4  # the crops differ between samples
+    assert [ds[(1, i)] for i in range(8)] != epoch2  # and between epochs
+    fresh = _SeededCrops()  # a new process that starts at epoch 2, in reverse order
+    assert [fresh[(2, i)] for i in reversed(range(8))] == epoch2[::-1]
+    items = [(2, i) for i in range(8)]
+    loader = DataLoader(
+        ds, batch_size=4, sampler=items, num_workers=2, multiprocessing_context="fork"
+    )
+    assert [x for b in loader for x in b.tolist()] == epoch2  # worker processes agree
+    assert sample_seed(7, 2, 3) != sample_seed(8, 2, 3)
