@@ -287,6 +287,18 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(CONFIG, {"data.root": root, "train.precision": args.precision})
 
 
+def _machine(load_before: float) -> dict[str, Any]:
+    """What the numbers were measured on, and how busy it was before and after."""
+    return {
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "ray": _ray_version(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg()[0],
+    }
+
+
 def run_segray_only(args: argparse.Namespace) -> dict[str, Any]:
     """``--only segray``: one segray training of ``--epochs`` epochs in one layout."""
     cfg = prepare_data(_config(args))
@@ -310,14 +322,7 @@ def run_segray_only(args: argparse.Namespace) -> dict[str, Any]:
     best = _pick(seg["history"])
     dice = best["best"]["val_dice"]
     return {
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "ray": _ray_version(),
-            "load_average_before": load_before,
-            "load_average_after": os.getloadavg()[0],
-        },
+        "machine": _machine(load_before),
         "settings": {
             "config": str(CONFIG.relative_to(REPO)),
             "only": "segray",
@@ -435,14 +440,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ratio = seg_wall / plain_steady
     dice = seg_sum["best"]["val_dice"]
     return {
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "ray": _ray_version(),
-            "load_average_before": load_before,
-            "load_average_after": os.getloadavg()[0],
-        },
+        "machine": _machine(load_before),
         "settings": {
             "config": str(CONFIG.relative_to(REPO)),
             "data": cfg.data.root,
