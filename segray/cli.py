@@ -191,23 +191,31 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """Bulk segmentation with Ray Data: masks and per-image metrics to Parquet."""
-    from segray.segment import run_segment, summary_line
+    from segray.cluster import ResourceError
+    from segray.segment import SegmentError, run_segment, summary_line
 
     # `--input a b segment.batch_size=4`: argparse hands trailing overrides to --input.
     inputs = [i for i in args.input if not OVERRIDE.match(i)]
     overrides = [*args.overrides, *(i for i in args.input if OVERRIDE.match(i))]
-    summary = run_segment(
-        args.checkpoint,
-        inputs,
-        args.output,
-        masks=args.masks,
-        write_png=args.write_png,
-        overrides=overrides,
-        config=args.config,
-        retry_errors=args.retry_errors,
-        overwrite=args.overwrite,
-        address=args.address,
-    )
+    try:
+        summary = run_segment(
+            args.checkpoint,
+            inputs,
+            args.output,
+            masks=args.masks,
+            write_png=args.write_png,
+            overrides=overrides,
+            config=args.config,
+            retry_errors=args.retry_errors,
+            overwrite=args.overwrite,
+            address=args.address,
+        )
+    except ResourceError as e:  # a pool the cluster cannot hold, GPUs without CUDA
+        print(f"segray: error: {e}", file=sys.stderr)
+        return 2
+    except SegmentError as e:  # not complete (e.g. an archive cut short): rerun to finish
+        print(f"segray: error: {e}", file=sys.stderr)
+        return 1
     print(summary_line(summary))
     return 0
 

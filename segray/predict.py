@@ -21,7 +21,7 @@ weights. An image side below the models' 32-pixel minimum is edge-padded and cro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -166,15 +166,23 @@ class Segmenter:
         """`predict` of every image; same-size images share forward passes."""
         return [self.mask_from_proba(p) for p in self.predict_batch_proba(images)]
 
-    @torch.inference_mode()
     def predict_batch_proba(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
         """`predict_proba` of every image (mixed sizes); same-size small images are batched."""
+        out: list[np.ndarray | None] = [None] * len(images)
+        for i, proba in self.iter_batch_proba(images):
+            out[i] = proba
+        return out  # type: ignore[return-value]  # every slot was filled
+
+    @torch.inference_mode()
+    def iter_batch_proba(self, images: Sequence[ImageInput]) -> Iterator[tuple[int, np.ndarray]]:
+        """(index, `predict_proba`) of every image, each as soon as it is ready: the caller
+        can turn it into a mask and drop it before the next forward pass, so at most one
+        forward batch of probabilities is held at a time."""
         arrays = [self.to_array(image) for image in images]
-        out: list[np.ndarray | None] = [None] * len(arrays)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, array in enumerate(arrays):
             if max(array.shape[:2]) > self.tile_size:
-                out[i] = self._finish(self._predict_tiled(array))
+                yield i, self._finish(self._predict_tiled(array))
             else:
                 groups.setdefault(array.shape, []).append(i)
         for indices in groups.values():
@@ -182,8 +190,7 @@ class Segmenter:
                 chunk = indices[start : start + self.batch_size]
                 probs = self._forward(np.stack([arrays[i] for i in chunk])).cpu()
                 for i, p in zip(chunk, probs, strict=True):
-                    out[i] = self._finish(p)
-        return out  # type: ignore[return-value]  # every slot was filled above
+                    yield i, self._finish(p)
 
     def mask_from_proba(self, proba: np.ndarray) -> np.ndarray:
         """`predict_proba` output -> (H, W) uint8 mask (threshold if binary, else argmax)."""

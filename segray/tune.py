@@ -40,6 +40,7 @@ from segray.config import Config, apply_overrides, load_config
 from segray.data import inspect_data
 from segray.search_space import SearchSpace, parse_space
 from segray.searcher import RankedOptunaSearch, score_key
+from segray.storage import Location, with_retries
 from segray.train import run_training, worker_resources
 
 __all__ = ["TuneResult", "run_tune"]
@@ -60,25 +61,18 @@ class TuneResult:
 
 # --------------------------------------------------------------------------- storage
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    """pyarrow filesystem + path for a local path or any URI (s3://, gs://, ...)."""
-    if "://" not in uri:
-        uri = str(Path(uri).resolve())
-    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+    """pyarrow filesystem + path for a local path or any URI (`segray.storage`)."""
+    loc = Location.parse(uri)
+    return loc.fs, loc.path
 
 
 def _write_json(uri: str, data: Any) -> None:
-    fs, path = _fs(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(json.dumps(data, indent=2, default=str).encode())
+    _write_text(uri, json.dumps(data, indent=2, default=str))
 
 
 def _read_json(uri: str) -> Any | None:
-    fs, path = _fs(uri)
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read())
+    text = _read_text(uri)
+    return None if text is None else json.loads(text)
 
 
 # --------------------------------------------------------------------------- trial driver
@@ -426,18 +420,15 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 
 def _write_text(uri: str, text: str) -> None:
-    fs, path = _fs(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode())
+    """Publish a small file atomically (single PUT on object stores), retried."""
+    with_retries(Location.parse(uri).write, text.encode(), what="write")
 
 
 def _read_text(uri: str) -> str | None:
-    fs, path = _fs(uri)
-    if fs.get_file_info(path).type != pafs.FileType.File:
+    loc = Location.parse(uri)
+    if with_retries(loc.info, what="stat").type != pafs.FileType.File:
         return None
-    with fs.open_input_stream(path) as f:
-        return f.read().decode()
+    return with_retries(loc.read_bytes, what="read").decode()
 
 
 def _config_from_yaml(text: str) -> Config:

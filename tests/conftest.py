@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -47,6 +48,28 @@ def ray_exclusive() -> Iterator[None]:
     """No Ray here, but the right to start one in a subprocess."""
     with ray_lock():
         yield
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    """A real S3 API (moto's server on 127.0.0.1) for the session, with AWS_ENDPOINT_URL and
+    test credentials in os.environ while it runs (restored after). See tests/s3.py."""
+    from tests.s3 import S3Server, s3_environ, set_environ
+
+    with S3Server() as server:
+        old = set_environ({**s3_environ(server.endpoint), "AWS_ENDPOINT_URL_S3": None})
+        try:
+            yield server
+        finally:
+            set_environ(old)
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A fresh, empty bucket per test: ``s3://<name>``."""
+    import uuid
+
+    return s3_server.bucket(f"test-{uuid.uuid4().hex[:16]}")
 
 
 # Keys 0000..0015 of the synthetic set: 11 train, 5 val (odd on purpose: 2 workers can't split it evenly).

@@ -28,7 +28,7 @@ from segray.data import MaskMapper, read_mask
 from segray.metrics import per_image_metrics
 from segray.models import create_model
 from segray.predict import load_segmenter
-from segray.segment import OUTPUT_SCHEMA, InputError, run_segment, summary_line
+from segray.segment import OUTPUT_SCHEMA, InputError, SegmentError, run_segment, summary_line
 
 pytestmark = pytest.mark.integration
 
@@ -239,12 +239,13 @@ def test_ground_truth_metrics_and_png_mirror(mixed, ckpt):
     assert "ground truth is 5x5" in df.loc["photos/c.jpg"].gt_error
     assert np.isnan(df.loc["photos/c.jpg"].dice) and np.isnan(df.loc["photos/small.png"].dice)
     assert summary["metrics"]["images_with_ground_truth"] == 4
-    mirrored = np.asarray(Image.open(root / "png" / "photos" / "sub" / "big.png"))
+    mirrored = np.asarray(Image.open(root / "png" / "photos" / "sub" / "big.png.png"))
     assert np.array_equal(
         mirrored, np.asarray(Image.open(io.BytesIO(df.loc["photos/sub/big.png"].mask_png)))
     )
-    assert (root / "png" / "shard-000.tar" / "d" / "m1.png").is_file()
-    assert not (root / "png" / "photos" / "zero.png").exists()
+    assert (root / "png" / "shard-000.tar" / "d" / "m1.png.png").is_file()
+    assert (root / "png" / "photos" / "c.jpg.png").is_file()  # the extension is kept
+    assert not (root / "png" / "photos" / "zero.png.png").exists()
 
 
 def test_output_reads_back_with_pandas_and_pyarrow(mixed):
@@ -306,7 +307,7 @@ def test_refusals_touch_nothing(ray_local, ckpt, tmp_path: Path):
         run_segment(
             ckpt, inputs, str(out), overrides=[*OVERRIDES, "segment.threshold=0.3"], progress=False
         )
-    with pytest.raises(InputError, match="inputs changed"):
+    with pytest.raises(InputError, match="written from other inputs"):
         run_segment(
             ckpt, [*inputs, inputs[0] + "/0.png"], str(out), overrides=OVERRIDES, progress=False
         )
@@ -434,3 +435,72 @@ def test_killed_run_resumes_without_segmenting_again(ray_local, ckpt, tmp_path: 
     assert summary["skipped"] == len(before.index.union(sorted(staged_ids)))
     assert summary["processed"] == int((after.run_id == summary["run_id"]).sum()) > 0
     assert summary["processed"] + summary["skipped"] == N_KILL
+
+
+# --------------------------------------------------------------------------- partial reads
+def test_archives_cut_short_are_not_committed_and_a_rerun_finishes_them(
+    ray_local, ckpt, tmp_path: Path
+):
+    """A tar and a Parquet file that fail part-way: every other shard is committed, the run
+    says which inputs are short and writes no summary; once the files are restored, a rerun
+    (here with --retry-errors, as a user would) completes with one row per image."""
+    rng = np.random.default_rng(3)
+
+    def image() -> bytes:
+        return _encode(Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)))
+
+    tar_path, pq_path = tmp_path / "s.tar", tmp_path / "t.parquet"
+    with tarfile.open(tar_path, "w") as tar:
+        for i in range(10):
+            data = image()
+            info = tarfile.TarInfo(f"m{i}.png")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    names = [f"n{i}" for i in range(6)]
+    pq.write_table(pa.table({"image": [image() for _ in range(6)], "name": names}), pq_path)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        (photos / f"{i}.png").write_bytes(image())
+    full_tar, full_pq = tar_path.read_bytes(), pq_path.read_bytes()
+    tar_path.write_bytes(full_tar[: len(full_tar) // 2])
+    pq_path.write_bytes(full_pq[: len(full_pq) // 2])
+    inputs, out = [str(photos), str(tar_path), str(pq_path)], tmp_path / "out"
+    with pytest.raises(SegmentError, match=r"2 input archive\(s\) could not be read to the end"):
+        run_segment(ckpt, inputs, str(out), overrides=OVERRIDES, progress=False)
+    assert not (out / "summary.json").exists()
+    committed = pd.read_parquet(out / "parquet")
+    assert sorted(committed.image_id) == ["photos/0.png", "photos/1.png", "photos/2.png"]
+    tar_path.write_bytes(full_tar)
+    pq_path.write_bytes(full_pq)
+    summary = run_segment(
+        ckpt, inputs, str(out), overrides=OVERRIDES, retry_errors=True, progress=False
+    )
+    df = _read(out)
+    expected = [f"photos/{i}.png" for i in range(3)]
+    expected += [f"s.tar/m{i}.png" for i in range(10)] + [f"t.parquet/n{i}" for i in range(6)]
+    assert sorted(df.index) == sorted(expected) and df.index.is_unique
+    assert summary["complete"] and summary["rows"] == 19 and summary["error"] == 0
+    # The tar members read before the cut were kept, not segmented again.
+    first_run = df.loc["photos/0.png"].run_id
+    assert (df.loc["s.tar/m0.png"].run_id == first_run) and summary["processed"] < 16
+
+
+def test_adding_an_image_segments_only_its_shard(ray_local, ckpt, tmp_path: Path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(30):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+            photos / f"{i:02d}.png"
+        )
+    out = str(tmp_path / "out")
+    first = run_segment(ckpt, [str(photos)], out, overrides=OVERRIDES, progress=False)
+    assert first["shards"] > 3
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(photos / "14a.png")
+    again = run_segment(ckpt, [str(photos)], out, overrides=OVERRIDES, progress=False)
+    df = _read(Path(out))
+    assert len(df) == 31 and df.index.is_unique and again["complete"]
+    redone = df[df.run_id == again["run_id"]]
+    assert "14a.png" in redone.index
+    assert again["processed"] == len(redone) <= 4 * 3  # one shard (at most 4 x shard_size)

@@ -11,6 +11,11 @@ file in a folder of thousands (or a bad row in a Parquet shard) is named, not ju
 from __future__ import annotations
 
 import io
+import os
+import struct
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,14 +35,13 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 
-# Our own pixel limit (`max_pixels`, checked from the header) replaces PIL's global
-# decompression-bomb warning/error, which would fire before we could name the file.
-Image.MAX_IMAGE_PIXELS = None
-
-# Divisors that map the full range of a high-bit-depth mode onto 0..255.
-_FULL_RANGE = {m: 257.0 for m in ("I;16", "I;16L", "I;16B", "I;16N")} | {"I": (2**31 - 1) / 255}
+# 16-bit modes, scaled by the full range of their type (value / 257).
+_MODES_16 = ("I;16", "I;16L", "I;16B", "I;16N")
+_INT32_MAX = 2**31 - 1  # mode I is scaled by value / (_INT32_MAX / 255)
 # Single-channel modes whose values read_mask returns as they are.
-_RAW_MASK_MODES = ("L", "P", "F", *_FULL_RANGE)
+_RAW_MASK_MODES = ("L", "P", "F", "I", *_MODES_16)
+# Pixels converted at a time by _to_8bit: bounds its temporaries (at most 8 bytes a value).
+_BLOCK_PIXELS = 1 << 16
 # EXIF orientations that swap width and height (transpose, rotations by 90 degrees).
 _SWAPS_AXES = {5, 6, 7, 8}
 _EXIF_ERRORS = (OSError, ValueError, SyntaxError, KeyError, TypeError)
@@ -57,7 +61,11 @@ def decode_image(
     colours, alpha is composited on black, 16-bit and 32-bit integers are scaled by the full
     range of their type (``value / 257`` for 16 bits) and float (``F``) images are taken as
     intensities in [0, 1]. ``channels`` is 1 (grayscale, ITU-R 601 luma) or 3 (RGB).
-    ``max_pixels`` is checked from the header, before any pixel is decoded.
+
+    ``max_pixels`` (``segment.max_pixels``) is checked from the header, before any pixel is
+    decoded, and replaces Pillow's process-wide ``PIL.Image.MAX_IMAGE_PIXELS`` for this call
+    (that setting is never changed). ``None`` leaves Pillow's own check in force: its
+    decompression-bomb error becomes an ImageError.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -68,20 +76,22 @@ def decode_image(
         out = rgb.convert("L" if channels == 1 else "RGB")
     except (OSError, ValueError) as e:
         raise ImageError(f"{label}: cannot convert mode {img.mode} ({e})") from None
-    array = np.asarray(out, dtype=np.uint8)
-    return np.ascontiguousarray(array[..., None] if channels == 1 else array)
+    return _rows_to_array(out, channels, _same)
 
 
-def read_mask(source: Source, *, name: str | None = None) -> np.ndarray:
+def read_mask(
+    source: Source, *, max_pixels: int | None = None, name: str | None = None
+) -> np.ndarray:
     """Decode a mask to ``(H, W)`` int64 holding its RAW values (no class mapping).
 
     Palette images (``P``, ``PA``) keep their palette indices, grayscale and 16-bit images
     their values, bilevel images become 0/255. Gray stored as colour (``LA``, or ``RGB`` /
     ``RGBA`` whose three channels are equal everywhere) gives its gray value; alpha is
     ignored. A real colour mask is an ImageError naming the file and its first colours.
+    ``max_pixels`` works as in `decode_image`.
     """
     label = _label(source, name)
-    img = _open(source, label, None)
+    img = _open(source, label, max_pixels)
     mode = img.mode
     try:
         if mode in ("PA", "LA"):
@@ -130,7 +140,8 @@ class Header:
 def read_header(path: str | Path) -> Header:
     """The `Header` of an image file, read lazily: no pixel is decoded."""
     label = str(path)
-    img = _open_header(path, label, None)
+    with _pillow_limit_lifted(True):  # no pixel is decoded: no limit applies
+        img = _open_header(path, label, None, pillow_check=False)
     with img:
         width, height = img.size
         try:
@@ -170,8 +181,15 @@ def _label(source: Source, name: str | None) -> str:
     return "<bytes>" if isinstance(source, bytes | bytearray) else str(source)
 
 
-def _open_header(source: Source, label: str, max_pixels: int | None) -> Image.Image:
-    """Open lazily (header only) and enforce ``max_pixels``; every failure is an ImageError."""
+def _open_header(
+    source: Source, label: str, max_pixels: int | None, *, pillow_check: bool
+) -> Image.Image:
+    """Open lazily (header only) and enforce ``max_pixels``; every failure is an ImageError.
+
+    With ``pillow_check`` Pillow's process-wide decompression-bomb error stands (as an
+    ImageError); without it an image Pillow refuses is opened anyway, and only ``max_pixels``
+    applies. The caller silences Pillow's warning (`_pillow_limit_lifted`).
+    """
     if isinstance(source, bytes | bytearray):
         if not source:
             raise ImageError(f"{label}: empty file (0 bytes)")
@@ -183,53 +201,203 @@ def _open_header(source: Source, label: str, max_pixels: int | None) -> Image.Im
                 raise ImageError(f"{label}: empty file (0 bytes)")
         except OSError as e:
             raise ImageError(f"{label}: cannot read file ({e.strerror or e})") from None
+    refused = False
     try:
-        img = Image.open(fp)
+        try:
+            img = Image.open(fp)
+        except Image.DecompressionBombError:
+            img, refused = _open_past_pillow_limit(fp), True
     except UnidentifiedImageError:
         raise ImageError(f"{label}: not an image (cannot identify image file)") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{label}: cannot open image ({_one_line(e)})") from None
+    if refused and pillow_check:
+        img.close()
+        raise ImageError(
+            f"{label}: {_pixels(img)} exceeds Pillow's decompression-bomb limit of "
+            f"{_pillow_limit()}: pass max_pixels (segment.max_pixels) to apply segray's own "
+            "limit instead"
+        )
     width, height = img.size
     if max_pixels is not None and width * height > max_pixels:
         img.close()
         raise ImageError(
-            f"{label}: {width}x{height} = {width * height} pixels exceeds the limit of "
-            f"{max_pixels} (segment.max_pixels)"
+            f"{label}: {_pixels(img)} exceeds the limit of {max_pixels} (segment.max_pixels)"
         )
     return img
 
 
 def _open(source: Source, label: str, max_pixels: int | None) -> Image.Image:
     """Open, check the size, decode every pixel and apply EXIF orientation (if readable)."""
-    img = _open_header(source, label, max_pixels)
-    with img:
+    own_limit = max_pixels is not None
+    with _pillow_limit_lifted(own_limit):
+        img = _open_header(source, label, max_pixels, pillow_check=not own_limit)
+        with img:
+            try:
+                img.load()
+            except Image.DecompressionBombError:  # some decoders check again (TIFF, GIF)
+                raise ImageError(
+                    f"{label}: {_pixels(img)} is within max_pixels, but Pillow's {img.format} "
+                    f"decoder refuses more than {_pillow_limit()}: convert the image to PNG, "
+                    "or raise PIL.Image.MAX_IMAGE_PIXELS in the decoding process"
+                ) from None
+            except (OSError, ValueError, SyntaxError, EOFError) as e:
+                problem = "truncated file" if "truncated" in str(e) else _one_line(e)
+                raise ImageError(f"{label}: cannot decode image ({problem})") from None
+            try:
+                return ImageOps.exif_transpose(img)  # a new image, valid after img is closed
+            except _EXIF_ERRORS:
+                return img.copy()
+
+
+@contextmanager
+def _pillow_limit_lifted(active: bool) -> Iterator[None]:
+    """While ``active``, silence Pillow's DecompressionBombWarning: our own limit replaces it.
+
+    `warnings.catch_warnings` swaps the process's warning filters for the duration (before
+    Python 3.14 that is not thread-safe, at worst a warning filter is lost or kept); unlike
+    setting ``PIL.Image.MAX_IMAGE_PIXELS`` it never lowers any other caller's protection.
+    """
+    if not active:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+def _open_past_pillow_limit(fp: io.BytesIO | Path) -> Image.Image:
+    """`Image.open` without its process-wide decompression-bomb check, for an image Pillow
+    refused as larger than twice ``PIL.Image.MAX_IMAGE_PIXELS``: the caller checks the size.
+
+    The same plugin loop as `Image.open`: the first registered format (``Image.ID``) that
+    accepts the first 16 bytes and parses the header. Paths are opened by the plugin itself,
+    so closing the image closes the file.
+    """
+    if isinstance(fp, Path):
+        with fp.open("rb") as f:
+            prefix = f.read(16)
+        target: io.BytesIO | str = os.fspath(fp)
+    else:
+        fp.seek(0)
+        prefix, target = fp.read(16), fp
+    Image.init()
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        accepted = accept(prefix) if accept else True
+        if not accepted or isinstance(accepted, str):  # a str is Pillow's "almost" warning
+            continue
+        if isinstance(target, io.BytesIO):
+            target.seek(0)
         try:
-            img.load()
-        except (OSError, ValueError, SyntaxError, EOFError) as e:
-            problem = "truncated file" if "truncated" in str(e) else _one_line(e)
-            raise ImageError(f"{label}: cannot decode image ({problem})") from None
-        try:
-            return ImageOps.exif_transpose(img)  # a new image, valid after img is closed
-        except _EXIF_ERRORS:
-            return img.copy()
+            return factory(target, "" if isinstance(target, io.BytesIO) else target)
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue
+    raise UnidentifiedImageError(f"cannot identify image file {target!r}")
+
+
+def _pixels(img: Image.Image) -> str:
+    width, height = img.size
+    return f"{width}x{height} = {width * height} pixels"
+
+
+def _pillow_limit() -> str:
+    """Pillow's decompression-bomb error threshold, as the one setting that controls it."""
+    limit = Image.MAX_IMAGE_PIXELS or 0
+    return f"{2 * limit} pixels (2 x PIL.Image.MAX_IMAGE_PIXELS, a process-wide setting)"
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
     """An 8-bit image PIL converts to L or RGB correctly: palettes expanded, high bit depths
-    scaled by the range of their type, alpha composited on black."""
+    scaled by the range of their type, alpha composited on black.
+
+    The values are those of the float64 formulas ``rint(v / 257)`` (16 bits),
+    ``rint(v / ((2**31 - 1) / 255))`` (mode I, clipped at 0), ``rint(v * 255)`` (mode F,
+    clipped to 0..255, NaN as 0) and ``rint(c * a / 255)`` (alpha), computed in integers
+    where the input is integer (the divisors are odd, so there is no tie to round) and a
+    block of rows at a time: besides the uint8 result, memory stays a few MB.
+    """
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
-    if img.mode in _FULL_RANGE:
-        values = np.asarray(img).astype(np.float64) / _FULL_RANGE[img.mode]
-    elif img.mode == "F":
-        values = np.nan_to_num(np.asarray(img, dtype=np.float64)) * 255
-    elif img.mode in ("LA", "RGBA"):
-        array = np.asarray(img).astype(np.float64)
-        values = array[..., :-1] * (array[..., -1:] / 255)
-        values = values[..., 0] if img.mode == "LA" else values
-    else:
-        return img
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+    if img.mode in _MODES_16:
+        return _map_row_blocks(img, 1, _scale_16)
+    if img.mode == "I":
+        return _map_row_blocks(img, 1, _scale_int32)
+    if img.mode == "F":
+        return _map_row_blocks(img, 1, _scale_float)
+    if img.mode in ("LA", "RGBA"):
+        return _map_row_blocks(img, len(img.mode) - 1, _composite_on_black)
+    return img
+
+
+def _map_row_blocks(
+    img: Image.Image, bands: int, fn: Callable[[np.ndarray], np.ndarray]
+) -> Image.Image:
+    """`_rows_to_array` as an L (one band) or RGB image."""
+    out = _rows_to_array(img, bands, fn)
+    return Image.fromarray(out[..., 0] if bands == 1 else out)
+
+
+def _rows_to_array(
+    img: Image.Image, bands: int, fn: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """``fn`` over blocks of whole rows of ``img``, each (rows, W[, C]) -> (rows, W, bands)
+    uint8, written into one (H, W, bands) uint8 array. Unlike ``np.asarray(img)`` (a bytes
+    copy of the whole image, joined from chunks) only one block is copied at a time.
+
+    A block stays within ``PIL.Image.MAX_IMAGE_PIXELS``, which `Image.crop` checks too; if
+    not even one row fits (a tiny limit), the image is converted whole."""
+    width, height = img.size
+    out = np.empty((height, width, bands), np.uint8)
+    block_pixels = min(_BLOCK_PIXELS, Image.MAX_IMAGE_PIXELS or _BLOCK_PIXELS)
+    step = block_pixels // max(1, width)
+    if step == 0:
+        out[:] = fn(np.asarray(img)).reshape(height, width, bands)
+        return out
+    for top in range(0, height, step):
+        bottom = min(height, top + step)
+        block = np.asarray(img.crop((0, top, width, bottom)))
+        out[top:bottom] = fn(block).reshape(bottom - top, width, bands)
+    return out
+
+
+def _same(v: np.ndarray) -> np.ndarray:
+    return v
+
+
+def _scale_16(v: np.ndarray) -> np.ndarray:
+    # rint(v / 257) == (v + 128) // 257: 257 is odd, so v / 257 is never halfway.
+    wide = v.astype(np.uint32)
+    wide += 128
+    wide //= 257
+    return wide.astype(np.uint8)
+
+
+def _scale_int32(v: np.ndarray) -> np.ndarray:
+    # rint(v * 255 / M) == (v * 255 + (M - 1) // 2) // M for M = 2**31 - 1 (odd: no ties).
+    wide = v.astype(np.int64)
+    np.maximum(wide, 0, out=wide)
+    wide *= 255
+    wide += (_INT32_MAX - 1) // 2
+    wide //= _INT32_MAX
+    return wide.astype(np.uint8)
+
+
+def _scale_float(v: np.ndarray) -> np.ndarray:
+    # NaN as 0; infinities as values that clip to 0 / 255 (255 * inf would overflow).
+    values = np.nan_to_num(v.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+    values *= 255
+    np.rint(values, out=values)
+    return np.clip(values, 0, 255, out=values).astype(np.uint8)
+
+
+def _composite_on_black(v: np.ndarray) -> np.ndarray:
+    # rint(c * a / 255) == (c * a + 127) // 255 (255 is odd: no ties); c * a + 127 < 2**16.
+    colour = v[..., :-1].astype(np.uint16)
+    colour *= v[..., -1:]
+    colour += 127
+    colour //= 255
+    return colour.astype(np.uint8)
 
 
 def _one_line(e: BaseException) -> str:
