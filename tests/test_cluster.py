@@ -487,3 +487,75 @@ class TestTwoNodes:
         assert (summary["rows"], summary["ok"], summary["error"]) == (n, n, 0)
         assert summary["processed"] == n and summary["skipped"] == 0
         assert not (out / "_staging").exists()
+
+
+# --------------------------------------------------------------------------- a node that does not share the disk
+@pytest.fixture(scope="class")
+def blind_node(ray_exclusive, tmp_path_factory) -> Iterator[tuple[Path, Any]]:
+    """A head (1 CPU and a GPU resource without CUDA behind it; this process its driver) and a
+    worker node (1 CPU) started in a mount
+    namespace of its own, where a tmpfs hides the folder ``blind`` of the driver's disk: a
+    node that does not share that path with the driver. Yields (the folder, the node's pid)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs util-linux unshare (mount namespaces)")
+    blind = tmp_path_factory.mktemp("blind")
+    # The head advertises a GPU that is not there (no CUDA on this machine).
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1})
+    ray_cli = Path(sys.executable).with_name("ray")
+    node = subprocess.Popen(
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            f"mount -t tmpfs none {blind} && exec {ray_cli} start --address={cluster.address} "
+            "--num-cpus=1 --block",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        ray.init(address=cluster.address)
+        _wait_until(lambda: sum(n["Alive"] for n in ray.nodes()) == 2, 90, "the blind node")
+        yield blind, node.pid
+    finally:
+        os.killpg(node.pid, signal.SIGKILL)
+        node.wait()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+class TestPlacementRefusals:
+    def test_a_local_output_the_task_nodes_do_not_see_is_refused_before_any_work(
+        self, blind_node, tmp_path
+    ):
+        from segray.segment import InputError, run_segment
+
+        blind, _ = blind_node
+        ckpt = _checkpoint(tmp_path / "ckpt")
+        _images(tmp_path / "photos", 2, (32, 32))
+        out = blind / "out"
+        with pytest.raises(InputError, match=r"local path that node\(s\) .* do not share"):
+            run_segment(ckpt, [str(tmp_path / "photos")], out, progress=False)
+        assert not (out / "parquet").exists() and not (out / "_segray").exists()
+
+    def test_gpus_where_cuda_is_missing_are_refused_before_any_work(self, blind_node, tmp_path):
+        from segray.cluster import ResourceError
+        from segray.segment import run_segment
+
+        ckpt = _checkpoint(tmp_path / "ckpt")
+        _images(tmp_path / "photos", 2, (32, 32))
+        overrides = ["segment.gpus_per_actor=1", "segment.cpus_per_actor=0.5"]
+        with pytest.raises(ResourceError, match="gpus_per_actor=1 but CUDA is not available"):
+            run_segment(
+                ckpt,
+                [str(tmp_path / "photos")],
+                tmp_path / "out",
+                overrides=overrides,
+                progress=False,
+            )
+        assert not (tmp_path / "out").exists()
