@@ -6,7 +6,7 @@ Usage::
 
     python benchmarks/segment_scale.py [--part scale|s3|all] [--sizes 10000,100000,1000000]
         [--kinds parquet,files] [--shard-size 256] [--row-group 1000] [--per-folder 1000]
-        [--images 400] [--size 256] [--rounds 2] [--tmp /tmp]
+        [--images 400] [--size 256] [--rounds 3] [--tmp /tmp]
         [--output benchmarks/results/segment_scale.json]
 
 **Part 1 (``--part scale``, no Ray).** For each input kind and size N:
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import struct
@@ -226,7 +227,9 @@ def scale_one(kind: str, n: int, args: argparse.Namespace, tmp: Path) -> dict:
     try:
         if kind == "parquet":
             path = work / "images.parquet"
-            built = _child("build-parquet", {"n": n, "row_group": args.row_group, "path": str(path)})
+            built = _child(
+                "build-parquet", {"n": n, "row_group": args.row_group, "path": str(path)}
+            )
             input_, build_s = str(path), built["build_s"]
         else:
             input_ = str(work / "images")
@@ -304,7 +307,9 @@ def scale_table(part: dict, settings: dict) -> str:
     lines.append("-" * 93)
     for t in part["targets"]:
         verdict = "PASS" if t["pass"] else "FAIL"
-        lines.append(f"{verdict}  {t['kind']}: {t['what']} = {t['value']:.2f} (target {t['target']})")
+        lines.append(
+            f"{verdict}  {t['kind']}: {t['what']} = {t['value']:.2f} (target {t['target']})"
+        )
     lines.append(
         f"shard_size {settings['shard_size']}; parquet: one file, row groups of "
         f"{settings['row_group']} rows; files: {settings['per_folder']} per folder on local "
@@ -395,6 +400,7 @@ def part_s3(args: argparse.Namespace, tmp: Path) -> dict:
     from segray.storage import Location
     from tests.s3 import S3Server, s3_environ, set_environ
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
     cpus = os.cpu_count() or 1
     io_cpus = 0.25
     overrides = [
@@ -493,7 +499,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-folder", type=int, default=1000, help="files: files per folder")
     parser.add_argument("--images", type=int, default=400, help="part 2: images")
     parser.add_argument("--size", type=int, default=256, help="part 2: image side")
-    parser.add_argument("--rounds", type=int, default=2, help="part 2: interleaved rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="part 2: interleaved rounds")
     parser.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument(
         "--output", type=Path, default=ROOT / "benchmarks" / "results" / "segment_scale.json"

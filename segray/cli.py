@@ -110,19 +110,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train with DDP on Ray Train (local Ray, or the cluster in RAY_ADDRESS)."""
     from segray.config import load_config
+    from segray.storage import Location
     from segray.train import check_resume_config, run_training
 
+    if (
+        args.resume_or_start
+        and not args.resume
+        and Location.parse(args.output).join("config.yaml").exists()
+    ):
+        print(f"resuming the run in {args.output} (--resume-or-start)")
+        args.resume = args.output
     if args.resume:
-        saved = Path(args.resume) / "config.yaml"
-        if not saved.is_file():
+        saved = Location.parse(args.resume).join("config.yaml")
+        if not saved.exists():
             raise FileNotFoundError(f"{args.resume}: no config.yaml: not a segray training output")
-        cfg = load_config(saved, args.overrides)
+        cfg = load_config(saved.uri, args.overrides)
         # Only settings that leave the trajectory alone (logging, retries, loader processes).
-        check_resume_config(load_config(saved), cfg, args.resume)
-        output = Path(args.resume)
+        check_resume_config(load_config(saved.uri), cfg, args.resume)
+        output = args.resume
     else:
         cfg = _load(args)
-        output = Path(args.output)
+        output = args.output
     result = run_training(cfg, output, resume=bool(args.resume), address=args.address)
     m = result.best_metrics
     print(
@@ -166,8 +174,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Hyperparameter search: Tune + Optuna + ASHA, each trial a DDP training."""
-    from segray.tune import run_tune
+    from segray.tune import run_tune, search_exists
 
+    if args.resume_or_start and not args.resume and search_exists(args.output):
+        print(f"resuming the search in {args.output} (--resume-or-start)")
+        args.resume = args.output
     cfg = None if args.resume else _load(args)  # run_tune checks tune.space before Ray starts
     output = args.resume or args.output
     result = run_tune(cfg, output, resume=bool(args.resume), address=args.address)
@@ -191,7 +202,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """Bulk segmentation with Ray Data: masks and per-image metrics to Parquet."""
-    from segray.cluster import ResourceError
     from segray.segment import SegmentError, run_segment, summary_line
 
     # `--input a b segment.batch_size=4`: argparse hands trailing overrides to --input.
@@ -210,9 +220,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             address=args.address,
         )
-    except ResourceError as e:  # a pool the cluster cannot hold, GPUs without CUDA
-        print(f"segray: error: {e}", file=sys.stderr)
-        return 2
     except SegmentError as e:  # not complete (e.g. an archive cut short): rerun to finish
         print(f"segray: error: {e}", file=sys.stderr)
         return 1
@@ -321,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         default="runs/train",
         metavar="DIR",
-        help="run folder: config.yaml, history.parquet, checkpoints/{last,best} (default runs/train)",
+        help="run folder, a local path or a URI (s3://bucket/runs/a): config.yaml, "
+        "history.parquet, checkpoints/{last,best} (default runs/train)",
     )
     p.add_argument(
         "--resume",
@@ -329,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in DIR from its last checkpoint, exactly as if never stopped; "
         "overrides may change only data.loader_workers, data.eval_batch_size, "
         "train.max_failures, train.heap_reuse, tune.*, segment.*",
+    )
+    p.add_argument(
+        "--resume-or-start",
+        action="store_true",
+        help="continue the run in --output if it holds one, else start it there (for jobs "
+        "that may be resubmitted)",
     )
     _add_address(p)
     p.set_defaults(func=cmd_train)
@@ -343,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="search folder, a local path or a URI Ray storage accepts (default runs/tune)",
     )
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted search in DIR")
+    p.add_argument(
+        "--resume-or-start",
+        action="store_true",
+        help="continue the search in --output if it holds one, else start it there: a job "
+        "that is resubmitted (a KubeRay RayJob, a retried `ray job submit`) picks up its search",
+    )
     _add_address(p)
     p.set_defaults(func=cmd_tune)
 

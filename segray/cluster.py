@@ -21,6 +21,7 @@ import ray
 __all__ = [
     "HEAP_REUSE_ENV",
     "ResourceError",
+    "check_cuda",
     "check_fits",
     "ensure_ray",
     "heap_env",
@@ -150,3 +151,19 @@ def check_fits(bundle: Mapping[str, float], count: int, what: str) -> None:
             raise ResourceError(
                 f"{what} needs {amount:g} {key} per worker but no node has that many"
             )
+
+
+def check_cuda(gpus: float, message: str) -> None:
+    """Refuse, before any work, GPUs that torch cannot use where they are: a node that
+    advertises a GPU resource but runs a CPU-only torch or has no CUDA driver would otherwise
+    run the work on its CPUs, silently and slowly. Runs one tiny task on a GPU node (call it
+    after `check_fits`, which refuses a cluster without any GPU); ``message`` is the error."""
+    probe = ray.remote(num_gpus=gpus, num_cpus=0)(_cuda_available)
+    if not ray.get(probe.remote()):
+        raise ResourceError(message)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

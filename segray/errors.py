@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from segray.cluster import ResourceError
 from segray.config import ConfigError
 from segray.data.folder import DatasetError
 from segray.data.io import ImageError
@@ -16,5 +17,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ExportError,
     PretrainedWeightsError,
     NonFiniteLossError,
+    ResourceError,
     FileNotFoundError,
 )

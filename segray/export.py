@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from segray.checkpoint import load_model, model_id
+from segray.checkpoint import fetch_checkpoint, load_model, model_id
 from segray.metrics import probs_from_logits
 from segray.predict import Preprocess
 
@@ -99,6 +99,7 @@ def export_model(checkpoint: str | Path, fmt: Format, output: str | Path) -> Exp
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    checkpoint = fetch_checkpoint(checkpoint)  # a URI: only weights and config are fetched
     model, config = load_model(checkpoint, "cpu")
     channels = int(model.in_channels)
     net = ProbabilityModel(model, Preprocess.from_config(config, channels)).eval()

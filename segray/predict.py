@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from segray.checkpoint import load_model, model_id
+from segray.checkpoint import fetch_checkpoint, load_model, model_id
 from segray.config import Config
 from segray.data import decode_image, default_norm
 from segray.metrics import probs_from_logits
@@ -305,13 +305,15 @@ def load_segmenter(
     precision: str | Precision = "auto",
     **kwargs: Any,
 ) -> Segmenter:
-    """A `Segmenter` for a checkpoint directory; ``kwargs`` are `Segmenter`'s keyword options.
+    """A `Segmenter` for a checkpoint directory (a path, or a URI such as ``s3://b/tune/best``:
+    only the weights and config are fetched); ``kwargs`` are `Segmenter`'s keyword options.
 
     ``precision`` as `Segmenter`'s (auto: bf16 where ``device`` runs it natively, else fp16
     on older GPUs, else fp32). ``model_id`` is the checkpoint's content hash
     (`segray.checkpoint.model_id`).
     """
     resolved = resolve_device(device)
+    checkpoint = fetch_checkpoint(checkpoint)
     model, config = load_model(checkpoint, resolved)
     return Segmenter(
         model,

@@ -25,9 +25,10 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-__all__ = ["RankedOptunaSearch", "best_score", "score_key"]
+__all__ = ["ClusterSizedLimiter", "RankedOptunaSearch", "best_score", "score_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,3 +105,32 @@ class RankedOptunaSearch(OptunaSearch):
             state, value = TrialState.PRUNED, None
         self._ot_study.tell(ot_trial, value, state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)
+
+
+class ClusterSizedLimiter(ConcurrencyLimiter):
+    """At most as many live trials as the cluster holds *now*: whole trials of ``per_trial``
+    resources (a trial's DDP workers) by the current `ray.cluster_resources()`, re-read at
+    every suggestion. Nodes that join (an autoscaler, a worker added by hand) raise the limit
+    for the next trial; a resumed search reads the cluster it resumes on. A trial driver
+    itself reserves no CPU, so Tune alone would start every trial's driver at once and let
+    their worker groups queue inside Ray Train, each with a suggestion made blind; this keeps
+    suggestions just in time.
+
+    ``fixed`` (``tune.max_concurrent_trials``) pins the limit instead.
+    """
+
+    def __init__(self, searcher: Any, per_trial: dict[str, float], fixed: int | None = None):
+        self.per_trial, self.fixed = dict(per_trial), fixed
+        super().__init__(searcher, max_concurrent=fixed or self.capacity())
+
+    def capacity(self) -> int:
+        import ray
+
+        total = ray.cluster_resources()
+        fits = [int(total.get(k, 0.0) // v) for k, v in self.per_trial.items() if v > 0]
+        return max(1, min(fits)) if fits else 1
+
+    def suggest(self, trial_id: str) -> Any:
+        if self.fixed is None:
+            self.max_concurrent = self.capacity()
+        return super().suggest(trial_id)

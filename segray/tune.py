@@ -34,12 +34,12 @@ import torch
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from segray.checkpoint import STATE_FILE, copy_checkpoint
+from segray.checkpoint import HISTORY_FILE, INFERENCE_FILES, STATE_FILE, copy_checkpoint
 from segray.cluster import ResourceError, check_fits, ensure_ray
 from segray.config import Config, apply_overrides, load_config
 from segray.data import inspect_data
 from segray.search_space import SearchSpace, parse_space
-from segray.searcher import RankedOptunaSearch, score_key
+from segray.searcher import ClusterSizedLimiter, RankedOptunaSearch, score_key
 from segray.storage import Location, with_retries
 from segray.train import run_training, worker_resources
 
@@ -133,12 +133,13 @@ def _searcher(cfg: Config, space: SearchSpace):
         if cfg.tune.searcher == "optuna"
         else optuna.samplers.RandomSampler(seed=cfg.tune.seed)
     )
-    return RankedOptunaSearch(
+    searcher = RankedOptunaSearch(
         metric=cfg.tune.metric,
         mode=cfg.tune.mode,
         sampler=sampler,
         max_epochs=cfg.tune.max_epochs or cfg.train.epochs,
     )
+    return ClusterSizedLimiter(searcher, trial_resources(cfg), cfg.tune.max_concurrent_trials)
 
 
 def _scheduler(cfg: Config):
@@ -164,6 +165,17 @@ def _trainable(cfg: Config, space: SearchSpace, trials_uri: str):
     return tune.with_resources(fn, {"CPU": 0, "memory": DRIVER_MEMORY})
 
 
+def search_exists(output: str | Path) -> bool:
+    """Whether ``output`` (path or URI) holds a search that ``--resume`` can continue."""
+    out = str(output) if "://" in str(output) else str(Path(output).resolve())
+    return _read_text(f"{out}/config.yaml") is not None and _can_restore(f"{out}/ray/{EXPERIMENT}")
+
+
+def _can_restore(exp_uri: str) -> bool:
+    loc = Location.parse(exp_uri)
+    return tune.Tuner.can_restore(loc.path, storage_filesystem=loc.fs)
+
+
 def run_tune(
     cfg: Config | None,
     output: str | Path,
@@ -182,7 +194,7 @@ def run_tune(
         cfg = _config_from_yaml(saved)
     elif cfg is None:
         raise ValueError("run_tune needs a config unless resuming")
-    elif tune.Tuner.can_restore(exp_uri):
+    elif _can_restore(exp_uri):
         raise FileExistsError(
             f"{out} already holds a search: continue it with --resume {out} or choose another --output"
         )
@@ -205,10 +217,15 @@ def run_tune(
     trainable = _trainable(cfg, space, trials_uri)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # lose little if the driver dies
     if resume:
-        if not tune.Tuner.can_restore(exp_uri):
+        if not _can_restore(exp_uri):
             raise FileNotFoundError(f"{out}: no search state to resume under {exp_uri}")
+        exp = Location.parse(exp_uri)
         tuner = tune.Tuner.restore(
-            exp_uri, trainable=trainable, resume_unfinished=True, resume_errored=True
+            exp.path,
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            storage_filesystem=exp.fs,
         )
     else:
         tuner = tune.Tuner(
@@ -218,11 +235,14 @@ def run_tune(
                 search_alg=_searcher(cfg, space),
                 scheduler=_scheduler(cfg),
                 num_samples=1 if space.is_grid else cfg.tune.num_samples,
-                max_concurrent_trials=max_concurrent(cfg),
+                # A searcher's concurrency follows the cluster (ClusterSizedLimiter); a grid
+                # (no searcher) runs as many trials as the cluster holds at the start.
+                max_concurrent_trials=max_concurrent(cfg) if space.is_grid else None,
             ),
             run_config=tune.RunConfig(
                 name=EXPERIMENT,
-                storage_path=f"{out}/ray",
+                storage_path=Location.parse(f"{out}/ray").path,
+                storage_filesystem=Location.parse(out).fs,
                 failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
             ),
         )
@@ -367,12 +387,17 @@ def _trial_history(trials_uri: str, trial_id: str | None) -> pd.DataFrame:
         if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_epoch_")
     )
     for ckpt in reversed(ckpts):  # the newest readable one (a kill can cut the newest short)
-        try:
-            with fs.open_input_stream(f"{ckpt}/{STATE_FILE}") as f:
-                state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError):
+        loc = Location(fs, ckpt, ckpt)
+        try:  # the small history file; a checkpoint of an older segray: its train state
+            if with_retries(loc.join(HISTORY_FILE).exists, what="stat"):
+                rows = json.loads(with_retries(loc.join(HISTORY_FILE).read_bytes, what="read"))
+            else:
+                data = with_retries(loc.join(STATE_FILE).read_bytes, what="read")
+                state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+                rows = state.get("history", [])
+        except (OSError, RuntimeError, EOFError, ValueError):
             continue
-        return pd.DataFrame(state.get("history", []))
+        return pd.DataFrame(rows)
     return pd.DataFrame()
 
 
@@ -382,14 +407,18 @@ def _cell(v: Any) -> Any:
 
 
 def _fetch_checkpoint(uri: Any, dst: Path) -> Path | None:
+    """The files of a trial's checkpoint that inference and reports need (not its optimizer
+    state), copied to the local folder ``dst``."""
     if not isinstance(uri, str) or not uri:
         return None
-    fs, path = _fs(uri)
-    if isinstance(fs, pafs.LocalFileSystem):
-        return copy_checkpoint(path, dst)
-    pafs.copy_files(
-        path, str(dst), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
-    )
+    src = Location.parse(uri)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in (*INFERENCE_FILES, HISTORY_FILE):
+        try:
+            data = with_retries(src.join(name).read_bytes, what="read checkpoint")
+        except FileNotFoundError:
+            continue
+        (dst / name).write_bytes(data)
     return dst
 
 

@@ -407,6 +407,34 @@ class TestTwoNodes:
         assert (history["param_rank_spread"] == 0.0).all(), history["param_rank_spread"]
         assert (result.best / "model.pt").is_file()
 
+    def test_search_concurrency_follows_nodes_that_join(self, two_nodes):
+        """The searcher's limit on live trials is re-read from the cluster at every
+        suggestion: a node that joins mid-search adds a trial slot (no number frozen at start)."""
+        from ray.tune.search import Searcher
+
+        from segray.searcher import ClusterSizedLimiter
+
+        class One(Searcher):
+            def suggest(self, trial_id: str) -> dict[str, int]:
+                return {"x": 1}
+
+            def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+                pass
+
+        cluster, _ = two_nodes
+        searcher = One(metric="val_dice", mode="max")
+        limiter = ClusterSizedLimiter(searcher, {"CPU": 1.0})
+        assert limiter.capacity() == 2 and limiter.max_concurrent == 2
+        assert ClusterSizedLimiter(searcher, {"CPU": 1.0}, fixed=5).max_concurrent == 5
+        extra = cluster.add_node(num_cpus=1)
+        try:
+            cluster.wait_for_nodes()
+            _wait_until(lambda: limiter.capacity() == 3, 30, "the new node's CPU to count")
+            assert [limiter.suggest(f"t{i}") for i in range(4)] == [{"x": 1}] * 3 + [None]
+            assert limiter.max_concurrent == 3
+        finally:
+            cluster.remove_node(extra)
+
     def test_segment_survives_losing_a_node(self, two_nodes, tmp_path):
         """The inference actor starts on the worker node; that node is killed after the first
         shard is committed; the run completes with every image exactly once."""

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from segray.config.schema import Config, ConfigError
+from segray.config.schema import _RENAMED, Config, ConfigError
 
-__all__ = ["apply_overrides", "file_overrides", "format_errors", "load_config", "parse_overrides"]
+__all__ = ["apply_overrides", "file_overrides", "load_config", "parse_overrides"]
 
 
 # --------------------------------------------------------------------------- loading
@@ -29,7 +29,7 @@ def load_config(
     """Defaults < ``base`` dict < YAML ``path`` < ``overrides`` (``"a.b=value"`` or a dict)."""
     data: dict[str, Any] = copy.deepcopy(dict(base or {}))
     if path is not None:
-        data = _deep_merge(data, _read_yaml(Path(path)))
+        data = _deep_merge(data, _read_yaml(path))
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)
     for key, value in overrides.items():
@@ -51,9 +51,7 @@ def file_overrides(path: str | Path) -> dict[str, Any]:
             return {prefix: value}
         return {k: v for key, sub in value.items() for k, v in flat(f"{prefix}.{key}", sub).items()}
 
-    return {
-        k: v for key, value in _read_yaml(Path(path)).items() for k, v in flat(key, value).items()
-    }
+    return {k: v for key, value in _read_yaml(path).items() for k, v in flat(key, value).items()}
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -84,11 +82,25 @@ def _yaml_number(value: Any) -> Any:
     return value
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+def _read_text(path: str) -> str:
+    if "://" in path and not path.startswith("file://"):
+        from segray.storage import Location, with_retries
+
+        try:
+            return with_retries(Location.parse(path).read_bytes, what="read config").decode()
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+    local = Path(path.removeprefix("file://"))
+    if not local.is_file():
+        raise ConfigError(f"{local}: config file not found")
+    return local.read_text()
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file: a local path or any URI `segray.storage` reads (``s3://b/run/config.yaml``)."""
+    text = _read_text(str(path))
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -160,58 +172,3 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
                 sub = node[part] = {}
             sub[".".join(parts[i + 1 :])] = value
         return
-
-
-# Keys of earlier versions: what to write instead.
-_RENAMED = {
-    "train.amp": "replaced by train.precision: auto | fp32 | bf16 | fp16 (amp 'off' is fp32)",
-    "segment.amp": "replaced by segment.precision: auto | fp32 | bf16 | fp16 (amp false is fp32)",
-}
-
-
-def format_errors(err: ValidationError, data: Mapping[str, Any]) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            valid = _valid_keys(e["loc"][:-1])
-            msg = _RENAMED.get(loc) or f"unknown key; valid keys here: {', '.join(valid)}"
-        value = _lookup(data, e["loc"])
-        if loc and not isinstance(value, Mapping):  # a field: name its value
-            lines.append(f"{loc}={_short(value)}: {msg}")
-        elif loc:  # a whole section's rule: the message names the keys
-            lines.append(f"{loc}: {msg}")
-        else:
-            lines.append(msg)
-    head = "invalid config: " if len(lines) == 1 else "invalid config:\n  "
-    return head + "\n  ".join(lines)
-
-
-def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
-    model: type[BaseModel] = Config
-    for part in loc:
-        ann = model.model_fields.get(str(part))
-        if ann is None or not (
-            isinstance(ann.annotation, type) and issubclass(ann.annotation, BaseModel)
-        ):
-            return []
-        model = ann.annotation
-    return list(model.model_fields)
-
-
-def _lookup(data: Any, loc: tuple[Any, ...]) -> Any:
-    node = data
-    for part in loc:
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        else:
-            return "<default>"
-    return node
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -502,6 +502,60 @@ class Config(Section):
         try:
             return cls.model_validate(dict(data))
         except ValidationError as e:
-            from segray.config.load import format_errors
-
             raise ConfigError(format_errors(e, data)) from None
+
+
+# --------------------------------------------------------------------------- error messages
+# Keys of earlier versions: what to write instead.
+_RENAMED = {
+    "train.amp": "replaced by train.precision: auto | fp32 | bf16 | fp16 (amp 'off' is fp32)",
+    "segment.amp": "replaced by segment.precision: auto | fp32 | bf16 | fp16 (amp false is fp32)",
+}
+
+
+def format_errors(err: ValidationError, data: Mapping[str, Any]) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            valid = _valid_keys(e["loc"][:-1])
+            msg = _RENAMED.get(loc) or f"unknown key; valid keys here: {', '.join(valid)}"
+        value = _lookup(data, e["loc"])
+        if loc and not isinstance(value, Mapping):  # a field: name its value
+            lines.append(f"{loc}={_short(value)}: {msg}")
+        elif loc:  # a whole section's rule: the message names the keys
+            lines.append(f"{loc}: {msg}")
+        else:
+            lines.append(msg)
+    head = "invalid config: " if len(lines) == 1 else "invalid config:\n  "
+    return head + "\n  ".join(lines)
+
+
+def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        ann = model.model_fields.get(str(part))
+        if ann is None or not (
+            isinstance(ann.annotation, type) and issubclass(ann.annotation, BaseModel)
+        ):
+            return []
+        model = ann.annotation
+    return list(model.model_fields)
+
+
+def _lookup(data: Any, loc: tuple[Any, ...]) -> Any:
+    node = data
+    for part in loc:
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return "<default>"
+    return node
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

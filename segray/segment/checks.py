@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from segray.cluster import ResourceError, check_fits
+from segray.cluster import ResourceError, check_cuda, check_fits
 from segray.config import (
     Config,
     ConfigError,
@@ -124,15 +124,7 @@ def check_resources(seg: SegmentConfig) -> None:
             "cpus_per_actor"
         )
     if seg.gpus_per_actor > 0:
-        probe = ray.remote(num_gpus=seg.gpus_per_actor, num_cpus=0)(_cuda_available)
-        if not ray.get(probe.remote()):
-            raise ResourceError(cuda_missing(seg))
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+        check_cuda(seg.gpus_per_actor, cuda_missing(seg))
 
 
 def check_shared(*locations: Location | None) -> None:

@@ -30,7 +30,6 @@ from segray.data.io import ImageError, decode_image, read_mask
 from segray.data.masks import MaskMapper
 from segray.segment.read import IMAGE_ROW
 from segray.segment.schema import OUTPUT_SCHEMA, empty_row
-from segray.storage import Location
 
 __all__ = [
     "DECODED_SCHEMA",
@@ -113,45 +112,17 @@ def _target(row: dict[str, Any], shape: tuple[int, ...], mapper: MaskMapper, max
     return target.astype(np.int32).tobytes(), None
 
 
-@functools.cache
-def _libc() -> Any:
-    import ctypes
-
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc
-        return None
-
-
-def _release_memory() -> None:
-    """Give freed heap pages back to the OS. Images of many sizes leave glibc's heap
-    fragmented, and an actor that lives for millions of images would otherwise creep up
-    (measured: +300 MB over 1,200 mixed-size images). Trimming after every batch costs ~15%
-    throughput (the pages are faulted in again), so the actor trims every _TRIM_EVERY_S."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
 # --------------------------------------------------------------------------- segment
-@functools.cache
 def local_checkpoint(checkpoint: str) -> str:
-    """A local checkpoint directory: the path itself, or a per-process copy of a URI's files."""
-    import tempfile
-
-    from segray.checkpoint import CONFIG_FILE, MODEL_FILE
+    """A local checkpoint directory: the path itself, or a per-process copy of what inference
+    needs from a URI (`segray.checkpoint.fetch_checkpoint`; loads torch)."""
+    from segray.checkpoint import CheckpointError, fetch_checkpoint
     from segray.segment.plan import InputError
 
-    loc = Location.parse(checkpoint)
-    if loc.is_local:
-        return loc.path
-    local = tempfile.mkdtemp(prefix="segray-ckpt-")
-    for name in (MODEL_FILE, CONFIG_FILE):
-        try:
-            Path(local, name).write_bytes(loc.join(name).read_bytes())
-        except OSError as e:
-            raise InputError(f"checkpoint {checkpoint}: cannot read {name} ({e})") from None
-    return local
+    try:
+        return str(fetch_checkpoint(checkpoint))
+    except CheckpointError as e:
+        raise InputError(f"checkpoint {e}") from None
 
 
 @functools.cache

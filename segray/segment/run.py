@@ -456,7 +456,7 @@ def _run_pipeline(
 def _decode_memory(seg: SegmentConfig) -> int:
     """Bytes a decode task reserves: a batch of the largest images allowed, as 8-bit RGBA
     (the decoder works in integers), capped so that a task can always be scheduled."""
-    return int(min(seg.batch_size * seg.max_pixels * 4, 2 << 30))
+    return int(min(seg.batch_size * seg.max_pixels * 4, 1 << 30))
 
 
 def _stream(

@@ -1,9 +1,7 @@
-"""Distributed training with Ray Train: the per-worker loop and the TorchTrainer around it.
-
-``run_training`` is the one entry point: `segray train`, `jobs/train.py` and every Tune trial
-call it. Workers run `segray.engine` under DDP (gloo on CPU, NCCL on GPU); rank 0 writes a
-self-describing checkpoint every epoch, which Ray Train persists to storage and restores
-from after a worker failure or on ``--resume``.
+"""The per-worker training loop: what every Ray Train worker runs under DDP (gloo on CPU,
+NCCL on GPU): build, resume, train, evaluate, report, checkpoint. Rank 0 writes a
+self-describing checkpoint every epoch, which Ray Train persists to storage and restores from
+after a worker failure or on ``--resume``.
 """
 
 from __future__ import annotations
@@ -15,43 +13,31 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
 from ray.train import (
-    CheckpointConfig,
     CheckpointUploadMode,
-    FailureConfig,
-    LoggingConfig,
-    RunConfig,
-    ScalingConfig,
 )
 
 from segray.checkpoint import (
     build_model,
-    copy_checkpoint,
-    load_metrics,
     load_train_state,
     save_checkpoint,
     unwrap,
 )
-from segray.cluster import check_fits, ensure_ray, heap_env
-from segray.config import Config, ConfigError, load_config
-from segray.data import build_datasets, inspect_data
-from segray.data.folder import DatasetError
+from segray.config import Config
+from segray.data import build_datasets
 from segray.data.loaders import train_loader, val_loader
 from segray.engine import (
     EarlyStopping,
     LRSchedule,
-    NonFiniteLossError,
     StepConfig,
     build_optimizer,
     evaluate,
@@ -66,29 +52,17 @@ from segray.metrics import SegMetrics
 
 __all__ = [
     "AppliedMismatchError",
-    "TrainResult",
+    "HEADLINE",
+    "applied_hparams",
+    "build_loss",
+    "build_metrics",
     "check_applied",
-    "check_resume_config",
     "count_nodes",
-    "worker_env",
-    "run_training",
+    "report_with_checkpoint",
     "train_loop_per_worker",
-    "worker_resources",
 ]
 
-RUN_NAME = "train"
 HEADLINE = ("val_dice", "val_iou", "val_loss", "val_accuracy")
-
-
-@dataclass
-class TrainResult:
-    """What a finished run leaves behind."""
-
-    output: Path | None
-    best: Path | None  # exported best checkpoint dir (by val Dice)
-    last: Path | None
-    best_metrics: dict[str, Any]
-    history: pd.DataFrame
 
 
 # --------------------------------------------------------------------------- worker side
@@ -382,6 +356,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     model=model,
                     config=cfg,
                     metrics={**report, "applied": applied, **step.precision.record()},
+                    history=history,
                     train_state={
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
@@ -403,193 +378,3 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if rank == 0:
                 _say(f"early stopping: no val Dice gain in {early.patience} epochs")
             break
-
-
-# --------------------------------------------------------------------------- driver side
-# Keys a resumed run may change: they cannot alter the weights, the data order or the LR
-# schedule (augmentations are seeded per sample, so loader processes do not matter; the val
-# batch size changes only how the reported val loss's soft-Dice part is batched).
-RESUME_MUTABLE = (
-    "data.loader_workers",
-    "data.eval_batch_size",
-    "train.max_failures",
-    "train.heap_reuse",
-    "tune.",
-    "segment.",
-)
-
-
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping) and value and key not in ("space", "split_ids"):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def check_resume_config(saved: Config, cfg: Config, where: str | Path) -> None:
-    """Refuse, in one line, settings that would bend a resumed run's trajectory.
-
-    Every key outside `RESUME_MUTABLE` (epochs, lr, schedule, batch size, data, model, loss,
-    seed, worker count...) must equal the run's saved ``config.yaml``.
-    """
-    old, new = _flat(saved.to_dict()), _flat(cfg.to_dict())
-    changed = sorted(
-        k
-        for k in old.keys() | new.keys()
-        if old.get(k) != new.get(k) and not k.startswith(RESUME_MUTABLE)
-    )
-    if changed:
-        shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in changed[:4])
-        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
-        raise ConfigError(
-            f"--resume {where}: cannot change {shown}{more}: they change the run's trajectory "
-            f"(a resumed run may change only {', '.join(k.rstrip('.') for k in RESUME_MUTABLE)})"
-        )
-
-
-def worker_resources(cfg: Config) -> dict[str, float]:
-    res = {"CPU": cfg.train.cpus_per_worker}
-    if cfg.train.use_gpu:
-        res["GPU"] = cfg.train.gpus_per_worker
-    return res
-
-
-# glibc serves every allocation above 32 MiB (a ResNet-U-Net's full-resolution activations)
-# with a fresh mmap and returns it on free, so each step faults in and zeroes gigabytes of
-# pages; in Ray's worker processes that made CPU epochs ~12% slower than the same loop in a
-# plain process (benchmarks/isbi_membrane.py). Heap-only allocation with a high trim threshold
-# keeps those pages for the next step. The variables are read when a worker process starts.
-def worker_env(cfg: Config) -> dict[str, str]:
-    """Environment variables of the training workers (``train.heap_reuse``)."""
-    return heap_env(cfg.train.heap_reuse)
-
-
-def build_trainer(
-    cfg: Config,
-    *,
-    storage_path: str,
-    name: str,
-    callbacks: Sequence[Any] = (),
-    expect: Mapping[str, Any] | None = None,
-    monitor: tuple[str, str] = ("val_dice", "max"),
-) -> ray.train.torch.TorchTrainer:
-    """A TorchTrainer for ``cfg`` persisting to ``storage_path/name`` (same name = resume).
-
-    Ray keeps the latest checkpoint and the best one by ``monitor`` (metric, mode).
-    """
-    return ray.train.torch.TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "expect": dict(expect or {})},
-        scaling_config=ScalingConfig(
-            num_workers=cfg.train.num_workers,
-            use_gpu=cfg.train.use_gpu,
-            resources_per_worker=worker_resources(cfg),
-        ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=storage_path,
-            # controller_failure_limit: fail instead of retrying worker start-up forever.
-            failure_config=FailureConfig(
-                max_failures=cfg.train.max_failures, controller_failure_limit=3
-            ),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=2,
-                checkpoint_score_attribute=monitor[0],
-                checkpoint_score_order=monitor[1],
-            ),
-            callbacks=list(callbacks),
-            logging_config=LoggingConfig(log_level="WARNING"),  # epochs print their own line
-            worker_runtime_env={"env_vars": worker_env(cfg)},
-        ),
-    )
-
-
-def run_training(
-    cfg: Config,
-    output: str | Path | None = None,
-    *,
-    resume: bool = False,
-    storage_path: str | None = None,
-    name: str = RUN_NAME,
-    callbacks: Sequence[Any] = (),
-    address: str | None = None,
-    expect: Mapping[str, Any] | None = None,
-    monitor: tuple[str, str] = ("val_dice", "max"),
-) -> TrainResult:
-    """Train ``cfg`` with DDP on Ray Train.
-
-    ``output`` (a local folder) receives ``config.yaml``, ``history.parquet`` and
-    ``checkpoints/{last,best}`` (best by ``monitor``, default val Dice); Ray's run state lives in ``storage_path`` (default
-    ``output/ray``; any URI Ray storage accepts). Running again with the same storage and
-    ``name`` continues from the latest checkpoint; ``resume=False`` refuses to do so silently.
-    """
-    ensure_ray(address)
-    out = Path(output).resolve() if output is not None else None
-    if storage_path is None:
-        if out is None:
-            raise ValueError("run_training needs an output folder or a storage_path")
-        storage_path = str(out / "ray")
-    run_dir = Path(storage_path) / name
-    if out is not None and not resume and run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(
-            f"{out} already holds a training run: continue it with --resume {out} or choose another --output"
-        )
-    cfg, fingerprint = inspect_data(cfg, echo=True)  # mask_mode: auto resolved; one summary line
-    if resume and out is not None and (out / "config.yaml").is_file():
-        check_resume_config(load_config(out / "config.yaml"), cfg, out)
-    if not len(build_datasets(cfg)["train"]):
-        raise DatasetError(
-            f"{cfg.data.root}: the training split is empty: check data.split / data.split_ids"
-        )
-    if cfg.train.use_gpu and ray.cluster_resources().get("GPU", 0) == 0:
-        raise ConfigError(
-            "train.use_gpu=true but the Ray cluster has no GPU: set train.use_gpu=false "
-            "(CPU workers, gloo) or join a cluster with GPUs"
-        )
-    check_fits(
-        worker_resources(cfg),
-        cfg.train.num_workers,
-        f"training with {cfg.train.num_workers} workers",
-    )
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "config.yaml")
-        fingerprint.save(out)  # fingerprint.json: what the dataset holds, the mapping chosen
-
-    trainer = build_trainer(
-        cfg,
-        storage_path=storage_path,
-        name=name,
-        callbacks=callbacks,
-        expect=expect,
-        monitor=monitor,
-    )
-    try:
-        result = trainer.fit()
-        if result.error is not None:
-            raise result.error
-    except Exception as e:  # a diverged run: the workers' own one-line message, no traceback
-        for failure in getattr(e, "worker_failures", {}).values():
-            if isinstance(failure, NonFiniteLossError):
-                raise NonFiniteLossError(str(failure)) from None
-        raise
-    if result.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint")
-
-    metric, sign = monitor[0], (1.0 if monitor[1] == "max" else -1.0)
-    scored = [(c, m) for c, m in result.best_checkpoints if metric in m]
-    scored = [(c, m) for c, m in scored if math.isfinite(m[metric])]  # NaN is never the best
-    best_ckpt = max(scored, key=lambda cm: sign * cm[1][metric])[0] if scored else result.checkpoint
-    with result.checkpoint.as_directory() as last_dir:
-        state = load_train_state(last_dir) or {}
-        history = pd.DataFrame(state.get("history", []))
-        last = copy_checkpoint(last_dir, out / "checkpoints" / "last") if out else None
-    with best_ckpt.as_directory() as best_dir:
-        best_metrics = load_metrics(best_dir)
-        best = copy_checkpoint(best_dir, out / "checkpoints" / "best") if out else None
-    if out is not None:
-        history.to_parquet(out / "history.parquet", index=False)
-    return TrainResult(out, best, last, best_metrics, history)

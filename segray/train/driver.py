@@ -1,0 +1,316 @@
+"""The driver side of training: the TorchTrainer around the worker loop, and `run_training`,
+the one entry point (`segray train`, `jobs/train.py` and every Tune trial call it).
+
+Outputs and Ray's run state go to a local path or any URI `segray.storage` reads; the results
+are read from the checkpoints' small files (metrics, history), never their optimizer state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import ray.train
+import ray.train.torch
+from ray.train import (
+    CheckpointConfig,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+)
+
+from segray.checkpoint import (
+    HISTORY_FILE,
+    METRICS_FILE,
+    copy_checkpoint,
+    load_history,
+)
+from segray.cluster import check_cuda, check_fits, ensure_ray, heap_env
+from segray.config import Config, ConfigError, load_config
+from segray.data import build_datasets, inspect_data
+from segray.data.folder import DatasetError
+from segray.engine import (
+    NonFiniteLossError,
+)
+from segray.storage import Location, with_retries
+from segray.train.worker import train_loop_per_worker
+
+__all__ = [
+    "RUN_NAME",
+    "TrainResult",
+    "build_trainer",
+    "check_resume_config",
+    "run_training",
+    "worker_env",
+    "worker_resources",
+]
+
+RUN_NAME = "train"
+
+
+@dataclass
+class TrainResult:
+    """What a finished run leaves behind."""
+
+    output: Path | None
+    best: Path | None  # exported best checkpoint dir (by val Dice)
+    last: Path | None
+    best_metrics: dict[str, Any]
+    history: pd.DataFrame
+
+
+# --------------------------------------------------------------------------- driver side
+# Keys a resumed run may change: they cannot alter the weights, the data order or the LR
+# schedule (augmentations are seeded per sample, so loader processes do not matter; the val
+# batch size changes only how the reported val loss's soft-Dice part is batched).
+RESUME_MUTABLE = (
+    "data.loader_workers",
+    "data.eval_batch_size",
+    "train.max_failures",
+    "train.heap_reuse",
+    "tune.",
+    "segment.",
+)
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value and key not in ("space", "split_ids"):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resume_config(saved: Config, cfg: Config, where: str | Path) -> None:
+    """Refuse, in one line, settings that would bend a resumed run's trajectory.
+
+    Every key outside `RESUME_MUTABLE` (epochs, lr, schedule, batch size, data, model, loss,
+    seed, worker count...) must equal the run's saved ``config.yaml``.
+    """
+    old, new = _flat(saved.to_dict()), _flat(cfg.to_dict())
+    changed = sorted(
+        k
+        for k in old.keys() | new.keys()
+        if old.get(k) != new.get(k) and not k.startswith(RESUME_MUTABLE)
+    )
+    if changed:
+        shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise ConfigError(
+            f"--resume {where}: cannot change {shown}{more}: they change the run's trajectory "
+            f"(a resumed run may change only {', '.join(k.rstrip('.') for k in RESUME_MUTABLE)})"
+        )
+
+
+def worker_resources(cfg: Config) -> dict[str, float]:
+    res = {"CPU": cfg.train.cpus_per_worker}
+    if cfg.train.use_gpu:
+        res["GPU"] = cfg.train.gpus_per_worker
+    return res
+
+
+# glibc serves every allocation above 32 MiB (a ResNet-U-Net's full-resolution activations)
+# with a fresh mmap and returns it on free, so each step faults in and zeroes gigabytes of
+# pages; in Ray's worker processes that made CPU epochs ~12% slower than the same loop in a
+# plain process (benchmarks/isbi_membrane.py). Heap-only allocation with a high trim threshold
+# keeps those pages for the next step. The variables are read when a worker process starts.
+def worker_env(cfg: Config) -> dict[str, str]:
+    """Environment variables of the training workers (``train.heap_reuse``)."""
+    return heap_env(cfg.train.heap_reuse)
+
+
+def build_trainer(
+    cfg: Config,
+    *,
+    storage_path: str,
+    name: str,
+    callbacks: Sequence[Any] = (),
+    expect: Mapping[str, Any] | None = None,
+    monitor: tuple[str, str] = ("val_dice", "max"),
+) -> ray.train.torch.TorchTrainer:
+    """A TorchTrainer for ``cfg`` persisting to ``storage_path/name`` (same name = resume);
+    ``storage_path`` is a local path or any URI `segray.storage` reads (s3://, gs://, ...).
+
+    Ray keeps the latest checkpoint and the best one by ``monitor`` (metric, mode).
+    """
+    storage = Location.parse(storage_path)
+    return ray.train.torch.TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "expect": dict(expect or {})},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker=worker_resources(cfg),
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage.path,
+            storage_filesystem=storage.fs,
+            # controller_failure_limit: fail instead of retrying worker start-up forever.
+            failure_config=FailureConfig(
+                max_failures=cfg.train.max_failures, controller_failure_limit=3
+            ),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2,
+                checkpoint_score_attribute=monitor[0],
+                checkpoint_score_order=monitor[1],
+            ),
+            callbacks=list(callbacks),
+            logging_config=LoggingConfig(log_level="WARNING"),  # epochs print their own line
+            worker_runtime_env={"env_vars": worker_env(cfg)},
+        ),
+    )
+
+
+def run_training(
+    cfg: Config,
+    output: str | Path | None = None,
+    *,
+    resume: bool = False,
+    storage_path: str | None = None,
+    name: str = RUN_NAME,
+    callbacks: Sequence[Any] = (),
+    address: str | None = None,
+    expect: Mapping[str, Any] | None = None,
+    monitor: tuple[str, str] = ("val_dice", "max"),
+) -> TrainResult:
+    """Train ``cfg`` with DDP on Ray Train.
+
+    ``output`` (a local folder or a URI: ``s3://bucket/runs/a``) receives ``config.yaml``,
+    ``fingerprint.json``, ``history.parquet`` and ``checkpoints/{last,best}`` (best by
+    ``monitor``, default val Dice); Ray's run state lives in ``storage_path`` (default
+    ``output/ray``, on the same storage). Running again with the same storage and ``name``
+    continues from the latest checkpoint; ``resume=False`` refuses to do so silently.
+    Reading the results fetches only the small files (metrics, history), never the optimizer
+    state, unless ``output`` asks for the checkpoints to be copied there.
+    """
+    ensure_ray(address)
+    out = Location.parse(output) if output is not None else None
+    if storage_path is None:
+        if out is None:
+            raise ValueError("run_training needs an output folder or a storage_path")
+        storage_path = out.join("ray").uri
+    run_dir = Location.parse(storage_path).join(name)
+    if out is not None and not resume and with_retries(run_dir.list, what="list"):
+        raise FileExistsError(
+            f"{out.uri} already holds a training run: continue it with --resume {out.uri} or "
+            "choose another --output"
+        )
+    cfg, fingerprint = inspect_data(cfg, echo=True)  # mask_mode: auto resolved; one summary line
+    saved = out.join("config.yaml") if resume and out is not None else None
+    if saved is not None and with_retries(saved.exists, what="stat"):
+        check_resume_config(load_config(saved.uri), cfg, out.uri)
+    if not len(build_datasets(cfg)["train"]):
+        raise DatasetError(
+            f"{cfg.data.root}: the training split is empty: check data.split / data.split_ids"
+        )
+    if cfg.train.use_gpu and ray.cluster_resources().get("GPU", 0) == 0:
+        raise ConfigError(
+            "train.use_gpu=true but the Ray cluster has no GPU: set train.use_gpu=false "
+            "(CPU workers, gloo) or join a cluster with GPUs"
+        )
+    check_fits(
+        worker_resources(cfg),
+        cfg.train.num_workers,
+        f"training with {cfg.train.num_workers} workers",
+    )
+    if cfg.train.use_gpu:
+        check_cuda(
+            cfg.train.gpus_per_worker,
+            "train.use_gpu=true but CUDA is not available where the workers run (no GPU, or a "
+            "CPU-only torch): set train.use_gpu=false, or run on nodes with GPUs and a CUDA "
+            "build of torch",
+        )
+    if out is not None:
+        with_retries(out.join("config.yaml").write, cfg.to_yaml().encode(), what="write")
+        # fingerprint.json: what the dataset holds, the mapping chosen
+        with_retries(
+            out.join("fingerprint.json").write, fingerprint.to_json().encode(), what="write"
+        )
+
+    trainer = build_trainer(
+        cfg,
+        storage_path=storage_path,
+        name=name,
+        callbacks=callbacks,
+        expect=expect,
+        monitor=monitor,
+    )
+    try:
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+    except Exception as e:  # a diverged run: the workers' own one-line message, no traceback
+        for failure in getattr(e, "worker_failures", {}).values():
+            if isinstance(failure, NonFiniteLossError):
+                raise NonFiniteLossError(str(failure)) from None
+        raise
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+
+    metric, sign = monitor[0], (1.0 if monitor[1] == "max" else -1.0)
+    scored = [(c, m) for c, m in result.best_checkpoints if metric in m]
+    scored = [(c, m) for c, m in scored if math.isfinite(m[metric])]  # NaN is never the best
+    best_ckpt = max(scored, key=lambda cm: sign * cm[1][metric])[0] if scored else result.checkpoint
+    history = pd.DataFrame(_checkpoint_history(result.checkpoint))
+    best_metrics = json.loads(_read_ckpt_file(best_ckpt, METRICS_FILE) or b"{}")
+    best = last = None
+    if out is not None:
+        last = _publish_checkpoint(result.checkpoint, out.join("checkpoints", "last"))
+        best = _publish_checkpoint(best_ckpt, out.join("checkpoints", "best"))
+        table = pa.Table.from_pandas(history, preserve_index=False)
+        with_retries(out.join("history.parquet").write, table, what="write")
+    return TrainResult(_shown(out), best, last, best_metrics, history)
+
+
+def _shown(loc: Location | None) -> Path | str | None:
+    """A local output as a Path (as callers have always had it), a URI as its string."""
+    if loc is None:
+        return None
+    return Path(loc.path) if loc.is_local else loc.uri
+
+
+def _read_ckpt_file(ckpt: ray.train.Checkpoint, name: str) -> bytes | None:
+    """One small file of a Ray checkpoint, wherever it is stored (nothing else is fetched)."""
+    loc = Location(ckpt.filesystem, f"{ckpt.path}/{name}", f"{ckpt.path}/{name}")
+    try:
+        return with_retries(loc.read_bytes, what="read checkpoint file")
+    except FileNotFoundError:
+        return None
+
+
+def _checkpoint_history(ckpt: ray.train.Checkpoint) -> list[dict[str, Any]]:
+    data = _read_ckpt_file(ckpt, HISTORY_FILE)
+    if data is not None:
+        return json.loads(data)
+    with ckpt.as_directory() as directory:  # written by an older segray: in the train state
+        return load_history(directory)
+
+
+def _publish_checkpoint(ckpt: ray.train.Checkpoint, dst: Location) -> Path | str:
+    """Copy a Ray checkpoint to ``dst`` (local: atomically replaced; object storage: every
+    file one PUT, the folder's stale files removed). Returns where it is."""
+    if dst.is_local and isinstance(ckpt.filesystem, pafs.LocalFileSystem):
+        return copy_checkpoint(ckpt.path, dst.path)
+    if dst.is_local:
+        with ckpt.as_directory() as directory:
+            return copy_checkpoint(directory, dst.path)
+    src = Location(ckpt.filesystem, ckpt.path, ckpt.path)
+    names = [rel for rel, _ in with_retries(src.list_files, what="list checkpoint")]
+    for rel in names:
+        data = with_retries(src.join(rel).read_bytes, what="read checkpoint")
+        with_retries(dst.join(rel).write, data, what="write checkpoint")
+    for rel, info in with_retries(dst.list_files, what="list checkpoint"):
+        if rel not in names:
+            with_retries(dst.fs.delete_file, info.path, what="delete stale file")
+    return dst.uri
