@@ -30,6 +30,12 @@ def _files(uri: str) -> dict[str, object]:
     return dict(Location.parse(uri).list_files())
 
 
+def _trial(rel: str) -> str | None:
+    """``trial_<id>`` of a path under ``ray/trials/``, else None."""
+    parts = rel.split("/")
+    return parts[2] if len(parts) > 3 and parts[:2] == ["ray", "trials"] else None
+
+
 def _table(uri: str) -> pd.DataFrame:
     loc = Location.parse(uri)
     return pq.read_table(loc.path, filesystem=loc.fs).to_pandas()
@@ -55,11 +61,11 @@ def test_search_on_s3_resumes_and_its_best_checkpoint_serves_from_s3(
     before = _files(out)
     assert "trials.parquet" not in before and "config.yaml" in before
     assert not any(rel.startswith(("s3:", "/")) for rel in before)  # nothing local-looking
-    done = {rel.split("/")[2] for rel in before if rel.endswith("segray_done.json")}
+    done = {_trial(rel) for rel in before if rel.endswith("segray_done.json")}
     stamps = {
         rel: info.mtime
         for rel, info in before.items()
-        if rel.split("/")[2] in done and rel.endswith("model.pt")
+        if _trial(rel) in done and rel.endswith("model.pt")
     }
     assert not Path("s3:").exists()  # the old bug: a local folder named after the URI
 

@@ -14,6 +14,7 @@ so the final validation reads footers and id columns only, never the masks or me
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -47,6 +48,7 @@ _OWNED = ("parquet", "_staging", "_segray", "summary.json", "config.yaml")
 _STATS_KEY = b"segray.stats"
 _PREDICTION = ("foreground_fraction", "mean_confidence", "uncertain_fraction")
 _THREADS = 8  # footers / id columns read at once at validation
+_CHUNK = 256  # shards validated at a time
 
 
 class SegmentError(RuntimeError):
@@ -203,30 +205,37 @@ class Output:
         self, shards: Sequence[Shard], totals: dict[str, int], *, run_id: str
     ) -> dict[str, Any]:
         """Check the whole output from Parquet footers and id columns (every shard committed
-        with its exact image count, ids unique, schema), and sum the shards' statistics."""
-        self.scan()
+        with its exact image count, ids unique, schema), and sum the shards' statistics.
+
+        Footers are read a chunk at a time and reduced to a few numbers at once, so the
+        driver's memory does not grow with the number of shards."""
+        self.scan_committed()
         missing = [s.key for s in shards if s.key not in self.committed]
         if missing:
             raise SegmentError(f"{len(missing)} shard(s) not committed, e.g. {missing[0]}")
-        paths = [self.committed[s.key].path for s in shards]
         fs = self.root.fs
-        with ThreadPoolExecutor(_THREADS) as pool:
-            footers = list(pool.map(lambda p: _footer(fs, p), paths))
         stats: list[dict[str, Any]] = []
-        for shard, footer in zip(shards, footers, strict=True):
-            schema = footer.schema.to_arrow_schema().remove_metadata()
-            if not schema.equals(OUTPUT_SCHEMA.remove_metadata()):
-                raise SegmentError(f"shard {shard.key}: schema differs from OUTPUT_SCHEMA")
-            expected = totals.get(shard.key, shard.known_total)
-            if expected is not None and footer.num_rows != expected:
-                raise SegmentError(
-                    f"shard {shard.key}: {footer.num_rows} rows, {expected} input images"
-                )
-            raw = (footer.metadata or {}).get(_STATS_KEY)
-            if raw is None:  # written by an older segray: read its columns once
-                raw = json.dumps(shard_stats(pq.read_table(paths[len(stats)], filesystem=fs)))
-            stats.append(json.loads(raw))
-        _check_unique_ids(fs, paths)
+        paths = [self.committed[s.key].path for s in shards]
+        rows = 0
+        with ThreadPoolExecutor(_THREADS) as pool:
+            for start in range(0, len(shards), _CHUNK):
+                chunk = shards[start : start + _CHUNK]
+                facts = pool.map(lambda p: _facts(fs, p), paths[start : start + _CHUNK])
+                for shard, path, (num_rows, schema_ok, raw) in zip(chunk, paths[start:], facts):
+                    if not schema_ok:
+                        raise SegmentError(f"shard {shard.key}: schema differs from OUTPUT_SCHEMA")
+                    expected = totals.get(shard.key, shard.known_total)
+                    if expected is not None and num_rows != expected:
+                        raise SegmentError(
+                            f"shard {shard.key}: {num_rows} rows, {expected} input images"
+                        )
+                    if raw is None:  # written by an older segray: read its columns once
+                        table = with_retries(pq.read_table, path, filesystem=fs, what="read")
+                        raw = json.dumps(shard_stats(table))
+                    stats.append(json.loads(raw))
+                    rows += num_rows
+            _check_unique_ids(fs, paths, rows, pool)
+        pa.default_memory_pool().release_unused()
         return summarise(stats, run_id=run_id) | {"shards": len(shards)}
 
 
@@ -244,9 +253,25 @@ def _footer(fs: pafs.FileSystem, path: str) -> pq.FileMetaData:
     return with_retries(read, what="read footer")
 
 
-def _check_unique_ids(fs: pafs.FileSystem, paths: Sequence[str]) -> None:
+@functools.cache
+def _output_parquet_schema() -> pq.ParquetSchema:
+    sink = pa.BufferOutputStream()
+    pq.write_table(OUTPUT_SCHEMA.empty_table(), sink)
+    return pq.read_metadata(pa.BufferReader(sink.getvalue())).schema
+
+
+def _facts(fs: pafs.FileSystem, path: str) -> tuple[int, bool, bytes | None]:
+    """A committed file's row count, whether its columns are OUTPUT_SCHEMA's, its statistics."""
+    footer = _footer(fs, path)
+    raw = (footer.metadata or {}).get(_STATS_KEY)
+    return footer.num_rows, footer.schema.equals(_output_parquet_schema()), raw
+
+
+def _check_unique_ids(
+    fs: pafs.FileSystem, paths: Sequence[str], rows: int, pool: ThreadPoolExecutor
+) -> None:
     """Ids are unique within each shard by the commit; across shards, check 64-bit hashes
-    (about 8 bytes per image), and the ids themselves only if two hashes collide."""
+    (8 bytes per image, one array), and the ids themselves only if two hashes collide."""
     import pandas as pd
 
     def hashes(path: str) -> np.ndarray:
@@ -255,10 +280,14 @@ def _check_unique_ids(fs: pafs.FileSystem, paths: Sequence[str]) -> None:
         ).column("image_id")
         return pd.util.hash_array(np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object))
 
-    with ThreadPoolExecutor(_THREADS) as pool:
-        parts = list(pool.map(hashes, paths))
-    every = np.concatenate(parts) if parts else np.empty(0, np.uint64)
-    if np.unique(every).size == every.size:
+    every = np.empty(rows, np.uint64)
+    at = 0
+    for start in range(0, len(paths), _CHUNK):
+        for part in pool.map(hashes, paths[start : start + _CHUNK]):
+            every[at : at + part.size] = part
+            at += part.size
+    every.sort()
+    if not (every[1:] == every[:-1]).any():
         return
     table = read_columns(fs, paths, ["image_id"])
     distinct = pc.count_distinct(table.column("image_id")).as_py()

@@ -193,3 +193,16 @@ def test_resume_plan_and_validation_from_one_listing(tmp_path: Path):
     short = shards[0]
     with pytest.raises(SegmentError, match="rows, 99 input images"):
         out.validate_and_summarise(shards, {short.key: 99}, run_id="r1")
+
+
+def test_validation_finds_an_id_in_two_shards(tmp_path: Path):
+    from segray.segment.plan import Shard
+
+    loc = Location.parse(tmp_path / "out")
+    out = Output(loc)
+    shards = [Shard(key=k, kind="files", root=loc, rows=2) for k in ("k1", "k2")]
+    for shard, ids in zip(shards, (["a", "b"], ["b", "c"]), strict=True):
+        _staged(loc, shard.key, ids)
+        assert commit_shard(shard.key, 2, parquet=out.parquet, staging=out.staging)["committed"]
+    with pytest.raises(SegmentError, match="4 rows but 3 distinct image ids"):
+        out.validate_and_summarise(shards, {}, run_id="r1")
