@@ -11,7 +11,6 @@ import argparse
 import re
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from segray import __version__
 
@@ -88,12 +87,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """Fingerprint a dataset: sizes, modes, mask values, the class mapping, balance, problems."""
     from segray.config import load_config
     from segray.data.dataset import inspect_data
+    from segray.data.remote import root_setting
 
     overrides = list(args.overrides)
     if args.data is not None and OVERRIDE.match(args.data):  # `segray inspect key=value ...`
         overrides, args.data = [args.data, *overrides], None
     if args.data is not None:
-        overrides.append(f"data.root={Path(args.data).absolute()}")
+        overrides.append(f"data.root={root_setting(args.data)}")  # a URI stays a URI
         if load_config(args.config, overrides).data.source != "pet":
             overrides.append("data.source=folder")
     cfg, fp = inspect_data(load_config(args.config, overrides), strict=False, sample=args.sample)

@@ -21,6 +21,7 @@ import ray
 __all__ = [
     "HEAP_REUSE_ENV",
     "ResourceError",
+    "autoscaling_limits",
     "check_cuda",
     "check_fits",
     "ensure_ray",
@@ -134,17 +135,48 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> st
     return f"{where}: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs, {len(ray.nodes())} node(s)"
 
 
+def autoscaling_limits() -> tuple[dict[str, float], list[dict[str, float]]] | None:
+    """``(the largest total resources, the node shapes)`` of a cluster whose autoscaler
+    published its configuration (KubeRay with ``enableInTreeAutoscaling``, ``ray up``), else
+    None. Read from the GCS as Ray Train itself reads it."""
+    try:
+        from ray._private import state as ray_state
+
+        config = ray_state.state.get_cluster_config()
+        if config is None or not config.node_group_configs:
+            return None
+        total = ray_state.state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # noqa: BLE001 - an older or newer Ray without it: a static cluster
+        return None
+    shapes = [dict(g.resources) for g in config.node_group_configs if g.max_count != 0]
+    return {k: float(v) for k, v in total.items()}, shapes
+
+
 def check_fits(bundle: Mapping[str, float], count: int, what: str) -> None:
-    """Fail at once if ``count`` x ``bundle`` exceeds the whole cluster (no autoscaler here)."""
-    total = ray.cluster_resources()
-    per_node = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    """Fail at once if ``count`` x ``bundle`` can never run: more than the whole cluster has,
+    or a bundle no node can hold. On an autoscaling cluster the check is against the largest
+    size its configuration allows (nodes not started yet count), and says so."""
+    limits = autoscaling_limits()
+    if limits is not None:
+        total, per_node = limits
+        print(
+            f"{what}: autoscaling cluster, checked against its largest size "
+            f"({', '.join(f'{v:g} {k}' for k, v in sorted(total.items()) if k in bundle)}): "
+            "nodes may start before it runs",
+            flush=True,
+        )
+        scope = "the cluster can grow to"
+    else:
+        total = ray.cluster_resources()
+        per_node = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        scope = "the cluster has"
     for key, amount in bundle.items():
         if amount <= 0:
             continue
         need, have = amount * count, total.get(key, 0.0)
         if need > have + 1e-9:
             raise ResourceError(
-                f"{what} needs {need:g} {key} ({count} x {amount:g}) but the cluster has {have:g}: "
+                f"{what} needs {need:g} {key} ({count} x {amount:g}) but {scope} {have:g}: "
                 f"lower the worker count or the {key} per worker"
             )
         if per_node and not any(n.get(key, 0.0) + 1e-9 >= amount for n in per_node):

@@ -48,10 +48,12 @@ from segray.data import (
     ImageError,
     MaskMapper,
     Sample,
+    dataset_root,
     decode_image,
     find_pairs,
     fingerprint,
     list_samples,
+    local_root,
     prepare_data,
     read_mask,
     split_samples,
@@ -176,7 +178,7 @@ def _dataset_config(config: Config, data: str | Path | None) -> tuple[Config, Pa
     ``data.mask_mode`` of ``auto`` is chosen from that folder's mask values.
     """
     if data is not None:
-        root = Path(data).absolute()
+        root = local_root(data)  # a URI (s3://...) is mirrored, see segray.data.remote
         if config.data.mask_mode == "auto":
             folder = {"data.source": "folder", "data.root": str(root)}
             folder.update({"data.images_dir": "images", "data.masks_dir": "masks"})
@@ -187,7 +189,7 @@ def _dataset_config(config: Config, data: str | Path | None) -> tuple[Config, Pa
         return config, root
     prepared = prepare_data(config)
     assert prepared.data.root is not None  # prepare_data always sets it
-    return prepared, Path(prepared.data.root)
+    return prepared, dataset_root(prepared.data)
 
 
 def _samples(config: Config, data: str | Path | None, split: str, source: Path) -> list[Sample]:

@@ -124,9 +124,14 @@ class ClusterSizedLimiter(ConcurrencyLimiter):
         super().__init__(searcher, max_concurrent=fixed or self.capacity())
 
     def capacity(self) -> int:
+        """Whole trials the cluster holds now; on an autoscaling cluster, at its largest size
+        (the trials' pending workers are what makes the autoscaler start nodes)."""
         import ray
 
-        total = ray.cluster_resources()
+        from segray.cluster import autoscaling_limits
+
+        limits = autoscaling_limits()
+        total = limits[0] if limits is not None else ray.cluster_resources()
         fits = [int(total.get(k, 0.0) // v) for k, v in self.per_trial.items() if v > 0]
         return max(1, min(fits)) if fits else 1
 

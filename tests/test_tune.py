@@ -143,3 +143,38 @@ def test_a_trial_that_can_never_start_fails_at_once(ray_local, tmp_path):
         ResourceError, match="needs 3 CPU .* the cluster has 2.*no trial could ever start"
     ):
         run_tune(cfg, tmp_path / "impossible")
+
+
+def test_an_autoscaling_cluster_is_sized_by_its_largest_shape(ray_local, capsys):
+    """With an autoscaler's configuration in the GCS (as KubeRay's in-tree autoscaler
+    publishes it), work that needs nodes not started yet is not refused, the log says what
+    was assumed, and the search's concurrency counts the nodes the cluster can grow to; a
+    bundle no node shape could hold is still refused."""
+    import ray._raylet as raylet
+    from ray.core.generated import autoscaler_pb2
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
+    from ray.tune.search import Searcher
+
+    from segray.cluster import ResourceError, check_fits
+    from segray.searcher import ClusterSizedLimiter
+
+    config = autoscaler_pb2.ClusterConfig()
+    group = config.node_group_configs.add()
+    group.name, group.max_count = "cpu-workers", 4
+    group.resources["CPU"] = 4
+    key = raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY
+    namespace = raylet.GCS_AUTOSCALER_STATE_NAMESPACE
+    with pytest.raises(ResourceError, match="needs 6 CPU .* the cluster has 2"):
+        check_fits({"CPU": 3.0}, 2, "one trial")  # a static 2-CPU cluster: refused
+    _internal_kv_put(key, config.SerializeToString(), namespace=namespace)
+    try:
+        check_fits({"CPU": 3.0}, 2, "one trial")  # 6 of the 16 CPUs it can grow to
+        assert "autoscaling cluster, checked against its largest size (16 CPU)" in (
+            capsys.readouterr().out
+        )
+        with pytest.raises(ResourceError, match="needs 8 CPU per worker but no node has"):
+            check_fits({"CPU": 8.0}, 1, "one trial")
+        assert ClusterSizedLimiter(Searcher(), {"CPU": 2.0}).capacity() == 8
+    finally:
+        _internal_kv_del(key, namespace=namespace)
+    assert ClusterSizedLimiter(Searcher(), {"CPU": 2.0}).capacity() == 1  # back to static

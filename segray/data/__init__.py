@@ -1,6 +1,7 @@
 """Datasets (folder pairs, Oxford Pet trimaps, synthetic), splits, augmentation and image I/O.
 
-Read in data-flow order: `io` (decode files) -> `folder` / `pet` / `synth` (find samples) ->
+Read in data-flow order: `io` (decode files) -> `remote` (``data.root`` -> a local folder,
+mirroring a URI) -> `folder` / `pet` / `synth` (find samples) ->
 `masks` (raw values -> classes) -> `inspect` (the dataset's fingerprint; chooses
 ``mask_mode: auto``) -> `split` (train/val/test) -> `transforms` (augment, normalise) ->
 `dataset` (torch datasets from the config).
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     )
     from segray.data.masks import MaskMapper
     from segray.data.pet import download_pet, pet_samples
+    from segray.data.remote import Mirror, dataset_root, is_remote, local_root, mirror, root_setting
     from segray.data.split import assign_split, split_samples
     from segray.data.synth import generate
     from segray.data.transforms import (
@@ -84,6 +86,7 @@ _EXPORTS = {
     ],
     "masks": ["MaskMapper"],
     "pet": ["download_pet", "pet_samples"],
+    "remote": ["Mirror", "dataset_root", "is_remote", "local_root", "mirror", "root_setting"],
     "split": ["assign_split", "split_samples"],
     "synth": ["generate"],
     "transforms": ["default_norm", "eval_transform", "train_transform", "transforms_from_config"],
@@ -106,12 +109,14 @@ __all__ = [
     "Header",
     "ImageError",
     "MaskMapper",
+    "Mirror",
     "Problems",
     "Sample",
     "SegmentationDataset",
     "assign_split",
     "build_datasets",
     "cache_dir",
+    "dataset_root",
     "decode_image",
     "default_norm",
     "download_pet",
@@ -122,13 +127,17 @@ __all__ = [
     "generate",
     "image_size",
     "inspect_data",
+    "is_remote",
     "list_images",
     "list_samples",
+    "local_root",
+    "mirror",
     "pair_files",
     "pet_samples",
     "prepare_data",
     "read_header",
     "read_mask",
+    "root_setting",
     "split_samples",
     "train_transform",
     "transforms_from_config",

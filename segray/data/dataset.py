@@ -4,15 +4,14 @@ cfg = prepare_data(cfg)            # on the driver, once: absolute root, synthet
                                    # dataset checked, data.mask_mode: auto resolved
 datasets = build_datasets(cfg)     # on every worker: {"train": ..., "val": ..., "test": ...}
 image, mask = datasets["train"][0] # (C, H, W) float32, (H, W) int64
+
+A URI ``data.root`` (``s3://...``) stays a URI in the config; every reader gets its local
+mirror from `segray.data.remote.dataset_root`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,14 +23,16 @@ from segray.data.inspect import DEFAULT_SAMPLE, Fingerprint, fingerprint
 from segray.data.io import ImageError, decode_image, image_size, read_mask
 from segray.data.masks import MaskMapper
 from segray.data.pet import pet_samples
+from segray.data.remote import cache_dir, dataset_root, is_remote, renamed
 from segray.data.split import split_samples
-from segray.data.synth import generate, synth_params
+from segray.data.synth import generate
 from segray.data.transforms import sample_seed, transforms_from_config
 
 __all__ = [
     "SegmentationDataset",
     "build_datasets",
     "cache_dir",
+    "dataset_root",
     "inspect_data",
     "list_samples",
     "prepare_data",
@@ -89,34 +90,17 @@ class SegmentationDataset(Dataset):
         return self.transform(image, target, seed=sample_seed(self.seed, epoch, i))
 
 
-def cache_dir() -> Path:
-    """segray's cache: ``$SEGRAY_CACHE``, default ``~/.cache/segray``."""
-    return Path(os.environ.get("SEGRAY_CACHE") or Path.home() / ".cache" / "segray").expanduser()
-
-
-def _root(data_cfg: DataConfig) -> Path:
-    """Absolute dataset root; synthetic without ``data.root``: a cache folder named by a hash
-    of the generator parameters."""
-    if data_cfg.root:
-        return Path(data_cfg.root).expanduser().absolute()
-    if data_cfg.source != "synthetic":  # DataConfig's validator requires a root for these
-        raise ValueError(f"data.source {data_cfg.source!r} needs data.root")
-    s = data_cfg.synthetic
-    params = synth_params(num=s.num, size=s.size, num_classes=len(data_cfg.classes), seed=s.seed)
-    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    return cache_dir() / "synth" / digest
-
-
 def prepare_data(cfg: Config) -> Config:
     """Run once on the driver before any worker starts; returns the config workers should use.
 
-    ``data.root`` becomes absolute (workers run in other folders). For ``synthetic`` the dataset
-    is generated (or found complete) in ``data.root`` or the cache, that folder becomes
-    ``data.root``, and ``data.mask_mode`` follows the generator's convention: ``threshold``
-    for 2 classes (0/255 masks), ``index`` for more. Every dataset is then fingerprinted
-    (`segray.data.inspect`): a broken one (unmatched, unreadable or size-mismatched files, mask
-    values no mode fits, no foreground in any mask) fails here, in one line, and
-    ``data.mask_mode: auto`` becomes the concrete mode its mask values call for.
+    A local ``data.root`` becomes absolute (workers run in other folders); a URI stays as it
+    is (each node mirrors it, `segray.data.remote`; the driver's mirror is checked here). For
+    ``synthetic`` the dataset is generated (or found complete) in ``data.root`` or the cache,
+    that folder becomes ``data.root``, and ``data.mask_mode`` follows the generator's
+    convention: ``threshold`` for 2 classes (0/255 masks), ``index`` for more. Every dataset is
+    then fingerprinted (`segray.data.inspect`): a broken one (unmatched, unreadable or
+    size-mismatched files, mask values no mode fits, no foreground in any mask) fails here, in
+    one line, and ``data.mask_mode: auto`` becomes the concrete mode its mask values call for.
     """
     return inspect_data(cfg)[0]
 
@@ -131,14 +115,14 @@ def inspect_data(
     pixels are read.
     """
     data = cfg.data
-    root = _root(data)
-    updates: dict[str, object] = {"data.root": str(root)}
+    root = dataset_root(data)  # a URI root is mirrored here, once
+    updates: dict[str, object] = {"data.root": data.root if is_remote(data.root) else str(root)}
     if data.source == "synthetic":
         s = data.synthetic
         generate(root, num=s.num, size=s.size, num_classes=len(data.classes), seed=s.seed)
         updates["data.mask_mode"] = "threshold" if len(data.classes) == 2 else "index"
     prepared = apply_overrides(cfg, updates)
-    fp = fingerprint(prepared.data, sample=sample)
+    fp = fingerprint(prepared.data, sample=sample, root=root)
     if strict:
         fp.raise_if_unusable()
     if fp.updates:
@@ -150,17 +134,18 @@ def inspect_data(
 
 def list_samples(data_cfg: DataConfig, *, check: bool = True) -> list[Sample]:
     """Every sample of the configured source, sorted by key (``check``: read file headers)."""
-    root = _root(data_cfg)
-    if data_cfg.source == "pet":
-        return pet_samples(root, "trainval")
-    if data_cfg.source == "synthetic":
-        return find_pairs(root / "images", root / "masks", check=check)
-    return find_pairs(
-        root / data_cfg.images_dir,
-        root / data_cfg.masks_dir,
-        check=check,
-        mask_suffix=data_cfg.mask_suffix,
-    )
+    root = dataset_root(data_cfg)
+    with renamed(data_cfg.root, root):
+        if data_cfg.source == "pet":
+            return pet_samples(root, "trainval")
+        if data_cfg.source == "synthetic":
+            return find_pairs(root / "images", root / "masks", check=check)
+        return find_pairs(
+            root / data_cfg.images_dir,
+            root / data_cfg.masks_dir,
+            check=check,
+            mask_suffix=data_cfg.mask_suffix,
+        )
 
 
 def build_datasets(cfg: Config) -> dict[str, SegmentationDataset]:

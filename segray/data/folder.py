@@ -159,6 +159,7 @@ class Problems:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.label = str(root)  # how messages name the dataset (a URI for a mirrored one)
         self.items: list[tuple[str, str]] = []
         self.counts: dict[str, int] = {}
 
@@ -186,5 +187,5 @@ class Problems:
         listed = "; ".join(text for _, text in self.items[:_MAX_LISTED])
         more = f"; ... and {n - _MAX_LISTED} more" if n > _MAX_LISTED else ""
         raise DatasetError(
-            f"dataset {self.root}: {n} problem{'s' * (n != 1)} ({kinds}); first: {listed}{more}"
+            f"dataset {self.label}: {n} problem{'s' * (n != 1)} ({kinds}); first: {listed}{more}"
         )

@@ -29,6 +29,7 @@ from segray.data.folder import Problems, Sample, pair_files
 from segray.data.io import Header, ImageError, decode_image, read_header, read_mask
 from segray.data.masks import MaskMapper
 from segray.data.pet import pet_samples
+from segray.data.remote import dataset_root, is_remote, renamed
 
 __all__ = ["DEFAULT_SAMPLE", "Fingerprint", "fingerprint", "resolve_mask_mode"]
 
@@ -193,9 +194,15 @@ class Fingerprint:
 
 # --------------------------------------------------------------------------- entry point
 def fingerprint(
-    data_cfg: DataConfig, *, sample: int = DEFAULT_SAMPLE, workers: int | None = None
+    data_cfg: DataConfig,
+    *,
+    sample: int = DEFAULT_SAMPLE,
+    workers: int | None = None,
+    root: Path | None = None,
 ) -> Fingerprint:
-    """The fingerprint of ``data_cfg``'s dataset (``data.root`` must be set).
+    """The fingerprint of ``data_cfg``'s dataset (``data.root`` must be set; a URI is read from
+    its local mirror, `segray.data.remote.dataset_root`, or from ``root`` when the caller has
+    resolved it already).
 
     Problems (unmatched, unreadable, size-mismatched files) and a mapping that cannot be
     chosen or finds no foreground are recorded, not raised (`Fingerprint.raise_if_unusable`).
@@ -203,8 +210,10 @@ def fingerprint(
     """
     if not data_cfg.root:
         raise ValueError("fingerprint needs data.root (run prepare_data first)")
-    root = Path(data_cfg.root)
-    samples, problems = _list(data_cfg, root)
+    root = root or dataset_root(data_cfg)
+    shown = data_cfg.root.rstrip("/") if is_remote(data_cfg.root) else str(root)
+    with renamed(data_cfg.root, root):
+        samples, problems = _list(data_cfg, root)
     workers = workers or min(32, (os.cpu_count() or 1) + 4)
     with ThreadPoolExecutor(workers, thread_name_prefix="segray-inspect") as pool:
         images, masks, bad = _headers(pool, samples, problems)
@@ -224,7 +233,7 @@ def fingerprint(
             pairs += pool.map(lambda s: _read_pair(s, image=False), more)
     if error is None and mapper is not None and not found and pairs:
         error = (
-            f"{root}: no mask has foreground under data.mask_mode={mode} ({reason}); mask "
+            f"{shown}: no mask has foreground under data.mask_mode={mode} ({reason}); mask "
             f"values {_values(histogram)} over {len(pairs)} masks: {_choose(data_cfg)}"
         )
     for p in pairs:
@@ -239,9 +248,12 @@ def fingerprint(
         for p in pairs
         if p.constant is not None
     ]
+    if is_remote(data_cfg.root):  # name the URI, not its mirror in the cache
+        problems.label = str(problems.root).replace(str(root), shown, 1)
+        problems.items = [(kind, text.replace(str(root), shown)) for kind, text in problems.items]
     images.update(_intensity(pairs))
     return Fingerprint(
-        root=str(root),
+        root=shown,
         source=data_cfg.source,
         pairs=len(samples),
         problems=problems,
