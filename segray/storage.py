@@ -25,6 +25,7 @@ operation in `retry_counts`.
 
 from __future__ import annotations
 
+import atexit
 import os
 import posixpath
 import random
@@ -59,6 +60,21 @@ _ATOMIC_RENAME = {"local", "hdfs"}  # pafs type_name of filesystems whose move i
 _FS_CACHE: dict[tuple[Any, ...], pafs.FileSystem] = {}
 _URI_CACHE: dict[tuple[str, ...], tuple[pafs.FileSystem, bool]] = {}  # -> (fs, bucket-style)
 _LOCK = threading.Lock()
+
+
+def forget_filesystems() -> None:
+    """Drop the cached filesystems (and collect them now). Registered to run at exit before
+    pyarrow shuts its S3 subsystem down: an S3 client destroyed after that, by the interpreter's
+    own teardown, can crash the process on its way out."""
+    with _LOCK:
+        _FS_CACHE.clear()
+        _URI_CACHE.clear()
+    import gc
+
+    gc.collect()
+
+
+atexit.register(forget_filesystems)  # after pyarrow.fs's own hook: atexit runs it first
 
 
 def is_hidden(rel: str) -> bool:

@@ -62,6 +62,9 @@ def s3_server() -> Iterator[Any]:
             yield server
         finally:
             set_environ(old)
+            from segray.storage import forget_filesystems
+
+            forget_filesystems()  # no S3 client outlives its server
 
 
 @pytest.fixture
