@@ -60,6 +60,7 @@ from segray.data import (
 )
 from segray.metrics import SegMetrics, per_image_metrics
 from segray.predict import load_segmenter
+from segray.storage import published
 
 __all__ = ["SPLITS", "evaluate_checkpoint"]
 
@@ -88,7 +89,7 @@ def evaluate_checkpoint(
             ``data`` config); None: the checkpoint config's own dataset.
         split: ``val`` / ``test``: that split under the checkpoint config's ``data.split``,
             ``data.split_seed`` and ``data.split_ids``; ``all``: every pair.
-        output: report folder (created).
+        output: report folder (created): a local path or a URI (``s3://...``).
         batch_size: images (same size) or tiles per forward; default ``segment.batch_size``.
         device: ``"auto"`` = CUDA when available, else CPU.
         worst_k: number of overlays (the lowest-Dice images).
@@ -105,10 +106,23 @@ def evaluate_checkpoint(
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     if worst_k < 0:
         raise ValueError(f"worst_k must be >= 0, got {worst_k}")
+    with published(output) as local:  # a URI: written here, then uploaded
+        return _evaluate(checkpoint, data, split, local, batch_size, device, worst_k, progress)
+
+
+def _evaluate(
+    checkpoint: str | Path,
+    data: str | Path | None,
+    split: Split,
+    output: Path,
+    batch_size: int | None,
+    device: str | torch.device,
+    worst_k: int,
+    progress: bool,
+) -> dict[str, Any]:
     segmenter = load_segmenter(checkpoint, device=device, batch_size=batch_size)
     config, source = _dataset_config(segmenter.config, data)
     samples = _samples(config, data, split, source)
-    output = Path(output)
     (output / "overlays").mkdir(parents=True, exist_ok=True)
 
     mapper = MaskMapper.from_config(config.data)

@@ -34,6 +34,7 @@ from torch import nn
 from segray.checkpoint import fetch_checkpoint, load_model, model_id
 from segray.metrics import probs_from_logits
 from segray.predict import Preprocess
+from segray.storage import Location, published_file
 
 __all__ = [
     "FORMATS",
@@ -103,26 +104,27 @@ def export_model(checkpoint: str | Path, fmt: Format, output: str | Path) -> Exp
     model, config = load_model(checkpoint, "cpu")
     channels = int(model.in_channels)
     net = ProbabilityModel(model, Preprocess.from_config(config, channels)).eval()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.from_numpy(_random_images(1, TRACE_SIZE, channels, seed=0))
-    exporter = _torchscript if fmt == "torchscript" else _onnx
-    run = exporter(net, example, output)
+    target = str(output)
+    with published_file(output) as path:  # a URI: written here, then uploaded
+        example = torch.from_numpy(_random_images(1, TRACE_SIZE, channels, seed=0))
+        exporter = _torchscript if fmt == "torchscript" else _onnx
+        run = exporter(net, example, path)
 
-    diffs = {}
-    for seed, (h, w) in enumerate(CHECK_SIZES, start=1):
-        images = _random_images(2, (h, w), channels, seed=seed)
-        with torch.inference_mode():
-            expected = net(torch.from_numpy(images)).numpy()
-        diffs[f"{h}x{w}"] = float(np.abs(run(images) - expected).max())
-    worst = max(diffs.values())
-    if not worst <= TOLERANCE[fmt]:  # NaN fails too
-        output.unlink(missing_ok=True)
-        raise ExportError(
-            f"{output}: the {fmt} artifact differs from eager PyTorch by up to {worst:.2e} "
-            f"(> {TOLERANCE[fmt]:.0e}; per size: {diffs}); it was removed"
-        )
-    return ExportReport(output, fmt, diffs, model_id(checkpoint))
+        diffs = {}
+        for seed, (h, w) in enumerate(CHECK_SIZES, start=1):
+            images = _random_images(2, (h, w), channels, seed=seed)
+            with torch.inference_mode():
+                expected = net(torch.from_numpy(images)).numpy()
+            diffs[f"{h}x{w}"] = float(np.abs(run(images) - expected).max())
+        worst = max(diffs.values())
+        if not worst <= TOLERANCE[fmt]:  # NaN fails too
+            path.unlink(missing_ok=True)
+            raise ExportError(
+                f"{target}: the {fmt} artifact differs from eager PyTorch by up to {worst:.2e} "
+                f"(> {TOLERANCE[fmt]:.0e}; per size: {diffs}); it was removed"
+            )
+    shown = path if Location.parse(target).is_local else target
+    return ExportReport(shown, fmt, diffs, model_id(checkpoint))
 
 
 @contextmanager

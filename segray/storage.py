@@ -30,10 +30,12 @@ import os
 import posixpath
 import random
 import re
+import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -45,6 +47,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 __all__ = [
+    "published",
+    "published_file",
     "Location",
     "glob",
     "glob_regex",
@@ -363,3 +367,38 @@ def retry_counts() -> dict[str, int]:
     """Retries made by `with_retries` in this process so far: ``what`` -> count."""
     with _LOCK:
         return dict(_RETRIES)
+
+
+# --------------------------------------------------------------------------- local staging
+@contextmanager
+def published(where: str | Path) -> Iterator[Path]:
+    """A local folder to write an output folder into, for code that writes with plain file
+    APIs (plots, reports): ``where`` itself when it is local; else a temporary folder whose
+    files are uploaded to ``where`` (one atomic write each, retried) when the block ends
+    without an error, and which is removed either way."""
+    loc = Location.parse(where)
+    if loc.is_local:
+        Path(loc.path).mkdir(parents=True, exist_ok=True)
+        yield Path(loc.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="segray-out-") as tmp:
+        yield Path(tmp)
+        for path in sorted(Path(tmp).rglob("*")):
+            if path.is_file():
+                rel = path.relative_to(tmp).as_posix()
+                with_retries(loc.join(rel).write, path.read_bytes(), what="upload")
+
+
+@contextmanager
+def published_file(where: str | Path) -> Iterator[Path]:
+    """As `published`, for one file: a local path to write, uploaded to ``where`` after."""
+    loc = Location.parse(where)
+    if loc.is_local:
+        Path(loc.path).parent.mkdir(parents=True, exist_ok=True)
+        yield Path(loc.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="segray-out-") as tmp:
+        local = Path(tmp) / posixpath.basename(loc.path)
+        yield local
+        if local.is_file():
+            with_retries(loc.write, local.read_bytes(), what="upload")

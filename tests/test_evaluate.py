@@ -260,3 +260,24 @@ def test_bad_split_and_empty_split(binary: tuple[Path, Path], tmp_path: Path) ->
     empty = _checkpoint(tmp_path / "ckpt", TINY_UNET + ["data.split_ids={train: [a0], val: [b0]}"])
     with pytest.raises(ValueError, match="split 'test' has no images"):
         evaluate_checkpoint(empty, data=data, split="test", output=tmp_path, progress=False)
+
+
+def test_checkpoint_and_report_on_object_storage(
+    binary: tuple[Path, Path], binary_report, s3_bucket: str
+) -> None:
+    """`segray evaluate` with the checkpoint and the report folder on S3 (a real S3 API)."""
+    from segray.storage import Location
+
+    ckpt, data = binary
+    remote = Location.parse(s3_bucket).join("ckpt")
+    for path in ckpt.iterdir():
+        remote.join(path.name).write(path.read_bytes())
+    out = f"{s3_bucket}/report"
+    metrics = evaluate_checkpoint(
+        remote.uri, data=data, split="all", output=out, worst_k=2, progress=False
+    )
+    assert metrics["dice"] == pytest.approx(binary_report[0]["dice"], abs=1e-6)
+    files = {rel for rel, _ in Location.parse(out).list_files()}
+    assert {"metrics.json", "per_image.parquet", "roc_pr.png"} <= files
+    assert sum(rel.startswith("overlays/") for rel in files) == 2
+    assert not Path("s3:").exists()

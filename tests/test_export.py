@@ -115,3 +115,20 @@ def test_parity_failure_raises_and_removes_the_artifact(
 def test_unknown_format_lists_the_valid_ones(unet_ckpt: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="valid: torchscript, onnx"):
         export_model(unet_ckpt, "tflite", tmp_path / "model.tflite")  # type: ignore[arg-type]
+
+
+def test_export_to_object_storage(unet_ckpt: Path, s3_bucket: str, tmp_path: Path) -> None:
+    from segray.storage import Location
+
+    target = f"{s3_bucket}/models/unet.pt"
+    report = export_model(unet_ckpt, "torchscript", target)
+    assert report.path == target
+    local = tmp_path / "unet.pt"
+    local.write_bytes(Location.parse(target).read_bytes())
+    artifact = _jit_load(local)
+
+    def run(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return artifact(torch.from_numpy(images)).numpy()
+
+    _assert_matches_segmenter(unet_ckpt, run)

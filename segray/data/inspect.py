@@ -127,12 +127,14 @@ class Fingerprint:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
-    def save(self, folder: str | Path) -> Path:
-        """Write ``fingerprint.json`` into ``folder`` (created); returns its path."""
-        path = Path(folder) / "fingerprint.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json())
-        return path
+    def save(self, folder: str | Path) -> Path | str:
+        """Write ``fingerprint.json`` into ``folder`` (a local path, created, or a URI);
+        returns where it went."""
+        from segray.storage import Location
+
+        loc = Location.parse(folder).join("fingerprint.json")
+        loc.write(self.to_json().encode())
+        return Path(loc.path) if loc.is_local else loc.uri
 
     def summary(self) -> str:
         """One line: pairs, image size and mode, the mask mapping, the foreground fraction."""
