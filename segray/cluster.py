@@ -110,8 +110,16 @@ class ResourceError(RuntimeError):
     """A request that this cluster can never satisfy (instead of waiting forever for it)."""
 
 
+# Ray Train gives a worker group 60 s to start. On a small machine that is busy (2 cores
+# importing torch in fresh worker processes while other jobs run) that is too short: the
+# attempt fails, and its successor can then wait forever on the CPUs the failed one still
+# holds. Local mode gives it 10 minutes; a cluster sets it in its nodes' environment.
+_WORKER_GROUP_START_TIMEOUT = ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
+
+
 def start_local(num_cpus: int) -> None:
     """Start this process's private single-node Ray (local mode; the tests' Ray too)."""
+    os.environ.setdefault(*_WORKER_GROUP_START_TIMEOUT)  # inherited by Ray's processes
     ray.init(
         address="local",  # never a cluster that `ray start` recorded on this machine
         num_cpus=num_cpus,
