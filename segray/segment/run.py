@@ -30,6 +30,7 @@ from ray.data import DataContext
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from segray import __version__
 from segray.cluster import ensure_ray
 from segray.config import (
     Config,
@@ -186,7 +187,7 @@ def run_segment(
         parquet=out.parquet.uri,
         complete=True,
         run_id=run_id,
-        segray_version=__import__("segray").__version__,
+        segray_version=__version__,
         wall_time_s=round(time.time() - started, 2),
         checkpoint=Location.parse(checkpoint).uri,
         model_id=settings["model_id"],
