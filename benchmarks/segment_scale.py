@@ -322,51 +322,9 @@ def scale_table(part: dict, settings: dict) -> str:
 
 
 # --------------------------------------------------------------------------- part 2
-MODEL = ["model.name=resnet_unet", "model.encoder=resnet18", "model.decoder_channels=[64,32,16,8]"]
-
-_DRIVER = """
-import json, sys, time
-from segray.segment import run_segment
-args = json.loads(sys.argv[1])
-start = time.perf_counter()
-summary = run_segment(**args)
-summary["end_to_end_s"] = time.perf_counter() - start
-print("SUMMARY " + json.dumps(summary))
-"""
-
-
-def generate(folder: Path, count: int, size: int, seed: int = 0) -> list[Path]:
-    """``count`` smooth random ``size`` x ``size`` scenes, 1 in 4 a JPEG (as
-    segment_throughput.py makes them)."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(count):
-        path = folder / (f"{i:06d}.jpg" if i % 4 == 3 else f"{i:06d}.png")
-        low = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        image = Image.fromarray(low).resize((size, size), Image.BICUBIC)
-        image.save(path, quality=90) if path.suffix == ".jpg" else image.save(path)
-        paths.append(path)
-    return paths
-
-
-def checkpoint(directory: Path, size: int) -> Path:
-    import torch
-
-    from segray.checkpoint import build_model, save_checkpoint
-    from segray.config import load_config
-
-    torch.manual_seed(0)
-    cfg = load_config(None, [*MODEL, f"segment.tile_size={size}"])
-    return save_checkpoint(
-        directory, model=build_model(cfg, pretrained=False), config=cfg, metrics={}
-    )
-
-
 def segment(ckpt: Path, inputs: list[str], output: str, overrides: list[str]) -> dict:
+    import segment_throughput
+
     """``run_segment`` in a fresh process with its own local Ray (this process's env)."""
     args = {
         "checkpoint": str(ckpt),
@@ -377,7 +335,7 @@ def segment(ckpt: Path, inputs: list[str], output: str, overrides: list[str]) ->
         "progress": False,
     }
     proc = subprocess.run(
-        [sys.executable, "-c", _DRIVER, json.dumps(args)],
+        [sys.executable, "-c", segment_throughput._DRIVER, json.dumps(args)],
         env={**os.environ, "RAY_ADDRESS": ""},
         capture_output=True,
         text=True,
@@ -397,6 +355,8 @@ def segment(ckpt: Path, inputs: list[str], output: str, overrides: list[str]) ->
 
 
 def part_s3(args: argparse.Namespace, tmp: Path) -> dict:
+    import segment_throughput  # its images, checkpoint and driver (imports torch: Part 2 only)
+
     from segray.storage import Location
     from tests.s3 import S3Server, s3_environ, set_environ
 
@@ -412,8 +372,8 @@ def part_s3(args: argparse.Namespace, tmp: Path) -> dict:
         "segment.precision=auto",
     ]
     folder = tmp / "s3-bench" / "in"
-    paths = generate(folder, args.images, args.size)
-    ckpt = checkpoint(tmp / "s3-bench" / "ckpt", args.size)
+    paths = segment_throughput.generate(folder, args.images, args.size, mixed=0.0)
+    ckpt = segment_throughput.checkpoint(tmp / "s3-bench" / "ckpt", "resnet18-unet", args.size)
     rounds: dict[str, list[dict]] = {"local": [], "s3": []}
     with ray_lock(), S3Server() as server:
         old = set_environ(s3_environ(server.endpoint))  # before Ray starts: workers inherit
@@ -421,7 +381,8 @@ def part_s3(args: argparse.Namespace, tmp: Path) -> dict:
             bucket = server.bucket(BUCKET)
             start = time.perf_counter()
             for path in paths:
-                Location.parse(f"{bucket}/in/{path.name}").write(path.read_bytes())
+                rel = path.relative_to(folder).as_posix()
+                Location.parse(f"{bucket}/in/{rel}").write(path.read_bytes())
             upload_s = time.perf_counter() - start
             runs = {
                 "local": ([str(folder)], str(tmp / "s3-bench" / "out")),

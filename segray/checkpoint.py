@@ -38,6 +38,7 @@ __all__ = [
     "CheckpointError",
     "build_model",
     "copy_checkpoint",
+    "download_checkpoint",
     "fetch_checkpoint",
     "load_history",
     "load_checkpoint_config",
@@ -158,21 +159,27 @@ def fetch_checkpoint(where: str | Path, names: Sequence[str] = INFERENCE_FILES) 
 
 @functools.cache
 def _fetch(uri: str, names: tuple[str, ...]) -> Path:
+    return download_checkpoint(uri, Path(tempfile.mkdtemp(prefix="segray-ckpt-")), names)
+
+
+def download_checkpoint(where: str | Path, dst: Path, names: Sequence[str]) -> Path:
+    """Copy the files ``names`` of the checkpoint ``where`` (a path or a URI) into the local
+    folder ``dst`` (created); a missing optional file is skipped. Returns ``dst``."""
     from segray.storage import Location, with_retries
 
-    src = Location.parse(uri)
-    local = Path(tempfile.mkdtemp(prefix="segray-ckpt-"))
+    src = Location.parse(where)
+    dst.mkdir(parents=True, exist_ok=True)
     for name in names:
         try:
             data = with_retries(src.join(name).read_bytes, what="read checkpoint")
         except FileNotFoundError:
             if name in (MODEL_FILE, CONFIG_FILE):
-                raise CheckpointError(f"{uri}: not a segray checkpoint (no {name})") from None
+                raise CheckpointError(f"{where}: not a segray checkpoint (no {name})") from None
             continue
         except OSError as e:
-            raise CheckpointError(f"{uri}: cannot read {name} ({e})") from None
-        (local / name).write_bytes(data)
-    return local
+            raise CheckpointError(f"{where}: cannot read {name} ({e})") from None
+        (dst / name).write_bytes(data)
+    return dst
 
 
 def model_id(directory: str | Path) -> str:

@@ -34,7 +34,13 @@ import torch
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from segray.checkpoint import HISTORY_FILE, INFERENCE_FILES, STATE_FILE, copy_checkpoint
+from segray.checkpoint import (
+    HISTORY_FILE,
+    INFERENCE_FILES,
+    STATE_FILE,
+    copy_checkpoint,
+    download_checkpoint,
+)
 from segray.cluster import ResourceError, check_fits, ensure_ray
 from segray.config import Config, apply_overrides, load_config
 from segray.data import inspect_data
@@ -411,15 +417,7 @@ def _fetch_checkpoint(uri: Any, dst: Path) -> Path | None:
     state), copied to the local folder ``dst``."""
     if not isinstance(uri, str) or not uri:
         return None
-    src = Location.parse(uri)
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in (*INFERENCE_FILES, HISTORY_FILE):
-        try:
-            data = with_retries(src.join(name).read_bytes, what="read checkpoint")
-        except FileNotFoundError:
-            continue
-        (dst / name).write_bytes(data)
-    return dst
+    return download_checkpoint(uri, dst, (*INFERENCE_FILES, HISTORY_FILE))
 
 
 def _publish(stage: Path, out: str) -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -383,6 +384,22 @@ def _wait_for_job_processes_to_exit(driver_pid: int, limit: float = 120.0) -> No
         time.sleep(0.1)
 
 
+def _kill_once_committed(
+    proc: subprocess.Popen, committed: Callable[[], int], shards: int = 3, poll: float = 0.05
+) -> None:
+    """SIGKILL the run's process group once ``committed()`` counts ``shards`` committed shard
+    files, then wait until its Ray job's processes are gone (their last writes have landed)."""
+    deadline = time.monotonic() + 150
+    while committed() < shards:
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no shard committed in time"
+        time.sleep(poll)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    _wait_for_job_processes_to_exit(proc.pid)
+
+
 def test_killed_run_resumes_without_segmenting_again(ray_local, ckpt, tmp_path: Path):
     import ray
 
@@ -404,15 +421,7 @@ def test_killed_run_resumes_without_segmenting_again(ray_local, ckpt, tmp_path: 
         start_new_session=True,
     )
     parts = out / "parquet"
-    deadline = time.monotonic() + 150
-    while len(list(parts.glob("part-*.parquet"))) < 3:
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "no shard committed in time"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stdout.close()
-    _wait_for_job_processes_to_exit(proc.pid)  # their last writes have landed
+    _kill_once_committed(proc, lambda: len(list(parts.glob("part-*.parquet"))))
 
     # What the killed run left: complete shard files only, no summary.
     assert not (out / "summary.json").exists()

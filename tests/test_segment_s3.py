@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
 import subprocess
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +20,7 @@ from PIL import Image
 from segray.segment import run_segment
 from segray.storage import Location, retry_counts
 from tests.s3 import FaultProxy, set_environ
-from tests.test_segment import _checkpoint, _command, _encode, _wait_for_job_processes_to_exit
+from tests.test_segment import _checkpoint, _command, _encode, _kill_once_committed
 
 pytestmark = pytest.mark.integration
 OVERRIDES = ["segment.shard_size=3", "segment.batch_size=4"]
@@ -155,15 +152,9 @@ def test_killed_run_on_s3_resumes(ray_s3, ckpt, s3_bucket: str, tmp_path: Path):
         start_new_session=True,
     )
     parquet = Location.parse(out).join("parquet")
-    deadline = time.monotonic() + 150
-    while len([i for i in parquet.list() if i.base_name.startswith("part-")]) < 3:
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "no shard committed in time"
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stdout.close()
-    _wait_for_job_processes_to_exit(proc.pid)
+    _kill_once_committed(
+        proc, lambda: sum(i.base_name.startswith("part-") for i in parquet.list()), poll=0.1
+    )
     assert not Location.parse(out).join("summary.json").exists()
     before = _output(out)
     assert 0 < before.num_rows < len(ids), "the run finished before it was killed"

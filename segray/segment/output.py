@@ -14,6 +14,7 @@ so the final validation reads footers and id columns only, never the masks or me
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections import Counter, defaultdict
@@ -197,7 +198,7 @@ class Output:
                 parts = [i.path for i in _parquet_files(self.staged.get(shard.key, []))]
                 done = read_columns(fs, parts, ["image_id", "status"])
                 keep = _ids(done, lambda status: status == "ok" or not retry_errors)
-            pending.append(_replace_skip(shard, frozenset(keep)))
+            pending.append(dataclasses.replace(shard, skip=frozenset(keep)))
             kept[shard.key] = len(keep)
         return pending, kept
 
@@ -215,13 +216,14 @@ class Output:
             raise SegmentError(f"{len(missing)} shard(s) not committed, e.g. {missing[0]}")
         fs = self.root.fs
         stats: list[dict[str, Any]] = []
+        hashes: list[np.ndarray] = []  # of every image id: 8 bytes an image
         paths = [self.committed[s.key].path for s in shards]
-        rows = 0
         with ThreadPoolExecutor(_THREADS) as pool:
             for start in range(0, len(shards), _CHUNK):
                 chunk = shards[start : start + _CHUNK]
                 facts = pool.map(lambda p: _facts(fs, p), paths[start : start + _CHUNK])
-                for shard, path, (num_rows, schema_ok, raw) in zip(chunk, paths[start:], facts):
+                for shard, path, fact in zip(chunk, paths[start:], facts):
+                    num_rows, schema_ok, raw, ids = fact
                     if not schema_ok:
                         raise SegmentError(f"shard {shard.key}: schema differs from OUTPUT_SCHEMA")
                     expected = totals.get(shard.key, shard.known_total)
@@ -233,24 +235,10 @@ class Output:
                         table = with_retries(pq.read_table, path, filesystem=fs, what="read")
                         raw = json.dumps(shard_stats(table))
                     stats.append(json.loads(raw))
-                    rows += num_rows
-            _check_unique_ids(fs, paths, rows, pool)
+                    hashes.append(ids)
+        _check_unique_ids(fs, paths, hashes)
         pa.default_memory_pool().release_unused()
         return summarise(stats, run_id=run_id) | {"shards": len(shards)}
-
-
-def _replace_skip(shard: Shard, skip: frozenset[str]) -> Shard:
-    import dataclasses
-
-    return dataclasses.replace(shard, skip=skip)
-
-
-def _footer(fs: pafs.FileSystem, path: str) -> pq.FileMetaData:
-    def read() -> pq.FileMetaData:
-        with fs.open_input_file(path) as f:
-            return pq.read_metadata(f)
-
-    return with_retries(read, what="read footer")
 
 
 @functools.cache
@@ -260,33 +248,28 @@ def _output_parquet_schema() -> pq.ParquetSchema:
     return pq.read_metadata(pa.BufferReader(sink.getvalue())).schema
 
 
-def _facts(fs: pafs.FileSystem, path: str) -> tuple[int, bool, bytes | None]:
-    """A committed file's row count, whether its columns are OUTPUT_SCHEMA's, its statistics."""
-    footer = _footer(fs, path)
+def _facts(fs: pafs.FileSystem, path: str) -> tuple[int, bool, bytes | None, np.ndarray]:
+    """One committed file, opened once: its row count, whether its columns are
+    OUTPUT_SCHEMA's, its statistics (footer) and 64-bit hashes of its image ids."""
+    import pandas as pd
+
+    def read() -> tuple[pq.FileMetaData, pa.ChunkedArray]:
+        with fs.open_input_file(path) as f:
+            parquet = pq.ParquetFile(f)
+            return parquet.metadata, parquet.read(columns=["image_id"]).column("image_id")
+
+    footer, ids = with_retries(read, what="read footer and ids")
+    hashes = pd.util.hash_array(np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object))
     raw = (footer.metadata or {}).get(_STATS_KEY)
-    return footer.num_rows, footer.schema.equals(_output_parquet_schema()), raw
+    return footer.num_rows, footer.schema.equals(_output_parquet_schema()), raw, hashes
 
 
 def _check_unique_ids(
-    fs: pafs.FileSystem, paths: Sequence[str], rows: int, pool: ThreadPoolExecutor
+    fs: pafs.FileSystem, paths: Sequence[str], hashes: Sequence[np.ndarray]
 ) -> None:
-    """Ids are unique within each shard by the commit; across shards, check 64-bit hashes
-    (8 bytes per image, one array), and the ids themselves only if two hashes collide."""
-    import pandas as pd
-
-    def hashes(path: str) -> np.ndarray:
-        ids = with_retries(
-            pq.read_table, path, filesystem=fs, columns=["image_id"], what="read ids"
-        ).column("image_id")
-        return pd.util.hash_array(np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object))
-
-    every = np.empty(rows, np.uint64)
-    at = 0
-    for start in range(0, len(paths), _CHUNK):
-        for part in pool.map(hashes, paths[start : start + _CHUNK]):
-            every[at : at + part.size] = part
-            at += part.size
-    every.sort()
+    """Ids are unique within each shard by the commit; across shards, compare their 64-bit
+    hashes, and the ids themselves only if two hashes collide."""
+    every = np.sort(np.concatenate(hashes)) if hashes else np.empty(0, np.uint64)
     if not (every[1:] == every[:-1]).any():
         return
     table = read_columns(fs, paths, ["image_id"])

@@ -324,10 +324,6 @@ def _mirror_png(part: pa.Table, png: Location) -> None:
         with_retries(png.join(*mask_png_name(image_id)).write, data, what="write PNG")
 
 
-def _commit_task(key: str, expected: int, parquet: Location, staging: Location) -> dict[str, Any]:
-    return commit_shard(key, expected, parquet=parquet, staging=staging)
-
-
 class _Commits:
     """Driver-side bookkeeping: rows staged per shard; commit a shard once it is complete."""
 
@@ -337,7 +333,7 @@ class _Commits:
         self.kept = kept
         self.staged: dict[str, dict[str, int]] = defaultdict(dict)
         self.out = out
-        self.task = ray.remote(_commit_task).options(num_cpus=io_cpus, **_RETRIES)
+        self.task = ray.remote(commit_shard).options(num_cpus=io_cpus, **_RETRIES)
         self.inflight: dict[Any, str] = {}
         self.again: set[str] = set()
         self.done: dict[str, int] = {}  # key -> rows committed
@@ -370,7 +366,9 @@ class _Commits:
         if key in self.inflight.values():
             self.again.add(key)
         elif force or self._complete(key):
-            ref = self.task.remote(key, self.expected[key], self.out.parquet, self.out.staging)
+            ref = self.task.remote(
+                key, self.expected[key], parquet=self.out.parquet, staging=self.out.staging
+            )
             self.inflight[ref] = key
 
     def _collect(self, timeout: float | None) -> None:
