@@ -6,6 +6,12 @@ CKPT/metrics.json     val_dice, val_iou, val_loss, epoch, ... of the epoch it wa
 CKPT/train_state.pt   optimizer, scheduler, scaler, epoch, history (for --resume; optional)
 CKPT/history.json     the per-epoch rows up to this checkpoint (training checkpoints; small)
 
+An ensemble checkpoint (`segray.inference.write_ensemble`) has no model.pt of its own:
+
+ENS/ensemble.json     {"format": "segray-ensemble", "members": ["members/<name>", ...], ...}
+ENS/config.yaml       the first member's config with the ensemble's inference settings
+ENS/members/<name>/   a checkpoint directory per member (model.pt, config.yaml, metrics.json)
+
 A checkpoint may live on object storage: `fetch_checkpoint` gives a local directory, fetching
 only what inference needs.
 """
@@ -33,12 +39,14 @@ METRICS_FILE = "metrics.json"
 STATE_FILE = "train_state.pt"
 HISTORY_FILE = "history.json"  # the per-epoch table, small: read without the optimizer state
 INFERENCE_FILES = (MODEL_FILE, CONFIG_FILE, METRICS_FILE)  # what predicting needs
+ENSEMBLE_FILE = "ensemble.json"  # marks an ensemble checkpoint directory
 
 __all__ = [
     "CheckpointError",
     "build_model",
     "copy_checkpoint",
     "download_checkpoint",
+    "ensemble_members",
     "fetch_checkpoint",
     "load_history",
     "load_checkpoint_config",
@@ -100,10 +108,33 @@ def save_checkpoint(
     return directory
 
 
+def ensemble_members(directory: str | Path) -> list[Path] | None:
+    """The member directories of an ensemble checkpoint, or None for a single checkpoint."""
+    directory = Path(directory)
+    manifest = directory / ENSEMBLE_FILE
+    if not manifest.is_file():
+        return None
+    return [directory / m for m in _members(manifest.read_bytes(), directory)]
+
+
+def _members(manifest: bytes, where: object) -> list[str]:
+    try:
+        members = json.loads(manifest)["members"]
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{where}: {ENSEMBLE_FILE} has no members list") from None
+    if not members or any(not isinstance(m, str) or ".." in m.split("/") for m in members):
+        raise CheckpointError(f"{where}: {ENSEMBLE_FILE}: members must be relative folder names")
+    return members
+
+
 def _check(directory: str | Path) -> Path:
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: checkpoint directory not found")
+    if (directory / ENSEMBLE_FILE).is_file():
+        if not (directory / CONFIG_FILE).is_file():
+            raise CheckpointError(f"{directory}: ensemble checkpoint without {CONFIG_FILE}")
+        return directory
     for name in (MODEL_FILE, CONFIG_FILE):
         if not (directory / name).is_file():
             raise CheckpointError(f"{directory}: not a segray checkpoint (no {name})")
@@ -119,6 +150,11 @@ def load_model(
 ) -> tuple[nn.Module, Config]:
     """Rebuild the architecture from ``config.yaml`` and load ``model.pt`` (weights only), eval mode."""
     directory = _check(directory)
+    if (directory / ENSEMBLE_FILE).is_file():
+        raise CheckpointError(
+            f"{directory}: an ensemble checkpoint ({ENSEMBLE_FILE}); load it with "
+            "segray.predict.load_segmenter, or load_model one of its members/"
+        )
     cfg = load_checkpoint_config(directory)
     model = build_model(cfg, pretrained=False)  # the weights come from the file, not the network
     state = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
@@ -164,7 +200,10 @@ def _fetch(uri: str, names: tuple[str, ...]) -> Path:
 
 def download_checkpoint(where: str | Path, dst: Path, names: Sequence[str]) -> Path:
     """Copy the files ``names`` of the checkpoint ``where`` (a path or a URI) into the local
-    folder ``dst`` (created); a missing optional file is skipped. Returns ``dst``."""
+    folder ``dst`` (created); a missing optional file is skipped. Returns ``dst``.
+
+    An ensemble checkpoint (no model.pt, an ensemble.json) is copied whole: its manifest,
+    config and metrics, and ``names`` of every member."""
     from segray.storage import Location, with_retries
 
     src = Location.parse(where)
@@ -173,6 +212,8 @@ def download_checkpoint(where: str | Path, dst: Path, names: Sequence[str]) -> P
         try:
             data = with_retries(src.join(name).read_bytes, what="read checkpoint")
         except FileNotFoundError:
+            if name == MODEL_FILE and _download_ensemble(src, where, dst, names):
+                return dst
             if name in (MODEL_FILE, CONFIG_FILE):
                 raise CheckpointError(f"{where}: not a segray checkpoint (no {name})") from None
             continue
@@ -182,12 +223,43 @@ def download_checkpoint(where: str | Path, dst: Path, names: Sequence[str]) -> P
     return dst
 
 
+def _download_ensemble(src: Any, where: str | Path, dst: Path, names: Sequence[str]) -> bool:
+    """`download_checkpoint` of an ensemble: False when ``src`` is not one."""
+    from segray.storage import with_retries
+
+    try:
+        manifest = with_retries(src.join(ENSEMBLE_FILE).read_bytes, what="read checkpoint")
+    except FileNotFoundError:
+        return False
+    members = _members(manifest, where)
+    for name in (CONFIG_FILE, METRICS_FILE):
+        try:
+            (dst / name).write_bytes(
+                with_retries(src.join(name).read_bytes, what="read checkpoint")
+            )
+        except FileNotFoundError:
+            if name == CONFIG_FILE:
+                raise CheckpointError(
+                    f"{where}: ensemble checkpoint without {CONFIG_FILE}"
+                ) from None
+    for member in members:
+        download_checkpoint(src.join(member).uri, dst / member, names)
+    (dst / ENSEMBLE_FILE).write_bytes(manifest)  # last: a partial copy is not an ensemble
+    return True
+
+
 def model_id(directory: str | Path) -> str:
-    """Content hash of the weights and the config: the provenance of every prediction."""
+    """Content hash of the weights and the config: the provenance of every prediction
+    (of an ensemble: its manifest and config, and every member's weights and config)."""
     directory = _check(directory)
     h = hashlib.sha256()
-    for name in (MODEL_FILE, CONFIG_FILE):
-        with open(directory / name, "rb") as f:
+    members = ensemble_members(directory)
+    files = [directory / n for n in (MODEL_FILE, CONFIG_FILE)]
+    if members is not None:
+        files = [directory / ENSEMBLE_FILE, directory / CONFIG_FILE]
+        files += [_check(m) / n for m in members for n in (MODEL_FILE, CONFIG_FILE)]
+    for path in files:
+        with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]

@@ -151,8 +151,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         output=args.output,
         batch_size=args.batch_size,
         worst_k=args.worst,
+        boundary_tol=args.boundary_tol,
+        em=args.em,
+        tta=args.tta,
     )
     keys = ("dice", "iou", "accuracy", "precision", "recall", "f1", "mse", "roc_auc", "pr_auc")
+    keys += ("hd95", "msd", "boundary_f1", "v_rand", "v_info")
     print(
         "  ".join(f"{k} {m[k]:.4f}" for k in keys if k in m)
         + f"  ({m.get('num_images')} images, {m.get('num_images_no_foreground', 0)} without "
@@ -166,7 +170,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint to TorchScript or ONNX (uint8 images in, probabilities out)."""
     from segray.export import export_model
 
-    report = export_model(args.checkpoint, args.format, args.output)
+    report = export_model(args.checkpoint, args.format, args.output, tta=args.tta)
     diffs = ", ".join(f"{size}: {d:.2e}" for size, d in report.max_abs_diff.items())
     print(f"exported {report.format} -> {report.path}  (parity vs eager, max abs diff: {diffs})")
     return 0
@@ -197,6 +201,36 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(
         f"outputs -> {result.output} (trials.parquet, history.parquet, summary.json, plots/, best/)"
     )
+    if args.then_cv:
+        from segray.checkpoint import fetch_checkpoint, load_checkpoint_config
+        from segray.cv import run_cv
+
+        best = load_checkpoint_config(fetch_checkpoint(result.best))
+        cv = run_cv(best, f"{result.output}/cv", folds=args.then_cv, address=args.address)
+        print(f"cross-validation of the best config -> {cv.output}")
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    """K-fold cross-validation: one DDP trial per fold, then the fold ensemble."""
+    from segray.cv import run_cv
+    from segray.tune import search_exists
+
+    if args.resume_or_start and not args.resume and search_exists(args.output):
+        print(f"resuming the cross-validation in {args.output} (--resume-or-start)")
+        args.resume = args.output
+    cfg = None if args.resume else _load(args)
+    result = run_cv(
+        cfg,
+        args.resume or args.output,
+        folds=args.folds,
+        resume=bool(args.resume),
+        address=args.address,
+    )
+    print(
+        f"outputs -> {result.output} (cv.parquet, oof.parquet, cv_summary.json, ensemble/, "
+        "trials.parquet)"
+    )
     return 0
 
 
@@ -207,6 +241,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     # `--input a b segment.batch_size=4`: argparse hands trailing overrides to --input.
     inputs = [i for i in args.input if not OVERRIDE.match(i)]
     overrides = [*args.overrides, *(i for i in args.input if OVERRIDE.match(i))]
+    if args.tta is not None:
+        overrides.append(f"segment.tta={args.tta}")
     try:
         summary = run_segment(
             args.checkpoint,
@@ -227,6 +263,19 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write one self-contained report.html for a segray output folder."""
+    from segray.report import ReportError, write_report
+
+    try:
+        path = write_report(args.run_dir, args.output, gallery=args.gallery, seed=args.seed)
+    except ReportError as e:
+        print(f"segray: error: {e}", file=sys.stderr)
+        return 2
+    print(f"report -> {path}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole pipeline on the built-in synthetic data (local Ray, CPU)."""
     from segray.demo import run_demo
@@ -236,6 +285,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+def _add_tta(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tta",
+        choices=["none", "flip", "d4"],
+        default=None,
+        help="test-time augmentation: flips (4x) or the 8 dihedral transforms (8x), averaged "
+        "(default: the checkpoint's segment.tta)",
+    )
+
+
 def _add_address(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
@@ -364,7 +423,43 @@ def build_parser() -> argparse.ArgumentParser:
         "that is resubmitted (a KubeRay RayJob, a retried `ray job submit`) picks up its search",
     )
     _add_address(p)
+    p.add_argument(
+        "--then-cv",
+        type=int,
+        metavar="K",
+        help="then cross-validate the best trial's config over K folds into OUTPUT/cv "
+        "(as `segray cv`): per-fold scores and the K-model ensemble",
+    )
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser(
+        "cv",
+        help="k-fold cross-validation (parallel DDP trials) and the fold ensemble",
+        description="Train one model per fold (each a DDP trial on Ray Tune, in parallel as the "
+        "cluster allows), predict every fold's validation images with its model, choose the "
+        "threshold and post-processing on those out-of-fold predictions, and write the K fold "
+        "models as one ensemble checkpoint. The test split stays held out; data.group_by keeps "
+        "groups of stems (a volume's slices, a patient's photos) in one fold.",
+    )
+    _add_config_args(p)
+    p.add_argument("--folds", "-k", type=int, default=5, metavar="K", help="folds (default 5)")
+    p.add_argument(
+        "--output",
+        "-o",
+        default="runs/cv",
+        metavar="DIR",
+        help="output folder, a local path or a URI (default runs/cv)",
+    )
+    p.add_argument(
+        "--resume", metavar="DIR", help="continue the interrupted cross-validation in DIR"
+    )
+    p.add_argument(
+        "--resume-or-start",
+        action="store_true",
+        help="continue the cross-validation in --output if it holds one, else start it there",
+    )
+    _add_address(p)
+    p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser(
         "segment", help="bulk-segment image folders / tar shards / Parquet into Parquet"
@@ -399,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--retry-errors", action="store_true", help="on resume, segment earlier error rows again"
     )
+    _add_tta(p)
     p.add_argument(
         "--overwrite", action="store_true", help="discard an earlier output in DIR and start over"
     )
@@ -431,11 +527,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--worst", type=int, default=8, help="overlays of the N worst images by Dice (default 8)"
     )
+    _add_tta(p)
+    p.add_argument(
+        "--boundary-tol",
+        type=float,
+        default=2.0,
+        metavar="PIXELS",
+        help="tolerance of boundary_f1 in pixels (default 2)",
+    )
+    p.add_argument(
+        "--em",
+        action="store_true",
+        help="also the ISBI 2012 EM scores v_rand and v_info (class 0 = membrane, others = cell)",
+    )
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "report",
+        help="one self-contained report.html for a search, training, evaluation, "
+        "bulk-segmentation or demo folder",
+        description="Write one HTML file (images embedded, no network needed to view it) for a "
+        "segray output folder, whose kind is found from its files: a search (`segray tune`: "
+        "best trial, sortable trials table, optimisation history, parameter importances, "
+        "per-trial curves, trials ASHA stopped), a training run (`segray train`: curves, "
+        "metrics per epoch), an evaluation (`segray evaluate`: metrics, ROC/PR, overlays with "
+        "false positives and false negatives in two colours), a bulk segmentation (`segray "
+        "segment`: counts by status, error reasons, distributions, galleries of the most "
+        "uncertain, the worst Dice and a random sample, read from the inputs and the Parquet "
+        "output without loading it whole) or a `segray demo` folder (all three).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the output folder, a path or a URI")
+    p.add_argument(
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="where the HTML goes, a path or a URI (default RUN_DIR/report.html)",
+    )
+    p.add_argument(
+        "--gallery",
+        type=int,
+        default=12,
+        metavar="N",
+        help="images in each bulk-segmentation gallery (default 12)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="seed of the random gallery (default 0)"
+    )
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="export a checkpoint to TorchScript or ONNX")
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint directory")
     p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    _add_tta(p)
     p.add_argument("--output", "-o", required=True, metavar="FILE", help="artifact path")
     p.set_defaults(func=cmd_export)
 

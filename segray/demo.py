@@ -2,7 +2,7 @@
 
 synthesise a dataset -> tune (Optuna TPE + ASHA, every trial 2 DDP workers) -> best checkpoint
 -> evaluate it -> bulk-segment a separate synthetic archive (tar shards with a few corrupt
-files) with Ray Data -> print a short summary.
+files) with Ray Data -> print a short summary -> write OUTPUT/report.html (`segray report`).
 """
 
 from __future__ import annotations
@@ -158,10 +158,14 @@ def run_demo(
             "best_checkpoint": str(search.best),
             "evaluation": str(out / "eval"),
             "masks_parquet": str(seg.get("parquet", out / "segment")),
+            "report": str(out / "report.html"),
         },
     }
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     _print_summary(summary)
+    from segray.report import write_report
+
+    print(f"\nreport -> {write_report(out, out / 'report.html')}", flush=True)
     return summary
 
 

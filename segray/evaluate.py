@@ -12,17 +12,24 @@ per-image scores. Written into ``output/``:
                         pr_auc, <metric>_<class> for every class, num_images,
                         num_images_no_foreground, split, data, checkpoint, model_id (undefined
                         values as null: e.g. Dice with no foreground in any target or
-                        prediction, an AUC without positives)
+                        prediction, an AUC without positives); hd95, msd, boundary_f1: NaN-
+                        ignoring means of the per-image values, num_images_hd95_nan the images
+                        left out (foreground in only one of target and prediction),
+                        boundary_tol; with ``em=True`` also v_rand and v_info (means)
     per_image.parquet   key, image, width, height, dice, iou, precision, recall, accuracy,
                         foreground_fraction_true, foreground_fraction_pred (over non-ignored
                         pixels; foreground = any class but 0; foreground_fraction_true == 0:
                         an image without foreground, whose recall is NaN, and Dice / IoU too
-                        unless foreground was predicted)
+                        unless foreground was predicted); after accuracy: hd95, msd (mean
+                        surface distance), boundary_f1 at ``boundary_tol`` pixels, and with
+                        ``em=True`` v_rand and v_info, the ISBI 2012 challenge's scores (NaN
+                        rules and definitions: `segray.structure`)
     roc_pr.png          ROC and PR curves side by side, AUCs in the legends (one curve per
                         foreground class)
     overlays/           the ``worst_k`` images with the lowest Dice, worst first (images whose
                         Dice is undefined, nothing to find and nothing found, rank last):
-                        image | ground truth | prediction, titled with key and Dice
+                        image | ground truth | prediction | errors (false positives and
+                        false negatives in two colours, legend below), titled with key and Dice
 
 Metric definitions, undefined values included: `segray.metrics`.
 """
@@ -40,6 +47,7 @@ import pandas as pd
 import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from tqdm import tqdm
 
 from segray.config import Config, apply_overrides
@@ -48,6 +56,7 @@ from segray.data import (
     ImageError,
     MaskMapper,
     Sample,
+    data_splits,
     dataset_root,
     decode_image,
     find_pairs,
@@ -56,11 +65,12 @@ from segray.data import (
     local_root,
     prepare_data,
     read_mask,
-    split_samples,
 )
 from segray.metrics import SegMetrics, per_image_metrics
 from segray.predict import load_segmenter
+from segray.report.overlay import ERROR_LEGEND, error_rgba
 from segray.storage import published
+from segray.structure import DEFAULT_TOL, em_metrics, surface_metrics
 
 __all__ = ["SPLITS", "evaluate_checkpoint"]
 
@@ -80,6 +90,9 @@ def evaluate_checkpoint(
     device: str | torch.device = "auto",
     worst_k: int = 8,
     progress: bool = True,
+    boundary_tol: float = DEFAULT_TOL,
+    em: bool = False,
+    tta: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` and write the report into ``output`` (module docstring).
 
@@ -92,8 +105,13 @@ def evaluate_checkpoint(
         output: report folder (created): a local path or a URI (``s3://...``).
         batch_size: images (same size) or tiles per forward; default ``segment.batch_size``.
         device: ``"auto"`` = CUDA when available, else CPU.
+        tta: ``none | flip | d4`` test-time augmentation; default the checkpoint's
+            ``segment.tta`` (its thresholds and post-processing always apply to the masks).
         worst_k: number of overlays (the lowest-Dice images).
         progress: show a progress bar over the images.
+        boundary_tol: tolerance in pixels of ``boundary_f1``.
+        em: also score ``v_rand`` and ``v_info`` (electron microscopy: class 0 = membrane,
+            any other class = cell; `segray.structure`).
 
     Returns:
         The metrics written to ``metrics.json`` (NaN kept as float NaN).
@@ -106,8 +124,22 @@ def evaluate_checkpoint(
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     if worst_k < 0:
         raise ValueError(f"worst_k must be >= 0, got {worst_k}")
+    if boundary_tol < 0:
+        raise ValueError(f"boundary_tol must be >= 0 pixels, got {boundary_tol}")
+    structure = {"tol": float(boundary_tol), "em": em}
     with published(output) as local:  # a URI: written here, then uploaded
-        return _evaluate(checkpoint, data, split, local, batch_size, device, worst_k, progress)
+        return _evaluate(
+            checkpoint,
+            data,
+            split,
+            local,
+            batch_size,
+            device,
+            worst_k,
+            progress,
+            structure,
+            tta=tta,
+        )
 
 
 def _evaluate(
@@ -119,8 +151,10 @@ def _evaluate(
     device: str | torch.device,
     worst_k: int,
     progress: bool,
+    structure: dict[str, Any],
+    tta: str | None = None,
 ) -> dict[str, Any]:
-    segmenter = load_segmenter(checkpoint, device=device, batch_size=batch_size)
+    segmenter = load_segmenter(checkpoint, device=device, batch_size=batch_size, tta=tta)
     config, source = _dataset_config(segmenter.config, data)
     samples = _samples(config, data, split, source)
     (output / "overlays").mkdir(parents=True, exist_ok=True)
@@ -133,6 +167,11 @@ def _evaluate(
         threshold=segmenter.threshold,
         ignore_index=ignore,
     )
+    # The headline scores come from the confusion of the final masks (per-class thresholds
+    # and post-processing applied, as segment and export apply them); the curves from the
+    # probabilities.
+    n_conf = metrics.confusion.shape[0]
+    final_confusion = np.zeros((n_conf, n_conf), dtype=np.int64)
     rows: list[dict[str, Any]] = []
     worst: list[tuple[float, int, Sample, np.ndarray, np.ndarray]] = []  # heap, see below
     with tqdm(total=len(samples), desc="evaluate", unit="img", disable=not progress) as bar:
@@ -150,7 +189,12 @@ def _evaluate(
                 probs = torch.from_numpy(proba).reshape(1, -1, *target.shape)
                 metrics.update(probs, torch.from_numpy(target)[None])
                 pred = segmenter.mask_from_proba(proba)
-                row = _image_row(sample, pred, target, segmenter.num_classes, ignore)
+                valid = target != ignore
+                final_confusion += np.bincount(
+                    target[valid].astype(np.int64) * n_conf + pred[valid],
+                    minlength=n_conf * n_conf,
+                ).reshape(n_conf, n_conf)
+                row = _image_row(sample, pred, target, segmenter.num_classes, ignore, **structure)
                 rows.append(row)
                 # Min-heap on (-dice, -index): its root is the best of the kept worst_k, so a
                 # new image replaces it only if strictly worse (ties keep the earlier image).
@@ -163,6 +207,7 @@ def _evaluate(
                     heapq.heappushpop(worst, entry)
             bar.update(len(chunk))
 
+    metrics.confusion.copy_(torch.from_numpy(final_confusion))
     result: dict[str, Any] = metrics.compute()
     result.update(
         num_images=len(samples),
@@ -171,6 +216,7 @@ def _evaluate(
         checkpoint=str(Path(checkpoint).absolute()),
         model_id=segmenter.model_id,
     )
+    result.update(_structure_means(rows, structure["tol"]))
     (output / "metrics.json").write_text(json.dumps(_nan_to_none(result), indent=2))
     pd.DataFrame(rows).to_parquet(output / "per_image.parquet", index=False)
     _plot_curves(metrics, result, output / "roc_pr.png")
@@ -213,8 +259,7 @@ def _samples(config: Config, data: str | Path | None, split: str, source: Path) 
     else:
         samples = list_samples(config.data, check=False)  # prepare_data checked them
     if split != "all":
-        d = config.data
-        samples = split_samples(samples, d.split, d.split_seed, d.split_ids)[split]
+        samples = data_splits(samples, config.data)[split]
     if not samples:
         raise DatasetError(f"{source}: split {split!r} has no images (try --split all)")
     unlabelled = [s.image for s in samples if s.mask is None]
@@ -224,10 +269,21 @@ def _samples(config: Config, data: str | Path | None, split: str, source: Path) 
 
 
 def _image_row(
-    sample: Sample, pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int
+    sample: Sample,
+    pred: np.ndarray,
+    target: np.ndarray,
+    num_classes: int,
+    ignore_index: int,
+    *,
+    tol: float = DEFAULT_TOL,
+    em: bool = False,
 ) -> dict[str, Any]:
     """One row of per_image.parquet."""
     scores = per_image_metrics(pred, target, num_classes=num_classes, ignore_index=ignore_index)
+    kw = {"num_classes": num_classes, "ignore_index": ignore_index}
+    scores.update(surface_metrics(pred, target, tol=tol, **kw))
+    if em:
+        scores.update(em_metrics(pred, target, ignore_index=ignore_index))
     valid = target != ignore_index
     n_valid = int(valid.sum())
     fraction_true = float(np.count_nonzero(target[valid])) / n_valid if n_valid else math.nan
@@ -241,6 +297,20 @@ def _image_row(
         "foreground_fraction_true": fraction_true,
         "foreground_fraction_pred": fraction_pred,
     }
+
+
+def _structure_means(rows: list[dict[str, Any]], tol: float) -> dict[str, Any]:
+    """Means over images of the `segray.structure` columns, NaN images left out (all NaN:
+    NaN), and how many images had no HD95 (foreground in only one of target and prediction)."""
+    keys = [k for k in ("hd95", "msd", "boundary_f1", "v_rand", "v_info") if k in rows[0]]
+    out: dict[str, Any] = {}
+    for key in keys:
+        values = np.array([r[key] for r in rows], dtype=float)
+        defined = values[~np.isnan(values)]
+        out[key] = float(defined.mean()) if defined.size else math.nan
+    out["num_images_hd95_nan"] = sum(math.isnan(r["hd95"]) for r in rows)
+    out["boundary_tol"] = tol
+    return out
 
 
 def _nan_to_none(values: dict[str, Any]) -> dict[str, Any]:
@@ -292,17 +362,26 @@ def _plot_overlay(
     ignore_index: int,
     path: Path,
 ) -> None:
-    """image | ground truth | prediction, masks overlaid in colour on the image."""
+    """image | ground truth | prediction | errors, masks overlaid in colour on the image; the
+    errors panel shows false positives and false negatives in two distinct colours (legend)."""
     height, width = target.shape
-    fig = Figure(figsize=(12, 4 * height / width + 0.6))
+    fig = Figure(figsize=(16, 3.6 * height / width + 0.9), layout="constrained")
     gray = image.shape[2] == 1
     shown = image[..., 0] if gray else image
-    panels = (("image", None), ("ground truth", target), ("prediction", pred))
-    for ax, (label, mask) in zip(fig.subplots(1, 3), panels, strict=True):
+    panels = (
+        ("image", None),
+        ("ground truth", _colorize(target, num_classes, ignore_index)),
+        ("prediction", _colorize(pred, num_classes, ignore_index)),
+        ("errors", error_rgba(pred, target, ignore_index)),
+    )
+    for ax, (label, rgba) in zip(fig.subplots(1, 4), panels, strict=True):
         ax.imshow(shown, cmap="gray" if gray else None, vmin=0, vmax=255)
-        if mask is not None:
-            ax.imshow(_colorize(mask, num_classes, ignore_index), interpolation="nearest")
+        if rgba is not None:
+            ax.imshow(rgba, interpolation="nearest")
         ax.set_title(label)
         ax.axis("off")
+    kinds = ERROR_LEGEND if num_classes > 2 else ERROR_LEGEND[:3]
+    handles = [Patch(color=np.array(rgb) / 255, label=name) for name, rgb in kinds]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
     fig.suptitle(title)
     fig.savefig(path, dpi=100, bbox_inches="tight")

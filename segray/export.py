@@ -1,25 +1,37 @@
-"""Export a checkpoint as one self-contained artifact: raw uint8 images in, probabilities out.
+"""Export a checkpoint, single or ensemble, as one self-contained artifact: the whole inference.
 
-    report = export_model("runs/train/checkpoints/best", "torchscript", "model.ts")
+    report = export_model("cv/ensemble", "torchscript", "model.ts", tta="flip")
     model = torch.jit.load("model.ts")
-    probs = model(torch.from_numpy(images_nhwc_uint8))    # (N, K, H, W) float32
+    mask = model(torch.from_numpy(image_hw_or_hwc_uint8))       # (H, W) uint8, any size
+    probs = model.probabilities(torch.from_numpy(image))        # (K, H, W) float32
 
-The artifact wraps the network in `ProbabilityModel`: uint8 (N, H, W, C) -> /255 and the
-config's mean/std (`segray.predict.Preprocess`, baked in as buffers) -> NCHW -> model ->
-sigmoid (K = 1) or softmax (K > 1). N, H and W are dynamic (H, W >= 32, the models' minimum).
+TorchScript: `MaskModel`, scripted around the traced network, does what
+`segray.predict.Segmenter.predict` does, in float32: channel conversion ((H, W), alpha dropped,
+gray <-> RGB with PIL's luma), edge padding of sides under the models' 32-pixel minimum,
+sliding-window tiles with Hann blending above ``segment.tile_size``, every ensemble member under
+every TTA transform (averaged in probability space), the per-class thresholds and the
+post-processing steps (connected components in pure torch, `segray.inference.postprocess`).
+All of it comes from the checkpoint's ``segment`` settings; ``tta`` overrides ``segment.tta``.
 
-TorchScript is produced by ``torch.jit.trace``: every registered model computes its resizes and
-paddings from tensor shapes, which the tracer records, so nothing is baked to the traced size.
-ONNX (opset 17, ``pip install 'segray[onnx]'``) uses the TorchScript-based exporter with
-dynamic axes, which needs only the ``onnx`` package (the torch.export-based one would also
-need ``onnxscript``). Either way the artifact is loaded back and run on random images of two
-sizes other than the traced one (another aspect ratio, and sides that are not multiples of
-32), with a batch of 2 where the trace saw 1; a difference from eager PyTorch above
-`TOLERANCE` is an `ExportError` and the artifact is removed.
+ONNX (opset 17, ``pip install 'segray[onnx]'``): `ProbabilityModel` (members and TTA) of a batch
+``(N, H, W, C)`` uint8, H and W >= 32, run whole (no sliding-window tiles: on images larger
+than ``segment.tile_size`` its probabilities differ slightly from the Segmenter's blended
+tiles), with outputs ``probs`` (N, K, H, W) and ``mask`` (N, H, W) by the thresholds. Connected-component post-processing
+(``segment.min_component_px``, ``fill_holes``, ``keep_largest``) needs data-dependent loops that
+the exporter cannot express: such a checkpoint is refused with an `ExportError` that says to
+export TorchScript. The TorchScript-based exporter with dynamic axes needs only the ``onnx``
+package.
+
+Either way the artifact is loaded back and checked against `segray.predict.load_segmenter` in
+fp32 on random images of `CHECK_SIZES` (another aspect ratio, odd sides, one under the 32-pixel
+minimum): probabilities within `TOLERANCE`, and masks equal but for at most `MASK_TOLERANCE` of
+the pixels (a probability within float error of a threshold may fall either side); otherwise
+an `ExportError`, and the artifact is removed.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,16 +43,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from segray.checkpoint import fetch_checkpoint, load_model, model_id
-from segray.metrics import probs_from_logits
-from segray.predict import Preprocess
+from segray.checkpoint import fetch_checkpoint
+from segray.inference.network import Preprocess, ProbabilityModel
+from segray.inference.postprocess import postprocess_torch, threshold_torch
+from segray.inference.tta import TTA_MODES
+from segray.models.blocks import MIN_INPUT_SIZE
+from segray.predict import Segmenter, load_segmenter
 from segray.storage import Location, published_file
 
 __all__ = [
+    "CHECK_SIZES",
     "FORMATS",
+    "MASK_TOLERANCE",
     "TOLERANCE",
     "ExportError",
     "ExportReport",
+    "MaskModel",
+    "Preprocess",
     "ProbabilityModel",
     "export_model",
 ]
@@ -48,11 +67,13 @@ __all__ = [
 Format = Literal["torchscript", "onnx"]
 FORMATS: tuple[str, ...] = ("torchscript", "onnx")
 TOLERANCE: dict[str, float] = {"torchscript": 1e-4, "onnx": 1e-3}  # max abs diff vs eager
-TRACE_SIZE = (64, 64)  # (H, W) of the single example image the export sees
-CHECK_SIZES = ((96, 128), (67, 93))  # (H, W) of the parity checks, two images each
+MASK_TOLERANCE = 1e-3  # fraction of mask pixels that may differ (ties at a threshold)
+TRACE_SIZE = (64, 64)  # (H, W) of the single example image the trace sees
+CHECK_SIZES = ((96, 128), (67, 93), (20, 45))  # (H, W) of the parity checks, two images each
 OPSET = 17
 
-Runner = Callable[[np.ndarray], np.ndarray]  # (N, H, W, C) uint8 -> (N, K, H, W) float32
+# images (N, H, W, C) uint8 -> probabilities (N, K, H, W) and masks (N, H, W)
+Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 class ExportError(RuntimeError):
@@ -61,70 +82,199 @@ class ExportError(RuntimeError):
 
 @dataclass(frozen=True)
 class ExportReport:
-    """What `export_model` wrote and how closely it matches eager PyTorch.
+    """What `export_model` wrote and how closely it matches `segray.predict.load_segmenter`.
 
     ``max_abs_diff`` maps each checked size ``"HxW"`` to the largest absolute difference of
-    the artifact's probabilities from eager PyTorch's on the same images.
+    the artifact's probabilities from the Segmenter's on the same images; ``mask_mismatch``
+    to the fraction of mask pixels that differ.
     """
 
     path: Path
     format: str
     max_abs_diff: dict[str, float]
     model_id: str
+    mask_mismatch: dict[str, float]
+    ensemble_size: int = 1
+    tta: str = "none"
 
 
-class ProbabilityModel(nn.Module):
-    """(N, H, W, C) uint8 images -> (N, K, H, W) float32 probabilities, as `Segmenter` computes.
+class MaskModel(nn.Module):
+    """One uint8 image (H, W) or (H, W, C) of any size -> its (H, W) uint8 mask, as
+    `Segmenter.predict` (TorchScript-scriptable; `probabilities` gives the (K, H, W) float32
+    probabilities before thresholds).
 
     Args:
-        model: the segmentation network (logits at input resolution).
-        preprocess: the `Preprocess` of its config (scaling and normalisation).
+        net: `ProbabilityModel` (or its trace): (N, H, W, C) uint8 -> (N, K, H, W).
+        segmenter: the `Segmenter` whose settings (channels, tiles, thresholds,
+            post-processing) it reproduces.
     """
 
-    def __init__(self, model: nn.Module, preprocess: Preprocess) -> None:
+    def __init__(self, net: nn.Module, segmenter: Segmenter) -> None:
         super().__init__()
-        self.preprocess = preprocess
-        self.model = model
+        post = segmenter.postprocess
+        self.net = net
+        self.channels: int = segmenter.channels
+        self.tile_size: int = segmenter.tile_size
+        self.stride: int = max(1, round(segmenter.tile_size * (1 - segmenter.tile_overlap)))
+        self.batch_size: int = segmenter.batch_size
+        self.num_classes: int = segmenter.num_classes
+        self.thresholds: list[float] = list(post.thresholds)
+        self.min_component_px: list[int] = list(post.min_component_px)
+        self.fill_holes: list[bool] = list(post.fill_holes)
+        self.keep_largest: list[bool] = list(post.keep_largest)
+        self.steps: bool = post.steps
+        self.min_size: int = MIN_INPUT_SIZE
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return probs_from_logits(self.model(self.preprocess(images)))
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.outputs(image)[1]
+
+    @torch.jit.export
+    def outputs(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(`probabilities`, mask) of one image, computed once."""
+        probs = self.probabilities(image)
+        mask = threshold_torch(probs, self.thresholds)
+        if self.steps:
+            mask = postprocess_torch(
+                mask, self.min_component_px, self.fill_holes, self.keep_largest
+            )
+        return probs, mask
+
+    @torch.jit.export
+    def probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """(K, H, W) float32 probabilities of one uint8 image (H, W) or (H, W, C)."""
+        x = self._channels(image)
+        h, w = x.shape[0], x.shape[1]
+        if max(h, w) > self.tile_size:
+            return self._tiled(x)
+        return self._forward(x.unsqueeze(0))[0]
+
+    def _channels(self, image: torch.Tensor) -> torch.Tensor:
+        """`segray.predict.Segmenter.to_array` of a uint8 array, in torch."""
+        if image.dtype != torch.uint8:
+            raise ValueError("the image must be a uint8 tensor (H, W) or (H, W, C)")
+        if image.dim() == 2:
+            image = image.unsqueeze(-1)
+        if image.dim() != 3 or image.shape[2] > 4:
+            raise ValueError("the image must be (H, W) or (H, W, 1|3|4)")
+        if image.shape[2] == 2 or image.shape[2] == 4:  # drop alpha
+            image = image[:, :, :-1]
+        if image.shape[2] == self.channels:
+            return image
+        if self.channels == 3:
+            return image.expand(-1, -1, 3)
+        rgb = image.to(torch.int32)  # PIL's RGB -> L: ITU-R 601 luma, rounded
+        luma = rgb[:, :, 0] * 19595 + rgb[:, :, 1] * 38470 + rgb[:, :, 2] * 7471 + 0x8000
+        return (luma >> 16).to(torch.uint8).unsqueeze(-1)
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, H, W, C) uint8 -> (N, K, H, W); sides under the minimum edge-padded."""
+        h, w = images.shape[1], images.shape[2]
+        if h < self.min_size or w < self.min_size:
+            rows = torch.arange(max(h, self.min_size), device=images.device).clamp(max=h - 1)
+            cols = torch.arange(max(w, self.min_size), device=images.device).clamp(max=w - 1)
+            images = images.index_select(1, rows).index_select(2, cols)
+        return self.net(images)[:, :, :h, :w]
+
+    def _tiled(self, image: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[0], image.shape[1]
+        th, tw = min(self.tile_size, h), min(self.tile_size, w)
+        corners: list[tuple[int, int]] = []
+        for y in _starts(h, th, self.stride):
+            for x in _starts(w, tw, self.stride):
+                corners.append((y, x))
+        window = (_hann(th)[:, None] * _hann(tw)[None, :]).to(image.device)
+        total = torch.zeros(self.num_classes, h, w, device=image.device)
+        weight = torch.zeros(h, w, device=image.device)
+        for start in range(0, len(corners), self.batch_size):
+            chunk = corners[start : start + self.batch_size]
+            tiles = torch.stack([image[y : y + th, x : x + tw] for y, x in chunk])
+            probs = self._forward(tiles)
+            for k in range(len(chunk)):
+                y, x = chunk[k]
+                total[:, y : y + th, x : x + tw] += probs[k] * window
+                weight[y : y + th, x : x + tw] += window
+        return total / weight
 
 
-def export_model(checkpoint: str | Path, fmt: Format, output: str | Path) -> ExportReport:
-    """Export ``checkpoint`` to ``output`` as ``fmt`` ("torchscript" or "onnx"), parity-checked.
+def _starts(length: int, tile: int, stride: int) -> list[int]:
+    """`segray.predict._starts` (scriptable)."""
+    if length <= tile:
+        return [0]
+    out = list(range(0, length - tile, stride))
+    out.append(length - tile)
+    return out
+
+
+def _hann(n: int) -> torch.Tensor:
+    """`segray.predict._hann` (scriptable)."""
+    i = torch.arange(n, dtype=torch.float64)
+    return torch.sin(math.pi * (i + 0.5) / n).square().float()
+
+
+def export_model(
+    checkpoint: str | Path, fmt: Format, output: str | Path, *, tta: str | None = None
+) -> ExportReport:
+    """Export ``checkpoint`` (single or ensemble) to ``output`` as ``fmt``, parity-checked.
+
+    Args:
+        checkpoint: a checkpoint directory, path or URI; its ``segment`` settings (tiles,
+            TTA, thresholds, post-processing) are exported with it.
+        fmt: ``torchscript`` (the whole inference, `MaskModel`) or ``onnx`` (module docstring).
+        output: the artifact's path or URI.
+        tta: ``none | flip | d4``; default the checkpoint's ``segment.tta``.
 
     Raises:
-        ValueError: an unknown format.
-        ExportError: ONNX without onnx/onnxruntime installed, or an artifact whose outputs
-            differ from eager PyTorch by more than `TOLERANCE` (the file is then removed).
+        ValueError: an unknown format or TTA mode.
+        ExportError: ONNX without onnx/onnxruntime installed, ONNX with connected-component
+            post-processing, or an artifact that does not reproduce the Segmenter (the file is
+            then removed).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
-    checkpoint = fetch_checkpoint(checkpoint)  # a URI: only weights and config are fetched
-    model, config = load_model(checkpoint, "cpu")
-    channels = int(model.in_channels)
-    net = ProbabilityModel(model, Preprocess.from_config(config, channels)).eval()
+    if tta is not None and tta not in TTA_MODES:
+        raise ValueError(f"unknown tta mode {tta!r}; valid: {', '.join(TTA_MODES)}")
+    local = fetch_checkpoint(checkpoint)  # a URI: only weights and configs are fetched
+    seg = load_segmenter(local, device="cpu", precision="fp32", tta=tta)
+    if fmt == "onnx" and seg.postprocess.steps:
+        raise ExportError(
+            f"{checkpoint}: segment.min_component_px / fill_holes / keep_largest need "
+            "connected components, which ONNX cannot express: export --format torchscript "
+            "(the whole inference), or turn them off for an ONNX artifact"
+        )
+    net = ProbabilityModel(seg.net.members, seg.net.preprocesses, tta=seg.tta).eval()
+    reference = seg  # ONNX runs images whole: compare with a Segmenter that does too
+    if fmt == "onnx":
+        whole = max(max(size) for size in CHECK_SIZES)
+        reference = load_segmenter(local, device="cpu", precision="fp32", tta=tta, tile_size=whole)
     target = str(output)
     with published_file(output) as path:  # a URI: written here, then uploaded
-        example = torch.from_numpy(_random_images(1, TRACE_SIZE, channels, seed=0))
-        exporter = _torchscript if fmt == "torchscript" else _onnx
-        run = exporter(net, example, path)
-
-        diffs = {}
+        example = torch.from_numpy(_random_images(1, TRACE_SIZE, seg.channels, seed=0))
+        run = (_torchscript if fmt == "torchscript" else _onnx)(net, seg, example, path)
+        diffs, mismatch = {}, {}
         for seed, (h, w) in enumerate(CHECK_SIZES, start=1):
-            images = _random_images(2, (h, w), channels, seed=seed)
-            with torch.inference_mode():
-                expected = net(torch.from_numpy(images)).numpy()
-            diffs[f"{h}x{w}"] = float(np.abs(run(images) - expected).max())
+            if fmt == "onnx" and min(h, w) < MIN_INPUT_SIZE:
+                continue  # the ONNX artifact takes sides >= 32
+            n = 2 if fmt == "onnx" else 1  # a batch for ONNX's dynamic N; MaskModel takes one
+            images = _random_images(n, (h, w), seg.channels, seed=seed)
+            probs, masks = run(images)
+            expected = reference.predict_batch_proba(list(images))
+            expected_probs = np.stack([e if e.ndim == 3 else e[None] for e in expected])
+            expected_masks = np.stack([reference.mask_from_proba(e) for e in expected])
+            diffs[f"{h}x{w}"] = float(np.abs(probs - expected_probs).max())
+            mismatch[f"{h}x{w}"] = float((masks != expected_masks).mean())
         worst = max(diffs.values())
-        if not worst <= TOLERANCE[fmt]:  # NaN fails too
+        if not (worst <= TOLERANCE[fmt] and max(mismatch.values()) <= MASK_TOLERANCE):  # NaN too
             path.unlink(missing_ok=True)
             raise ExportError(
-                f"{target}: the {fmt} artifact differs from eager PyTorch by up to {worst:.2e} "
-                f"(> {TOLERANCE[fmt]:.0e}; per size: {diffs}); it was removed"
+                f"{target}: the {fmt} artifact differs from load_segmenter(...).predict by up "
+                f"to {worst:.2e} in probability (> {TOLERANCE[fmt]:.0e}?) and {max(mismatch.values()):.1e} "
+                f"of mask pixels (> {MASK_TOLERANCE:.0e}?; per size: {diffs}, {mismatch}); "
+                "it was removed"
             )
     shown = path if Location.parse(target).is_local else target
-    return ExportReport(shown, fmt, diffs, model_id(checkpoint))
+    return ExportReport(
+        shown, fmt, diffs, seg.model_id, mismatch, ensemble_size=seg.ensemble_size, tta=seg.tta
+    )
 
 
 @contextmanager
@@ -137,20 +287,41 @@ def _quiet_jit() -> Iterator[None]:
         yield
 
 
-def _torchscript(net: nn.Module, example: torch.Tensor, output: Path) -> Runner:
-    """Trace ``net`` on ``example``, save it, and return a runner of the reloaded file."""
+def _torchscript(net: nn.Module, seg: Segmenter, example: torch.Tensor, output: Path) -> Runner:
+    """Trace ``net``, script `MaskModel` around it, save, and return a runner of the file."""
     with _quiet_jit(), torch.no_grad():
-        torch.jit.trace(net, example, check_trace=False).save(str(output))
+        traced = torch.jit.trace(net, example, check_trace=False)
+        torch.jit.script(MaskModel(traced, seg)).save(str(output))
         loaded = torch.jit.load(str(output), map_location="cpu")
 
-    def run(images: np.ndarray) -> np.ndarray:
+    def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, H, W, C) -> (N, K, H, W) probabilities and (N, H, W) masks, image by image."""
         with torch.inference_mode():
-            return loaded(torch.from_numpy(images)).numpy()
+            pairs = [loaded.outputs(torch.from_numpy(image)) for image in images]
+        return np.stack([p.numpy() for p, _ in pairs]), np.stack([m.numpy() for _, m in pairs])
 
     return run
 
 
-def _onnx(net: nn.Module, example: torch.Tensor, output: Path) -> Runner:
+class _Thresholded(nn.Module):
+    """`ProbabilityModel` with its thresholded masks as a second output (for ONNX)."""
+
+    def __init__(self, net: nn.Module, thresholds: list[float]) -> None:
+        super().__init__()
+        self.net = net
+        self.thresholds = thresholds
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = self.net(images)
+        if probs.shape[1] == 1:
+            return probs, (probs[:, 0] >= self.thresholds[0]).to(torch.uint8)
+        top, mask = probs.max(dim=1)
+        limits = torch.tensor([0.0, *self.thresholds], dtype=probs.dtype, device=probs.device)
+        limits = limits[mask]
+        return probs, torch.where(top < limits, torch.zeros_like(mask), mask).to(torch.uint8)
+
+
+def _onnx(net: nn.Module, seg: Segmenter, example: torch.Tensor, output: Path) -> Runner:
     """Export ``net`` to ONNX with dynamic N/H/W and return an onnxruntime runner of the file."""
     try:
         import onnx  # noqa: F401  (torch's exporter serialises through it)
@@ -161,19 +332,24 @@ def _onnx(net: nn.Module, example: torch.Tensor, output: Path) -> Runner:
         ) from None
     with _quiet_jit(), torch.no_grad():
         torch.onnx.export(
-            net,
+            _Thresholded(net, list(seg.postprocess.thresholds)),
             (example,),
             str(output),
             dynamo=False,
             opset_version=OPSET,
             input_names=["images"],
-            output_names=["probs"],
-            dynamic_axes={"images": {0: "N", 1: "H", 2: "W"}, "probs": {0: "N", 2: "H", 3: "W"}},
+            output_names=["probs", "mask"],
+            dynamic_axes={
+                "images": {0: "N", 1: "H", 2: "W"},
+                "probs": {0: "N", 2: "H", 3: "W"},
+                "mask": {0: "N", 1: "H", 2: "W"},
+            },
         )
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
 
-    def run(images: np.ndarray) -> np.ndarray:
-        return session.run(["probs"], {"images": images})[0]
+    def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs, masks = session.run(["probs", "mask"], {"images": images})
+        return probs, masks
 
     return run
 

@@ -10,6 +10,17 @@ Preprocessing is exactly training's eval path: pixels scaled to [0, 1] and norma
 the one implementation, shared by `Segmenter`, the exported artifacts (`segray.export`) and the
 evaluation report (`segray.evaluate`).
 
+This is the one inference path of predict, evaluate, segment and export; the config's
+``segment`` section (which a checkpoint carries) sets it, and its pieces live in
+`segray.inference`:
+
+* an ensemble checkpoint (`segray.inference.write_ensemble`) loads like any checkpoint: the
+  members' probabilities are averaged (`ensemble_disagreement`: their spread);
+* ``segment.tta`` (``none | flip | d4``): every forward batch (whole images or tiles) runs
+  under each transform, inverted exactly and averaged in float32 probability space;
+* ``segment.thresholds`` and the post-processing steps (``min_component_px``, ``fill_holes``,
+  ``keep_largest``) turn probabilities into the mask (`segray.inference.PostProcess`).
+
 Images no larger than ``tile_size`` on both sides run whole (same-size images batched together).
 Larger ones are segmented by sliding-window tiles of ``tile_size`` (``min(tile_size, side)`` on
 a shorter side), ``tile_overlap`` apart; the last tile on each axis is shifted inwards so every
@@ -27,18 +38,26 @@ from typing import Any, TypeAlias
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from segray.checkpoint import fetch_checkpoint, load_model, model_id
+from segray.checkpoint import fetch_checkpoint, model_id
 from segray.config import Config
-from segray.data import decode_image, default_norm
-from segray.metrics import probs_from_logits
+from segray.data import decode_image
+from segray.inference.ensemble import load_members
+from segray.inference.network import Preprocess, ProbabilityModel
+from segray.inference.postprocess import PostProcess
 from segray.models.blocks import MIN_INPUT_SIZE
 from segray.precision import ChannelsLast, Precision, resolve_precision
 
-__all__ = ["ImageInput", "Preprocess", "Segmenter", "load_segmenter", "resolve_device"]
+__all__ = [
+    "ImageInput",
+    "Preprocess",
+    "ProbabilityModel",
+    "Segmenter",
+    "load_segmenter",
+    "resolve_device",
+]
 
 ImageInput: TypeAlias = str | Path | bytes | bytearray | Image.Image | np.ndarray
 
@@ -53,49 +72,24 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-class Preprocess(nn.Module):
-    """Raw images ``(N, H, W, C)`` uint8 -> normalised ``(N, C, H, W)`` float32.
-
-    ``(pixel / 255 - mean) / std`` per channel, as training's eval transform. ``mean`` and
-    ``std`` are buffers (one value, or one per channel), so they travel with exported models.
-    """
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        for name, values in (("mean", mean), ("std", std)):
-            buffer = torch.tensor(list(values), dtype=torch.float32).view(1, -1, 1, 1)
-            self.register_buffer(name, buffer)
-
-    @classmethod
-    def from_config(cls, config: Config, channels: int) -> Preprocess:
-        """``data.mean`` / ``data.std`` of ``config``, or `default_norm` of ``channels``."""
-        default_mean, default_std = default_norm(channels)
-        mean, std = config.data.mean or default_mean, config.data.std or default_std
-        for name, values in (("mean", mean), ("std", std)):
-            if len(values) not in (1, channels):
-                raise ValueError(
-                    f"data.{name} has {len(values)} values but the model takes {channels} channels"
-                )
-        return cls(mean, std)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-        return (x - self.mean) / self.std
-
-
 class Segmenter:
     """A model, its config and the inference settings: images in, probabilities or masks out.
 
     Args:
         model: a segmentation model mapping (N, in_channels, H, W) to logits (N, K, H, W);
             it must have ``in_channels`` and ``num_classes`` attributes (every registered model
-            has). Moved to ``device`` and put in eval mode.
-        config: the config that built it (normalisation, tiling and threshold defaults).
+            has). Moved to ``device`` and put in eval mode. A sequence of models: an ensemble
+            (mean of their probabilities; same classes and input channels).
+        config: the config that built it (normalisation, tiling, TTA, threshold and
+            post-processing defaults: its ``segment`` section).
+        member_configs: an ensemble's per-member configs (their normalisation); default
+            ``config`` for every member.
         device: where the model runs; ``"auto"`` = CUDA when available, else CPU.
         model_id: provenance string (`segray.checkpoint.model_id` of the checkpoint).
         tile_size: sliding-window tile side; default ``segment.tile_size``.
         tile_overlap: overlap fraction of neighbouring tiles; default ``segment.tile_overlap``.
-        threshold: binary: foreground where P(fg) >= threshold; default ``segment.threshold``.
+        threshold: binary: foreground where P(fg) >= threshold; default ``segment.thresholds``
+            (its one value), else ``segment.threshold``.
         batch_size: images or tiles per forward pass; default ``segment.batch_size``.
         precision: ``auto | fp32 | bf16 | fp16`` (`segray.precision.resolve_precision` on
             ``device``: auto = bf16 where the device runs it natively, fp16 on older GPUs,
@@ -107,13 +101,17 @@ class Segmenter:
             compiled (measured on CPU, demo model, bf16: 1.39x eager), but the first batch of
             every new input shape compiles first (~100 s cold on 2 cores; seconds from
             inductor's on-disk cache); after torch's recompile limit, new shapes run eager.
+        tta: ``none | flip | d4``; default ``segment.tta``.
+        postprocess: thresholds and post-processing; default from ``config.segment`` (and
+            ``threshold``).
     """
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Sequence[nn.Module],
         config: Config,
         *,
+        member_configs: Sequence[Config] | None = None,
         device: str | torch.device = "cpu",
         model_id: str = "",
         tile_size: int | None = None,
@@ -123,22 +121,36 @@ class Segmenter:
         precision: str | Precision = "auto",
         channels_last: ChannelsLast = "auto",
         compile: bool = False,
+        tta: str | None = None,
+        postprocess: PostProcess | None = None,
     ) -> None:
         seg = config.segment
+        models = list(model) if isinstance(model, list | tuple | nn.ModuleList) else [model]
+        configs = [config] * len(models) if member_configs is None else list(member_configs)
+        if not models or len(configs) != len(models):
+            raise ValueError(f"need one config per member, got {len(configs)} for {len(models)}")
         self.device = resolve_device(device)
         self.config = config
         self.model_id = model_id
-        self.channels = int(model.in_channels)
-        self.num_classes = int(model.num_classes)
+        self.channels = int(models[0].in_channels)
+        self.num_classes = int(models[0].num_classes)
+        for m in models[1:]:
+            if (int(m.in_channels), int(m.num_classes)) != (self.channels, self.num_classes):
+                raise ValueError(
+                    f"ensemble members disagree: in_channels/num_classes {m.in_channels}/"
+                    f"{m.num_classes} vs {self.channels}/{self.num_classes}"
+                )
         self.tile_size = seg.tile_size if tile_size is None else tile_size
         self.tile_overlap = seg.tile_overlap if tile_overlap is None else tile_overlap
-        self.threshold = seg.threshold if threshold is None else threshold
+        self.postprocess = postprocess or PostProcess.from_config(seg, self.num_classes, threshold)
+        self.threshold = self.postprocess.thresholds[0] if self.num_classes == 1 else seg.threshold
+        self.tta = seg.tta if tta is None else tta
         self.batch_size = seg.batch_size if batch_size is None else batch_size
         if self.tile_size < MIN_INPUT_SIZE:
             raise ValueError(f"tile_size must be >= {MIN_INPUT_SIZE}, got {self.tile_size}")
         if not 0 <= self.tile_overlap < 1:
             raise ValueError(f"tile_overlap must lie in [0, 1), got {self.tile_overlap}")
-        if not 0 < self.threshold < 1:
+        if self.num_classes == 1 and not 0 < self.threshold < 1:
             raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
@@ -146,12 +158,22 @@ class Segmenter:
             precision = resolve_precision(precision, self.device, channels_last)
         self.precision = precision
         self.channels_last = precision.channels_last
-        self.model = model.to(self.device).eval()
+        self.models = [m.to(self.device).eval() for m in models]
         if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.models = [m.to(memory_format=torch.channels_last) for m in self.models]
+        self.model = self.models[0]
         self.compiled = compile
-        self._net = torch.compile(self.model) if compile else self.model
-        self.preprocess = Preprocess.from_config(config, self.channels).to(self.device)
+        nets = [torch.compile(m) for m in self.models] if compile else self.models
+        preprocesses = [Preprocess.from_config(c, self.channels) for c in configs]
+        self.net = ProbabilityModel(
+            nets, preprocesses, tta=self.tta, channels_last=self.channels_last
+        ).to(self.device)
+        self.preprocess = self.net.preprocesses[0]
+
+    @property
+    def ensemble_size(self) -> int:
+        """Number of member models (1: a single checkpoint)."""
+        return len(self.models)
 
     # -- public API ----------------------------------------------------------
     def predict_proba(self, image: ImageInput) -> np.ndarray:
@@ -173,30 +195,43 @@ class Segmenter:
             out[i] = proba
         return out  # type: ignore[return-value]  # every slot was filled
 
-    @torch.inference_mode()
     def iter_batch_proba(self, images: Sequence[ImageInput]) -> Iterator[tuple[int, np.ndarray]]:
         """(index, `predict_proba`) of every image, each as soon as it is ready: the caller
         can turn it into a mask and drop it before the next forward pass, so at most one
         forward batch of probabilities is held at a time."""
+        for i, proba, _ in self.iter_batch_outputs(images):
+            yield i, proba
+
+    @torch.inference_mode()
+    def iter_batch_outputs(
+        self, images: Sequence[ImageInput]
+    ) -> Iterator[tuple[int, np.ndarray, float | None]]:
+        """(index, `predict_proba`, ensemble disagreement) of every image, as
+        `iter_batch_proba`. The disagreement is the mean over pixels of the standard deviation
+        (over members, ddof 0) of the members' probability of the foreground (binary) or of
+        the ensemble's argmax class; for a tiled image, the per-tile maps are blended with the
+        tiles' Hann weights. None for a single model."""
         arrays = [self.to_array(image) for image in images]
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, array in enumerate(arrays):
             if max(array.shape[:2]) > self.tile_size:
-                yield i, self._finish(self._predict_tiled(array))
+                probs, spread = self._predict_tiled(array)
+                yield i, self._finish(probs), _mean(spread)
             else:
                 groups.setdefault(array.shape, []).append(i)
         for indices in groups.values():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
-                probs = self._forward(np.stack([arrays[i] for i in chunk])).cpu()
-                for i, p in zip(chunk, probs, strict=True):
-                    yield i, self._finish(p)
+                probs, spread = self._forward(np.stack([arrays[i] for i in chunk]))
+                probs = probs.cpu()
+                for k, (i, p) in enumerate(zip(chunk, probs, strict=True)):
+                    yield i, self._finish(p), None if spread is None else _mean(spread[k])
 
     def mask_from_proba(self, proba: np.ndarray) -> np.ndarray:
-        """`predict_proba` output -> (H, W) uint8 mask (threshold if binary, else argmax)."""
-        if proba.ndim == 2:
-            return (proba >= self.threshold).astype(np.uint8)
-        return proba.argmax(axis=0).astype(np.uint8)
+        """`predict_proba` output -> (H, W) uint8 mask: the thresholds (binary: P(fg) >=
+        threshold; else the argmax, background below its class's threshold), then the
+        post-processing steps (`segray.inference.PostProcess`)."""
+        return self.postprocess.mask(proba)
 
     def to_array(self, image: ImageInput) -> np.ndarray:
         """Any accepted image -> (H, W, channels) uint8, the model's input channels.
@@ -222,21 +257,34 @@ class Segmenter:
         return _array_channels(_array_to_uint8(image), self.channels)
 
     # -- internals -----------------------------------------------------------
-    def _forward(self, images: np.ndarray) -> torch.Tensor:
-        """(N, H, W, C) uint8 -> (N, K, H, W) float32 probabilities on ``device``."""
-        x = self.preprocess(torch.from_numpy(images).to(self.device))
-        h, w = x.shape[-2:]
-        if min(h, w) < MIN_INPUT_SIZE:
-            pad_w, pad_h = max(0, MIN_INPUT_SIZE - w), max(0, MIN_INPUT_SIZE - h)
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with self.precision.autocast(self.device):
-            logits = self._net(x)
-        return probs_from_logits(logits.float()[..., :h, :w])
+    def _forward(self, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, H, W, C) uint8 -> (N, K, H, W) float32 probabilities on ``device``, and for an
+        ensemble the (N, H, W) per-pixel spread of its members (see `iter_batch_outputs`).
 
-    def _predict_tiled(self, image: np.ndarray) -> torch.Tensor:
-        """(K, H, W) CPU probabilities of an image larger than a tile, by blended tiles."""
+        A side below the models' minimum is edge-padded (the same pixels as replicate-padding
+        the normalised input) and cropped back."""
+        h, w = images.shape[1:3]
+        if min(h, w) < MIN_INPUT_SIZE:
+            pad_h, pad_w = max(0, MIN_INPUT_SIZE - h), max(0, MIN_INPUT_SIZE - w)
+            images = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        x = torch.from_numpy(images).to(self.device)
+        with self.precision.autocast(self.device):
+            members = self.net.member_probs(x)
+        members = members.float()[..., :h, :w]
+        if members.shape[0] == 1:
+            return members[0], None
+        probs = members.mean(0)
+        if self.num_classes == 1:
+            chosen = members[:, :, 0]
+        else:
+            top = probs.argmax(1, keepdim=True)  # (N, 1, H, W)
+            index = top.unsqueeze(0).expand(members.shape[0], -1, -1, -1, -1)
+            chosen = members.gather(2, index)[:, :, 0]
+        return probs, chosen.std(0, unbiased=False)
+
+    def _predict_tiled(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(K, H, W) CPU probabilities of an image larger than a tile, by blended tiles, and
+        the blended member spread of an ensemble."""
         h, w = image.shape[:2]
         th, tw = min(self.tile_size, h), min(self.tile_size, w)
         stride = max(1, round(self.tile_size * (1 - self.tile_overlap)))
@@ -244,20 +292,28 @@ class Segmenter:
         window = _hann(th)[:, None] * _hann(tw)[None, :]
         total = torch.zeros(self.num_classes, h, w)
         weight = torch.zeros(h, w)
+        spread = torch.zeros(h, w) if self.ensemble_size > 1 else None
         for start in range(0, len(corners), self.batch_size):
             chunk = corners[start : start + self.batch_size]
             tiles = np.stack([image[y : y + th, x : x + tw] for y, x in chunk])
-            probs = self._forward(tiles).cpu()
-            for (y, x), p in zip(chunk, probs, strict=True):
+            probs, spreads = self._forward(tiles)
+            probs = probs.cpu()
+            for k, ((y, x), p) in enumerate(zip(chunk, probs, strict=True)):
                 total[:, y : y + th, x : x + tw] += p * window
                 weight[y : y + th, x : x + tw] += window
-        return total / weight
+                if spread is not None and spreads is not None:
+                    spread[y : y + th, x : x + tw] += spreads[k].cpu() * window
+        return total / weight, None if spread is None else spread / weight
 
     @staticmethod
     def _finish(probs: torch.Tensor) -> np.ndarray:
         """(K, H, W) tensor -> float32 numpy; (H, W) when binary (K == 1)."""
         array = probs.cpu().numpy().astype(np.float32, copy=False)
         return array[0] if array.shape[0] == 1 else array
+
+
+def _mean(spread: torch.Tensor | None) -> float | None:
+    return None if spread is None else float(spread.double().mean())
 
 
 def _starts(length: int, tile: int, stride: int) -> list[int]:
@@ -303,23 +359,29 @@ def load_segmenter(
     *,
     device: str | torch.device = "auto",
     precision: str | Precision = "auto",
+    config: Config | None = None,
     **kwargs: Any,
 ) -> Segmenter:
-    """A `Segmenter` for a checkpoint directory (a path, or a URI such as ``s3://b/tune/best``:
-    only the weights and config are fetched); ``kwargs`` are `Segmenter`'s keyword options.
+    """A `Segmenter` for a checkpoint directory, single or ensemble (a path, or a URI such as
+    ``s3://b/tune/best``: only the weights and configs are fetched); ``kwargs`` are
+    `Segmenter`'s keyword options.
 
     ``precision`` as `Segmenter`'s (auto: bf16 where ``device`` runs it natively, else fp16
     on older GPUs, else fp32). ``model_id`` is the checkpoint's content hash
-    (`segray.checkpoint.model_id`).
+    (`segray.checkpoint.model_id`) unless given. ``config`` replaces the checkpoint's own for
+    the inference settings (e.g. with ``segment.*`` overrides); the members keep theirs for
+    their architecture and normalisation.
     """
     resolved = resolve_device(device)
     checkpoint = fetch_checkpoint(checkpoint)
-    model, config = load_model(checkpoint, resolved)
+    models, configs, own = load_members(checkpoint, resolved)
+    if "model_id" not in kwargs:
+        kwargs["model_id"] = model_id(checkpoint)
     return Segmenter(
-        model,
-        config,
+        models,
+        own if config is None else config,
+        member_configs=configs,
         device=resolved,
-        model_id=model_id(checkpoint),
         precision=precision,
         **kwargs,
     )

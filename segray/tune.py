@@ -12,6 +12,11 @@ reported ``epoch`` (monotone across retries), not on Tune's iteration count.
     OUT/history.parquet        one row per trial per epoch
     OUT/best/                  the best trial's best checkpoint (the `segray train` format)
     OUT/summary.json, OUT/plots/{optimization_history,param_importances}.png
+    OUT/tracking.json          the MLflow parent run (``cfg.tracking``), which a resume reattaches to
+
+With MLflow tracking on, the search is a parent run (the config and search space, at the end
+the summary, tables, plots and best checkpoint) and every trial a nested run whose params are
+exactly its sampled values and whose metrics its rank 0 logs each epoch.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +52,15 @@ from segray.data import inspect_data
 from segray.search_space import SearchSpace, parse_space
 from segray.searcher import ClusterSizedLimiter, RankedOptunaSearch, score_key
 from segray.storage import Location, with_retries
+from segray.tracking import (
+    TRIAL_TAG,
+    Tracker,
+    flatten_params,
+    metric_values,
+    save_run_id,
+    saved_run_id,
+    settings_from_config,
+)
 from segray.train import run_training, worker_resources
 
 __all__ = ["TuneResult", "run_tune"]
@@ -83,26 +97,50 @@ def _read_json(uri: str) -> Any | None:
 
 # --------------------------------------------------------------------------- trial driver
 def _trial(
-    config: dict[str, Any], *, base: dict[str, Any], space: SearchSpace, trials_uri: str
+    config: dict[str, Any],
+    *,
+    base: dict[str, Any],
+    space: SearchSpace,
+    trials_uri: str,
+    tracking: dict[str, Any] | None = None,
 ) -> None:
-    """One trial: decode the sample, re-validate, train with DDP, report every epoch to Tune."""
+    """One trial: decode the sample, re-validate, train with DDP, report every epoch to Tune.
+
+    ``tracking`` (the parent run's `Tracker.worker_spec`): the trial's nested MLflow run, found
+    again by its ``segray.trial_id`` tag when Tune retries the trial."""
     sampled = space.decode(config)
     cfg = apply_overrides(Config.from_dict(base), sampled)
-    name = f"trial_{tune.get_context().get_trial_id()}"
+    trial_id = tune.get_context().get_trial_id()
+    name = f"trial_{trial_id}"
     marker = f"{trials_uri}/{name}/{DONE_MARKER}"
     done = _read_json(marker)
     if done is not None:  # finished before an interrupted driver could record it: don't train twice
         tune.report(done["last"])
         return
-    result = run_training(
-        cfg,
-        None,
-        storage_path=trials_uri,
-        name=name,
-        callbacks=[TuneReportCallback()],
-        expect=sampled,
-        monitor=(cfg.tune.metric, cfg.tune.mode),
+    parent = Tracker.attach(tracking)  # tracking.run_name names the parent run, not the trials
+    tracker = Tracker(replace(parent.settings, run_name=None) if parent.settings else None)
+    tracker.start(
+        run_name=name,
+        tags={"segray.kind": "trial"},
+        parent_run_id=parent.run_id,
+        match={TRIAL_TAG: trial_id},
     )
+    tracker.log_params(sampled)  # exactly the sampled values
+    try:
+        result = run_training(
+            cfg,
+            None,
+            storage_path=trials_uri,
+            name=name,
+            callbacks=[TuneReportCallback()],
+            expect=sampled,
+            monitor=(cfg.tune.metric, cfg.tune.mode),
+            tracker=tracker,
+        )
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
     last = result.history.iloc[-1].to_dict() if len(result.history) else {}
     _write_json(marker, {"last": last, "best": result.best_metrics})
 
@@ -163,8 +201,12 @@ def _scheduler(cfg: Config):
     )
 
 
-def _trainable(cfg: Config, space: SearchSpace, trials_uri: str):
-    fn = tune.with_parameters(_trial, base=cfg.to_dict(), space=space, trials_uri=trials_uri)
+def _trainable(
+    cfg: Config, space: SearchSpace, trials_uri: str, tracking: dict[str, Any] | None = None
+):
+    fn = tune.with_parameters(
+        _trial, base=cfg.to_dict(), space=space, trials_uri=trials_uri, tracking=tracking
+    )
     # The trial driver only orchestrates: it must not hold a CPU its own workers need (on a
     # 2-CPU machine, 1 driver CPU + 2 worker CPUs waits forever). Tune needs a non-empty
     # bundle, so the driver reserves a little memory, which it does use, and no CPU.
@@ -206,6 +248,7 @@ def run_tune(
         )
     assert cfg is not None
     space = parse_space(cfg.tune.space, cfg)  # a bad space fails before Ray starts
+    settings = settings_from_config(cfg)  # a tracking URI without mlflow: fails here too
     ensure_ray(address)
     cfg, fingerprint = inspect_data(cfg, echo=True)  # mask_mode: auto resolved; one summary line
     per_worker = worker_resources(cfg)
@@ -219,8 +262,9 @@ def run_tune(
         _write_text(f"{out}/config.yaml", cfg.to_yaml())
         _write_text(f"{out}/fingerprint.json", fingerprint.to_json())
 
+    parent = _open_search_run(settings, cfg, out, resume)
     trials_uri = f"{out}/ray/trials"
-    trainable = _trainable(cfg, space, trials_uri)
+    trainable = _trainable(cfg, space, trials_uri, parent.worker_spec())
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # lose little if the driver dies
     if resume:
         if not _can_restore(exp_uri):
@@ -252,12 +296,82 @@ def run_tune(
                 failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
             ),
         )
-    grid = tuner.fit()
-    return _collect(cfg, space, grid, out, time.time() - started)
+    try:
+        grid = tuner.fit()
+        result = _collect(cfg, space, grid, out, time.time() - started, tracker=parent)
+    except BaseException:
+        parent.end("FAILED")
+        raise
+    _close_trial_runs(parent, result.trials)
+    parent.end("FINISHED")
+    return result
+
+
+# --------------------------------------------------------------------------- MLflow
+def _open_search_run(settings, cfg: Config, out: str, resume: bool) -> Tracker:
+    """The search's MLflow parent run: the one in ``OUT/tracking.json`` when resuming, else a
+    new one with the config (search space included) as params and artefacts."""
+    parent = Tracker(settings)
+    if settings is None:
+        return parent
+    parent.start(
+        run_name="tune",
+        tags={"segray.kind": "tune", "segray.output": out},
+        run_id=saved_run_id(out, settings) if resume else None,
+    )
+    parent.log_params(flatten_params(cfg.to_dict()))
+    if not resume:
+        parent.log_bytes("config.yaml", cfg.to_yaml().encode())
+        space = json.dumps(cfg.tune.space, indent=2, default=str).encode()
+        parent.log_bytes("search_space.json", space)
+    save_run_id(out, parent)
+    return parent
+
+
+def _log_search_outputs(parent: Tracker, stage: Path, summary: dict[str, Any], out: str) -> None:
+    """The summary of a finished search on its parent run: counts and best score as metrics,
+    the best trial and its params as tags, the tables, plots and best checkpoint as artefacts
+    (on object storage, the best checkpoint only linked, by a tag)."""
+    if not parent.active:
+        return
+    counts = {k: summary[k] for k in ("num_trials", "completed", "errored", "stopped_early")}
+    best = summary.get("best") or {}
+    metric = summary["metric"]
+    if metric in best:
+        counts[f"best_{metric}"] = best[metric]
+    parent.log_metrics(metric_values(counts))
+    tags: dict[str, Any] = {f"best.{k}": v for k, v in (best.get("params") or {}).items()}
+    if best:
+        tags.update({"segray.best_trial_id": best["trial_id"], "segray.best_epoch": best["epoch"]})
+    parent.set_tags(tags)
+    for name in ("summary.json", "trials.parquet", "history.parquet", "plots"):
+        parent.log_artifact(stage / name, "plots" if name == "plots" else None)
+    if (stage / "best").is_dir():
+        if Location.parse(out).is_local:
+            for file in INFERENCE_FILES:
+                parent.log_artifact(stage / "best" / file, "best")
+        else:
+            parent.set_tags({"segray.best_checkpoint": f"{out}/best"})
+
+
+def _close_trial_runs(parent: Tracker, trials: pd.DataFrame) -> None:
+    """Each trial run's final state: KILLED where ASHA stopped it, FAILED where it errored."""
+    runs = parent.children()
+    for _, row in trials.iterrows():
+        run_id = runs.get(str(row["trial_id"]))
+        if run_id is None:
+            continue
+        if row["status"] == "ERROR":
+            parent.end("FAILED", run_id=run_id)
+        elif bool(row["stopped_early"]):
+            parent.set_tags({"segray.stopped_early": True}, run_id=run_id)
+            parent.end("KILLED", run_id=run_id)
 
 
 # --------------------------------------------------------------------------- results
-def _collect(cfg: Config, space: SearchSpace, grid, out: str, wall: float) -> TuneResult:
+def _collect(
+    cfg: Config, space: SearchSpace, grid, out: str, wall: float, tracker: Tracker | None = None
+) -> TuneResult:
     metric, mode = cfg.tune.metric, cfg.tune.mode
     sign = 1.0 if mode == "max" else -1.0
     max_epochs = cfg.tune.max_epochs or cfg.train.epochs
@@ -342,6 +456,8 @@ def _collect(cfg: Config, space: SearchSpace, grid, out: str, wall: float) -> Tu
         history.to_parquet(stage / "history.parquet", index=False)
         (stage / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         _plots(trials, space, metric, mode, stage / "plots")
+        if tracker is not None:
+            _log_search_outputs(tracker, stage, summary, out)
         _publish(stage, out)
     best_path = f"{out}/best" if best_local else None
     return TuneResult(out, trials, history, summary, best_path)

@@ -107,7 +107,7 @@ def test_per_image_table(binary_report) -> None:
     table = pd.read_parquet(out / "per_image.parquet")
     assert list(table.columns) == [
         "key", "image", "width", "height", "dice", "iou", "precision", "recall", "accuracy",
-        "foreground_fraction_true", "foreground_fraction_pred",
+        "hd95", "msd", "boundary_f1", "foreground_fraction_true", "foreground_fraction_pred",
     ]  # fmt: skip
     assert sorted(table["key"]) == sorted(k for k, _, _ in IMAGES)
     sizes = {k: (w, h) for k, h, w in IMAGES}
@@ -137,6 +137,38 @@ def test_metrics_equal_an_independent_computation(binary: tuple[Path, Path], bin
     assert metrics["accuracy"] == pytest.approx((target == pred).mean(), abs=1e-6)
     assert metrics["mse"] == pytest.approx(np.mean((proba - target) ** 2), abs=1e-6)
     assert metrics["roc_auc"] == pytest.approx(roc_auc_score(target, proba), abs=2e-3)
+
+
+def test_headline_scores_are_those_of_the_post_processed_masks(
+    binary: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Thresholds and post-processing reach the headline scores, not only the per-image rows:
+    the scores equal an independent computation on `predict`'s masks; the curves stay those of
+    the probabilities."""
+    _, data = binary
+    # The untrained model's P(fg) is ~0.432 everywhere: at that threshold its masks are speckle,
+    # which removing small components and filling holes changes.
+    settings = ["segment.threshold=0.432", "segment.min_component_px=40", "segment.fill_holes=true"]
+    ckpt = _checkpoint(tmp_path / "ckpt", TINY_UNET + [SPLIT_IDS, *settings])
+    metrics = evaluate_checkpoint(
+        ckpt, data=data, split="all", output=tmp_path / "r", progress=False
+    )
+    seg = load_segmenter(ckpt, device="cpu")
+    assert seg.postprocess.steps
+    preds, plain, targets, probas = [], [], [], []
+    for key, _, _ in IMAGES:
+        proba = seg.predict_proba(data / "images" / f"{key}.png")
+        preds.append(seg.predict(data / "images" / f"{key}.png").ravel())
+        plain.append((proba >= 0.432).ravel())
+        probas.append(proba.ravel())
+        targets.append((read_mask(data / "masks" / f"{key}.png") > 127).ravel())
+    target, pred = np.concatenate(targets), np.concatenate(preds)
+    assert not np.array_equal(pred, np.concatenate(plain))  # post-processing changed masks
+    assert metrics["dice"] == pytest.approx(f1_score(target, pred), abs=1e-6)
+    assert metrics["accuracy"] == pytest.approx((target == pred).mean(), abs=1e-6)
+    assert metrics["roc_auc"] == pytest.approx(
+        roc_auc_score(target, np.concatenate(probas)), abs=2e-3
+    )
 
 
 def test_overlays_are_the_worst_by_dice(

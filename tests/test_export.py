@@ -12,7 +12,7 @@ import torch
 
 from segray.checkpoint import build_model, model_id, save_checkpoint
 from segray.config import load_config
-from segray.export import TOLERANCE, ExportError, export_model
+from segray.export import CHECK_SIZES, MASK_TOLERANCE, TOLERANCE, ExportError, export_model
 from segray.predict import load_segmenter
 
 SMALL_RESNET = [
@@ -51,6 +51,20 @@ def _jit_load(path: Path) -> torch.jit.ScriptModule:
         return torch.jit.load(str(path))
 
 
+def _image(n: int, h: int, w: int, channels: int = 3, seed: int = 7) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, channels), dtype=np.uint8)
+
+
+def _script_runner(artifact: torch.jit.ScriptModule):
+    """(N, H, W, C) -> (N, K, H, W) by the TorchScript artifact's `probabilities`, per image."""
+
+    def run(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return np.stack([artifact.probabilities(torch.from_numpy(i)).numpy() for i in images])
+
+    return run
+
+
 def _assert_matches_segmenter(ckpt: Path, run) -> None:
     """The artifact's probabilities on a raw uint8 image equal `Segmenter.predict_proba`."""
     seg = load_segmenter(ckpt, device="cpu", precision="fp32")  # artifacts are fp32
@@ -68,15 +82,10 @@ def test_torchscript_export_round_trips(ckpt: Path, tmp_path: Path) -> None:
     assert report.path == tmp_path / "out" / "model.ts" and report.path.is_file()
     assert report.format == "torchscript"
     assert report.model_id == model_id(ckpt)
-    assert len(report.max_abs_diff) == 2
+    assert len(report.max_abs_diff) == len(CHECK_SIZES)
     assert all(0 <= d < 1e-4 for d in report.max_abs_diff.values()), report.max_abs_diff
-    artifact = _jit_load(report.path)
-
-    def run(images: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return artifact(torch.from_numpy(images)).numpy()
-
-    _assert_matches_segmenter(ckpt, run)
+    assert all(m <= MASK_TOLERANCE for m in report.mask_mismatch.values())
+    _assert_matches_segmenter(ckpt, _script_runner(_jit_load(report.path)))
 
 
 def test_onnx_export_round_trips(ckpt: Path, tmp_path: Path) -> None:
@@ -88,6 +97,10 @@ def test_onnx_export_round_trips(ckpt: Path, tmp_path: Path) -> None:
     assert all(d < 1e-3 for d in report.max_abs_diff.values()), report.max_abs_diff
     session = onnxruntime.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
     _assert_matches_segmenter(ckpt, lambda images: session.run(None, {"images": images})[0])
+    seg = load_segmenter(ckpt, device="cpu", precision="fp32")
+    probs, masks = session.run(["probs", "mask"], {"images": _image(2, 40, 50, seg.channels)})
+    expected = [seg.mask_from_proba(p[0] if seg.num_classes == 1 else p) for p in probs]
+    assert np.array_equal(masks, np.stack(expected))
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +120,7 @@ def test_parity_failure_raises_and_removes_the_artifact(
     unet_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(TOLERANCE, "torchscript", -1.0)
-    with pytest.raises(ExportError, match="differs from eager PyTorch"):
+    with pytest.raises(ExportError, match=r"differs from load_segmenter\(\.\.\.\)\.predict"):
         export_model(unet_ckpt, "torchscript", tmp_path / "model.ts")
     assert not (tmp_path / "model.ts").exists()
 
@@ -125,10 +138,60 @@ def test_export_to_object_storage(unet_ckpt: Path, s3_bucket: str, tmp_path: Pat
     assert report.path == target
     local = tmp_path / "unet.pt"
     local.write_bytes(Location.parse(target).read_bytes())
-    artifact = _jit_load(local)
+    _assert_matches_segmenter(unet_ckpt, _script_runner(_jit_load(local)))
 
-    def run(images: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return artifact(torch.from_numpy(images)).numpy()
 
-    _assert_matches_segmenter(unet_ckpt, run)
+# --------------------------------------------------------------------------- whole inference
+POST = {"tta": "flip", "thresholds": [0.35], "min_component_px": 4, "fill_holes": True}
+
+
+@pytest.fixture(scope="module")
+def ensemble(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two U-Net members that mostly agree, with flip TTA, a threshold and post-processing;
+    tiles of 64 pixels so that 70x45 is tiled."""
+    from segray.inference import write_ensemble
+    from tests.test_inference import _checkpoint
+
+    root = tmp_path_factory.mktemp("ensemble")
+    members = [_checkpoint(root / f"m{i}", seed=0, noise=0.3 * i) for i in range(2)]
+    return write_ensemble(
+        members, root / "ens", inference_settings={**POST, "keep_largest": [True]}
+    )
+
+
+def test_torchscript_of_an_ensemble_with_tta_and_postprocessing_matches_predict(
+    ensemble: Path, tmp_path: Path
+) -> None:
+    """The artifact's masks on odd sizes (tiled, padded, gray input to an RGB model) equal
+    `load_segmenter(...).predict`: at most MASK_TOLERANCE (0.1%) of the pixels may differ, where a
+    probability lies within float error (~1e-7) of the threshold; here none do."""
+    report = export_model(ensemble, "torchscript", tmp_path / "ens.ts")
+    assert report.ensemble_size == 2 and report.tta == "flip"
+    artifact = _jit_load(report.path)
+    seg = load_segmenter(ensemble, device="cpu", precision="fp32")
+    assert seg.postprocess.steps and seg.tile_size == 64
+    for i, (h, w) in enumerate(((37, 53), (70, 45), (21, 40))):
+        image = _image(1, h, w, seed=i)[0]
+        for given in (image, image[..., 0], np.dstack([image, image[..., :1]])):  # RGB, gray, RGBA
+            with torch.inference_mode():
+                mask = artifact(torch.from_numpy(np.ascontiguousarray(given))).numpy()
+            expected = seg.predict(given)
+            assert mask.shape == (h, w) and mask.dtype == np.uint8
+            assert 0 < expected.mean() < 1  # both classes: a parity that means something
+            assert (mask != expected).mean() <= MASK_TOLERANCE, (h, w, given.shape)
+
+
+def test_onnx_of_an_ensemble_with_tta(ensemble: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(ExportError, match="ONNX cannot express.*--format torchscript"):
+        export_model(ensemble, "onnx", tmp_path / "ens.onnx")
+    assert not (tmp_path / "ens.onnx").exists()
+    from segray.inference import write_ensemble
+
+    plain = write_ensemble(
+        sorted((ensemble / "members").iterdir()),
+        tmp_path / "plain",
+        inference_settings={"tta": "flip", "thresholds": [0.35]},
+    )
+    report = export_model(plain, "onnx", tmp_path / "plain.onnx", tta="d4")
+    assert report.tta == "d4" and all(d < 1e-3 for d in report.max_abs_diff.values())

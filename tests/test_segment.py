@@ -30,6 +30,7 @@ from segray.metrics import per_image_metrics
 from segray.models import create_model
 from segray.predict import load_segmenter
 from segray.segment import OUTPUT_SCHEMA, InputError, SegmentError, run_segment, summary_line
+from segray.structure import surface_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -231,15 +232,21 @@ def test_ground_truth_metrics_and_png_mirror(mixed, ckpt):
     ]:
         row = df.loc[image_id]
         pred = np.asarray(Image.open(io.BytesIO(row.mask_png)))
-        expected = per_image_metrics(
-            pred, mapper(read_mask(inputs.gt / gt)), num_classes=1, ignore_index=255
-        )
+        target = mapper(read_mask(inputs.gt / gt))
+        expected = per_image_metrics(pred, target, num_classes=1, ignore_index=255)
+        expected |= surface_metrics(pred, target, num_classes=1, ignore_index=255)
         assert row.gt_mask == str(inputs.gt / gt)
         for key, value in expected.items():
             assert row[key] == pytest.approx(value, abs=1e-6), (image_id, key)
     assert "ground truth is 5x5" in df.loc["photos/c.jpg"].gt_error
     assert np.isnan(df.loc["photos/c.jpg"].dice) and np.isnan(df.loc["photos/small.png"].dice)
+    assert np.isnan(df.loc["photos/c.jpg"].hd95) and np.isnan(df.loc["photos/small.png"].msd)
     assert summary["metrics"]["images_with_ground_truth"] == 4
+    scored = df[df.gt_foreground_fraction.notna()]
+    for key in ("hd95", "msd", "boundary_f1"):  # the summary's means skip undefined values
+        mean = summary["metrics"][key]
+        assert (mean is None) == scored[key].isna().all(), key
+        assert mean is None or mean == pytest.approx(scored[key].mean(), abs=1e-5), key
     mirrored = np.asarray(Image.open(root / "png" / "photos" / "sub" / "big.png.png"))
     assert np.array_equal(
         mirrored, np.asarray(Image.open(io.BytesIO(df.loc["photos/sub/big.png"].mask_png)))

@@ -6,6 +6,7 @@ Every section forbids unknown keys and re-validates assignments; cross-section r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,7 @@ __all__ = [
     "SegmentConfig",
     "Section",
     "SynthConfig",
+    "TrackingConfig",
     "TrainConfig",
     "TuneConfig",
 ]
@@ -94,6 +96,20 @@ class DataConfig(Section):
     split_ids: dict[Literal["train", "val", "test"], list[str]] | None = Field(
         None, description="explicit stems per split; overrides `split` when set"
     )
+    folds: int | None = Field(
+        None,
+        ge=2,
+        description="k-fold cross-validation (`segray cv` sets it): train + val of the split "
+        "above are dealt into this many folds; test stays held out",
+    )
+    fold: int | None = Field(
+        None, ge=0, description="with `folds`: the fold used for validation, the rest train"
+    )
+    group_by: str | None = Field(
+        None,
+        description="regex over file stems: stems with the same match (its first group if it "
+        "has one) stay in one fold, e.g. '^(case_\\d+)' keeps a volume's slices together",
+    )
     image_size: int = Field(256, ge=32, description="train crop/resize side; eval resize side")
     train_transform: Literal["random_crop", "resize"] = Field(
         "random_crop", description="how training images reach image_size"
@@ -155,6 +171,13 @@ class DataConfig(Section):
             raise ValueError("source 'pet' needs data.root (the Oxford-IIIT Pet folder)")
         if self.std is not None and any(x == 0 for x in self.std):
             raise ValueError("data.std must be > 0")
+        if self.fold is not None and (self.folds is None or self.fold >= self.folds):
+            raise ValueError(f"data.fold {self.fold} needs data.folds > {self.fold}")
+        if self.group_by is not None:
+            try:
+                re.compile(self.group_by)
+            except re.error as e:
+                raise ValueError(f"data.group_by {self.group_by!r} is not a regex: {e}") from None
         return self
 
 
@@ -370,6 +393,36 @@ class SegmentConfig(Section):
     tile_size: int = Field(512, ge=32, description="sliding-window tile side, pixels")
     tile_overlap: float = Field(0.25, ge=0, lt=0.9, description="tile overlap fraction")
     threshold: float = Field(0.5, gt=0, lt=1, description="binary probability threshold")
+    # Inference settings shared by predict, evaluate, segment and export (`segray.inference`);
+    # a checkpoint's config carries them, so every consumer of it applies the same.
+    tta: Literal["none", "flip", "d4"] = Field(
+        "none",
+        description="test-time augmentation, averaged in probability space and inverted exactly: "
+        "flip = identity, horizontal, vertical and both flips (nnU-Net's 2D mirroring); d4 = the "
+        "8 rotations and reflections of the square (cost: 4x / 8x the forward passes)",
+    )
+    thresholds: list[float] | None = Field(
+        None,
+        description="per foreground class probability thresholds (binary: one value, which "
+        "replaces `threshold`; K classes: K-1 values, a pixel whose winning class's probability "
+        "is below that class's threshold becomes background, 0 = plain argmax); null: `threshold` / "
+        "plain argmax",
+    )
+    min_component_px: int | list[int] = Field(
+        0,
+        description="post-processing: remove 8-connected foreground components smaller than "
+        "this many pixels (0 = off); one value for every foreground class, or one per class",
+    )
+    fill_holes: bool | list[bool] = Field(
+        False,
+        description="post-processing: fill background holes enclosed by a class (after "
+        "min_component_px); one value, or one per foreground class",
+    )
+    keep_largest: bool | list[bool] = Field(
+        False,
+        description="post-processing: keep only the largest 8-connected component of a class "
+        "(ties: the first in raster order); one value, or one per foreground class",
+    )
     max_pixels: int = Field(
         100_000_000, ge=1, description="larger images become error rows (decompression bombs)"
     )
@@ -422,6 +475,20 @@ class SegmentConfig(Section):
         "shape: for long runs of same-size images",
     )
 
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (not v or any(not 0 <= t < 1 for t in v)):
+            raise ValueError("need one threshold per foreground class, each in [0, 1)")
+        return v
+
+    @field_validator("min_component_px")
+    @classmethod
+    def _min_px(cls, v: int | list[int]) -> int | list[int]:
+        if any(n < 0 for n in (v if isinstance(v, list) else [v])) or v == []:
+            raise ValueError("need one pixel count >= 0 per foreground class (0 = off)")
+        return v
+
     @model_validator(mode="after")
     def _band(self) -> SegmentConfig:
         if self.uncertain_low >= self.uncertain_high:
@@ -436,6 +503,24 @@ class SegmentConfig(Section):
         return self
 
 
+class TrackingConfig(Section):
+    """MLflow experiment tracking of `segray train` and `segray tune` (`segray.tracking`);
+    off unless a tracking URI is set here or in $MLFLOW_TRACKING_URI."""
+
+    mlflow_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (http://host:5000, sqlite:///mlflow.db, ...); null: "
+        "$MLFLOW_TRACKING_URI, and no tracking when that is unset too. Needs the mlflow extra",
+    )
+    experiment: str = Field("segray", min_length=1, description="MLflow experiment name")
+    run_name: str | None = Field(
+        None, description="name of the run (of a search: its parent run); null: a default"
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="tags set on every run this config opens"
+    )
+
+
 # --------------------------------------------------------------------------- root
 class Config(Section):
     """The whole resolved configuration."""
@@ -447,6 +532,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
@@ -467,6 +553,15 @@ class Config(Section):
                 f"data.mask_mode={self.data.mask_mode!r} makes binary masks but data.classes has "
                 f"{len(self.data.classes)} names: use 'index' or 'values'"
             )
+        foreground = len(self.data.classes) - 1
+        for key in ("thresholds", "min_component_px", "fill_holes", "keep_largest"):
+            v = getattr(self.segment, key)
+            if isinstance(v, list) and len(v) != foreground:
+                raise ValueError(
+                    f"segment.{key} has {len(v)} values but data.classes has {foreground} "
+                    f"foreground classes: give {foreground} values"
+                    + ("" if key == "thresholds" else " (or one value for all)")
+                )
         for name in ("mean", "std"):
             v = getattr(self.data, name)
             if v is not None and len(v) not in (1, self.model.in_channels):

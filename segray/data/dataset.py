@@ -24,7 +24,7 @@ from segray.data.io import ImageError, decode_image, image_size, read_mask
 from segray.data.masks import MaskMapper
 from segray.data.pet import pet_samples
 from segray.data.remote import cache_dir, dataset_root, is_remote, renamed
-from segray.data.split import split_samples
+from segray.data.split import data_splits
 from segray.data.synth import generate
 from segray.data.transforms import sample_seed, transforms_from_config
 
@@ -152,12 +152,12 @@ def build_datasets(cfg: Config) -> dict[str, SegmentationDataset]:
     """``{"train", "val", "test"}`` datasets (a split may be empty) of a prepared config.
 
     Splits come from ``data.split_ids`` if set, else the stable hash split by ``data.split``
-    and ``data.split_seed``; train gets the training augmentation (each image
+    and ``data.split_seed``, then the cross-validation fold if ``data.fold`` is set; train gets the training augmentation (each image
     ``data.samples_per_image`` times an epoch), val and test the eval one.
     """
     data = cfg.data
     samples = list_samples(data, check=False)  # prepare_data checked them on the driver
-    splits = split_samples(samples, data.split, data.split_seed, data.split_ids)
+    splits = data_splits(samples, data)
     train_fn, eval_fn = transforms_from_config(data, cfg.model.in_channels)
     mapper = MaskMapper.from_config(data)
     return {

@@ -2,16 +2,30 @@
 
 A file's split depends only on its key and the seed, so adding files to a dataset never moves
 an existing file to another split (no leak of old validation images into training).
+
+Cross-validation folds (``data.folds``) are dealt from train + val; test stays held out. Groups
+of stems (``data.group_by``: slices of one volume, photos of one patient) stay in one fold, and
+the folds are balanced: groups ordered by their hash, dealt round-robin.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from segray.data.folder import DatasetError, Sample
 
-__all__ = ["SPLITS", "assign_split", "split_samples", "unit_hash"]
+__all__ = [
+    "SPLITS",
+    "assign_folds",
+    "assign_split",
+    "data_splits",
+    "group_key",
+    "split_samples",
+    "unit_hash",
+]
 
 SPLITS = ("train", "val", "test")
 
@@ -97,3 +111,55 @@ def _explicit(
         if sample.key in owner:
             out[owner[sample.key]].append(sample)
     return out
+
+
+def group_key(key: str, pattern: str | None) -> str:
+    """The fold group of ``key``: the match of ``pattern`` (its first group if it has one).
+
+    A key the pattern does not match is a group of its own.
+    """
+    if pattern is None:
+        return key
+    m = re.search(pattern, key)
+    if m is None:
+        return key
+    return m.group(1) if m.re.groups else m.group(0)
+
+
+def assign_folds(
+    keys: Sequence[str], folds: int, seed: int = 0, group_by: str | None = None
+) -> dict[str, int]:
+    """``{key: fold}`` for ``folds``-fold cross-validation, groups kept whole.
+
+    Groups are ordered by a stable hash and dealt round-robin, so fold sizes (in groups) differ
+    by at most one and the assignment depends only on the keys, the seed and the pattern.
+    """
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        groups.setdefault(group_key(key, group_by), []).append(key)
+    if len(groups) < folds:
+        by = f" grouped by {group_by!r}" if group_by else ""
+        raise DatasetError(
+            f"{folds}-fold cross-validation needs at least {folds} groups of images, found "
+            f"{len(groups)} ({len(keys)} train + val images{by})"
+        )
+    order = sorted(groups, key=lambda g: (unit_hash(f"{seed}:fold:{g}"), g))
+    return {key: i % folds for i, g in enumerate(order) for key in groups[g]}
+
+
+def data_splits(samples: Sequence[Sample], data: Any) -> dict[str, list[Sample]]:
+    """The splits a ``DataConfig`` asks for: ``split_samples``, then the fold if one is set.
+
+    With ``data.fold``, train + val are pooled and dealt into ``data.folds`` folds: the fold
+    ``data.fold`` validates, the others train; test is unchanged, so it stays held out.
+    """
+    out = split_samples(samples, data.split, data.split_seed, data.split_ids)
+    if data.fold is None:
+        return out
+    pool = sorted([*out["train"], *out["val"]], key=lambda s: s.key)
+    fold_of = assign_folds([s.key for s in pool], data.folds, data.split_seed, data.group_by)
+    return {
+        "train": [s for s in pool if fold_of[s.key] != data.fold],
+        "val": [s for s in pool if fold_of[s.key] == data.fold],
+        "test": out["test"],
+    }

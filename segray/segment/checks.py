@@ -42,6 +42,11 @@ ROW_SETTINGS = (
     "id_column",
     "shard_size",
     "precision",
+    "tta",
+    "thresholds",
+    "min_component_px",
+    "fill_holes",
+    "keep_largest",
 )
 # The data.* keys a run may override: how --masks files map to classes.
 MASK_KEYS = (

@@ -151,8 +151,7 @@ class SegmentActor:
     def __init__(self, *, checkpoint: str, config: dict[str, Any], model: str, run_id: str) -> None:
         import torch
 
-        from segray.checkpoint import load_model
-        from segray.predict import Segmenter
+        from segray.predict import load_segmenter
 
         cfg = Config.from_dict(config)
         seg = cfg.segment
@@ -160,10 +159,10 @@ class SegmentActor:
         if seg.gpus_per_actor > 0 and not torch.cuda.is_available():
             raise RuntimeError(cuda_missing(seg))
         device = "cuda" if seg.gpus_per_actor > 0 else "cpu"
-        net, _ = load_model(local_checkpoint(checkpoint), device)
-        self.segmenter = Segmenter(
-            net,
-            cfg,
+        # A single or an ensemble checkpoint; cfg's segment.* (TTA, thresholds, post-processing)
+        self.segmenter = load_segmenter(
+            local_checkpoint(checkpoint),
+            config=cfg,
             device=device,
             model_id=model,
             precision=seg.precision,
@@ -188,9 +187,10 @@ class SegmentActor:
         ]
         # Each image's probabilities become its mask and statistics as soon as they are
         # ready, and are dropped then: one forward batch of them is held, not the whole batch.
-        for k, proba in self.segmenter.iter_batch_proba(images):
+        for k, proba, disagreement in self.segmenter.iter_batch_outputs(images):
             i = todo[k]
             out[i].update(self._result(rows[i], proba))
+            out[i]["ensemble_disagreement"] = disagreement
             del proba
         table = pa.Table.from_pylist(out, schema=STAGE_SCHEMA)
         if time.monotonic() - self.trimmed > _TRIM_EVERY_S:
@@ -354,15 +354,19 @@ def ground_truth_metrics(
     mask: np.ndarray, target: np.ndarray, *, num_classes: int, ignore_index: int | None
 ) -> dict[str, float | None]:
     """``gt_foreground_fraction`` and the `METRIC_COLUMNS` of one (H, W) predicted class map
-    against its ground truth, as output values: `segray.metrics.per_image_metrics`, undefined
-    values (NaN: e.g. Dice on an image with no foreground predicted or true) as null.
+    against its ground truth, as output values: `segray.metrics.per_image_metrics` and
+    `segray.structure.surface_metrics`, undefined values (NaN: e.g. Dice on an image with no
+    foreground predicted or true) as null.
 
     Raises:
         ValueError: the ground truth holds values that are not class indices.
     """
     from segray.metrics import per_image_metrics  # torch: loaded only where metrics are made
+    from segray.structure import surface_metrics
 
-    scores = per_image_metrics(mask, target, num_classes=num_classes, ignore_index=ignore_index)
+    kw = {"num_classes": num_classes, "ignore_index": ignore_index}
+    scores = per_image_metrics(mask, target, **kw)
+    scores.update(surface_metrics(mask, target, **kw))
     valid = target[target != ignore_index] if ignore_index is not None else target
     fraction = np.count_nonzero(valid) / valid.size if valid.size else None
     out: dict[str, float | None] = {"gt_foreground_fraction": fraction, **scores}

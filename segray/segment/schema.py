@@ -57,6 +57,14 @@ _COLUMNS: list[tuple[str, pa.DataType, bool, str]] = [
         "8-connected components of the predicted mask, summed over the non-background classes",
     ),
     (
+        "ensemble_disagreement",
+        pa.float32(),
+        True,
+        "ensemble checkpoints: mean over pixels of the standard deviation of the members' "
+        "probabilities (of the foreground; multi-class: of the ensemble's argmax class), a "
+        "per-image uncertainty for review; null for a single model",
+    ),
+    (
         "gt_mask",
         pa.string(),
         True,
@@ -99,6 +107,22 @@ _COLUMNS: list[tuple[str, pa.DataType, bool, str]] = [
     ),
     ("accuracy", pa.float32(), True, "`--masks`: pixel accuracy"),
     (
+        "hd95",
+        pa.float32(),
+        True,
+        "`--masks`: 95th-percentile Hausdorff distance between the predicted and true "
+        "boundaries, in pixels (`segray.structure`; multi-class: as dice); 0 where neither has "
+        "foreground, null where only one has",
+    ),
+    ("msd", pa.float32(), True, "`--masks`: mean surface distance in pixels, as hd95"),
+    (
+        "boundary_f1",
+        pa.float32(),
+        True,
+        "`--masks`: F1 of boundary pixels matched within 2 pixels (1 where neither has "
+        "foreground, 0 where only one has)",
+    ),
+    (
         "model_id",
         pa.string(),
         False,
@@ -119,7 +143,7 @@ _COLUMNS: list[tuple[str, pa.DataType, bool, str]] = [
 OUTPUT_SCHEMA = pa.schema(
     [pa.field(n, t, nullable, metadata={"description": d}) for n, t, nullable, d in _COLUMNS]
 )
-METRIC_COLUMNS = ("dice", "iou", "precision", "recall", "accuracy")
+METRIC_COLUMNS = ("dice", "iou", "precision", "recall", "accuracy", "hd95", "msd", "boundary_f1")
 
 
 def schema_markdown() -> str:

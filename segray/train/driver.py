@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from ray.train import (
 
 from segray.checkpoint import (
     HISTORY_FILE,
+    INFERENCE_FILES,
     METRICS_FILE,
     copy_checkpoint,
     load_history,
@@ -41,6 +44,15 @@ from segray.engine import (
     NonFiniteLossError,
 )
 from segray.storage import Location, with_retries
+from segray.tracking import (
+    CLIENT_ENV,
+    Tracker,
+    TrackingSettings,
+    flatten_params,
+    save_run_id,
+    saved_run_id,
+)
+from segray.tracking import settings_from_config as tracking_settings
 from segray.train.worker import train_loop_per_worker
 
 __all__ = [
@@ -76,6 +88,7 @@ RESUME_MUTABLE = (
     "data.eval_batch_size",
     "train.max_failures",
     "train.heap_reuse",
+    "tracking.",
     "tune.",
     "segment.",
 )
@@ -137,16 +150,25 @@ def build_trainer(
     callbacks: Sequence[Any] = (),
     expect: Mapping[str, Any] | None = None,
     monitor: tuple[str, str] = ("val_dice", "max"),
+    tracking: Mapping[str, Any] | None = None,
 ) -> ray.train.torch.TorchTrainer:
     """A TorchTrainer for ``cfg`` persisting to ``storage_path/name`` (same name = resume);
     ``storage_path`` is a local path or any URI `segray.storage` reads (s3://, gs://, ...).
 
     Ray keeps the latest checkpoint and the best one by ``monitor`` (metric, mode).
+    ``tracking`` (`segray.tracking.Tracker.worker_spec`): the MLflow run rank 0 logs to.
     """
     storage = Location.parse(storage_path)
+    env = worker_env(cfg)
+    if tracking:  # the MLflow client's short retries, unless this process sets its own
+        env.update({k: os.environ.get(k, v) for k, v in CLIENT_ENV.items()})
     return ray.train.torch.TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "expect": dict(expect or {})},
+        train_loop_config={
+            "config": cfg.to_dict(),
+            "expect": dict(expect or {}),
+            "tracking": dict(tracking) if tracking else None,
+        },
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
@@ -167,7 +189,7 @@ def build_trainer(
             ),
             callbacks=list(callbacks),
             logging_config=LoggingConfig(log_level="WARNING"),  # epochs print their own line
-            worker_runtime_env={"env_vars": worker_env(cfg)},
+            worker_runtime_env={"env_vars": env},
         ),
     )
 
@@ -183,6 +205,7 @@ def run_training(
     address: str | None = None,
     expect: Mapping[str, Any] | None = None,
     monitor: tuple[str, str] = ("val_dice", "max"),
+    tracker: Tracker | None = None,
 ) -> TrainResult:
     """Train ``cfg`` with DDP on Ray Train.
 
@@ -193,7 +216,16 @@ def run_training(
     continues from the latest checkpoint; ``resume=False`` refuses to do so silently.
     Reading the results fetches only the small files (metrics, history), never the optimizer
     state, unless ``output`` asks for the checkpoints to be copied there.
+
+    MLflow (``cfg.tracking``): with an ``output`` and no ``tracker``, the run is tracked as one
+    MLflow run (kept in ``output/tracking.json``, so ``resume`` continues it): the resolved
+    config as params, every epoch's metrics (logged by rank 0), and as artefacts the config,
+    the history and the best checkpoint's inference files (on object storage: its URI as the
+    tag ``segray.best_checkpoint``). A ``tracker`` opened by the caller (a search trial) only
+    receives the epochs' metrics.
     """
+    own = tracker is None and output is not None  # this call opens, fills and closes the run
+    settings = tracking_settings(cfg) if own else None  # no mlflow for a URI: fail before Ray
     ensure_ray(address)
     out = Location.parse(output) if output is not None else None
     if storage_path is None:
@@ -238,6 +270,8 @@ def run_training(
             out.join("fingerprint.json").write, fingerprint.to_json().encode(), what="write"
         )
 
+    if own and out is not None:
+        tracker = _open_train_run(settings, cfg, out, resume)
     trainer = build_trainer(
         cfg,
         storage_path=storage_path,
@@ -245,12 +279,15 @@ def run_training(
         callbacks=callbacks,
         expect=expect,
         monitor=monitor,
+        tracking=tracker.worker_spec() if tracker is not None else None,
     )
     try:
         result = trainer.fit()
         if result.error is not None:
             raise result.error
     except Exception as e:  # a diverged run: the workers' own one-line message, no traceback
+        if own and tracker is not None:
+            tracker.end("FAILED")
         for failure in getattr(e, "worker_failures", {}).values():
             if isinstance(failure, NonFiniteLossError):
                 raise NonFiniteLossError(str(failure)) from None
@@ -270,7 +307,51 @@ def run_training(
         best = _publish_checkpoint(best_ckpt, out.join("checkpoints", "best"))
         table = pa.Table.from_pandas(history, preserve_index=False)
         with_retries(out.join("history.parquet").write, table, what="write")
+    if own and tracker is not None and out is not None:
+        _log_train_outputs(tracker, cfg, out, history, best)
+        tracker.end("FINISHED")
     return TrainResult(_shown(out), best, last, best_metrics, history)
+
+
+def _open_train_run(
+    settings: TrackingSettings | None, cfg: Config, out: Location, resume: bool
+) -> Tracker:
+    """The MLflow run of a `segray train` output: the one in ``out/tracking.json`` when
+    resuming, else a new one; its params are the resolved config, flattened."""
+    tracker = Tracker(settings)
+    if settings is None:
+        return tracker
+    tracker.start(
+        run_name=RUN_NAME,
+        tags={"segray.kind": "train", "segray.output": out.uri},
+        run_id=saved_run_id(out.uri, settings) if resume else None,
+    )
+    tracker.log_params(flatten_params(cfg.to_dict()))
+    save_run_id(out.uri, tracker)
+    return tracker
+
+
+def _log_train_outputs(
+    tracker: Tracker, cfg: Config, out: Location, history: pd.DataFrame, best: Path | str | None
+) -> None:
+    """The artefacts of a finished train run: config, history, the best checkpoint's files
+    (uploaded from a local output; from object storage only linked, by a tag)."""
+    if not tracker.active:
+        return
+    tracker.log_bytes("config.yaml", cfg.to_yaml().encode())
+    with tempfile.TemporaryDirectory(prefix="segray-history-") as tmp:
+        history.to_parquet(Path(tmp) / "history.parquet", index=False)
+        tracker.log_artifact(Path(tmp) / "history.parquet")
+    plots = Path(out.path, "plots") if out.is_local else None
+    if plots is not None and plots.is_dir():
+        tracker.log_artifact(plots, "plots")
+    if best is None:
+        return
+    if out.is_local:
+        for file in INFERENCE_FILES:
+            tracker.log_artifact(Path(best, file), "checkpoints/best")
+    else:
+        tracker.set_tags({"segray.best_checkpoint": str(best)})
 
 
 def _shown(loc: Location | None) -> Path | str | None:

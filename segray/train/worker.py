@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -49,6 +50,7 @@ from segray.engine import (
 )
 from segray.losses import create_loss
 from segray.metrics import SegMetrics
+from segray.tracking import Tracker, metric_values
 
 __all__ = [
     "AppliedMismatchError",
@@ -250,6 +252,29 @@ def _check_resumable(state: Mapping[str, Any], world: int, steps_per_epoch: int)
         )
 
 
+# A test-only fault hook: ``SEGRAY_TEST_FAIL_ONCE=EPOCH:MARKER`` in the workers' environment
+# makes rank 0 raise once, right after reporting epoch EPOCH, if it can create the file MARKER
+# (it then holds the run's name, and the retried attempt goes on). Tests use it to make Ray
+# Train or Tune retry a run or trial; it must be in the environment before Ray starts.
+FAIL_ONCE_ENV = "SEGRAY_TEST_FAIL_ONCE"
+
+
+def _injected_failure(epoch: int, run_name: str) -> None:
+    spec = os.environ.get(FAIL_ONCE_ENV)
+    if not spec:
+        return
+    at, _, marker = spec.partition(":")
+    if int(at) != epoch:
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, run_name.encode())
+    os.close(fd)
+    raise RuntimeError(f"{FAIL_ONCE_ENV}: injected failure after epoch {epoch}")
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: build, (resume,) train, evaluate, report, checkpoint."""
     cfg = Config.from_dict(loop_config["config"])
@@ -312,6 +337,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
         _say(f"precision: {step.precision.describe()}")
 
+    # MLflow: rank 0 alone logs (to the run its driver opened); an epoch already logged by an
+    # attempt that failed before its checkpoint counted is not logged again.
+    tracker = Tracker.attach(loop_config.get("tracking") if rank == 0 else None)
+    logged = tracker.logged_steps("train_loss")
+
     if state is not None:  # last: nothing above may draw from the restored generators
         set_rng_state(state["rng"][rank])
     t_start = time.time()
@@ -372,6 +402,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     },
                 ),
             )
+            if epoch + 1 not in logged:
+                tracker.log_metrics(metric_values(report), step=epoch + 1)
+            _injected_failure(epoch + 1, ctx.get_experiment_name())
         else:
             ray.train.report(report)  # every rank reports the same number of times
         if stop:

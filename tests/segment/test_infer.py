@@ -51,14 +51,19 @@ def test_ground_truth_metrics_are_null_where_undefined():
         "precision": None,
         "recall": None,
         "accuracy": 1.0,
+        "hd95": 0.0,  # boundaries: both empty agree exactly (segray.structure)
+        "msd": 0.0,
+        "boundary_f1": 1.0,
     }
     missed = ground_truth_metrics(none, some.astype(np.int32), num_classes=1, ignore_index=255)
     assert missed["gt_foreground_fraction"] == pytest.approx(4 / 15)
     assert (missed["dice"], missed["recall"], missed["precision"]) == (0.0, 0.0, None)
+    assert (missed["hd95"], missed["msd"], missed["boundary_f1"]) == (None, None, 0.0)
     hit = ground_truth_metrics(
         some.clip(0, 1), some.astype(np.int32), num_classes=1, ignore_index=255
     )
     assert (hit["dice"], hit["precision"], hit["recall"]) == (1.0, 1.0, 1.0)
+    assert (hit["hd95"], hit["msd"], hit["boundary_f1"]) == (0.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="class indices"):
         ground_truth_metrics(none, none.astype(np.int32) + 7, num_classes=1, ignore_index=255)
 
