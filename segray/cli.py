@@ -176,13 +176,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tune(args: argparse.Namespace) -> int:
-    """Hyperparameter search: Tune + Optuna + ASHA, each trial a DDP training."""
-    from segray.tune import run_tune, search_exists
+def _resume_or_start(args: argparse.Namespace, what: str) -> None:
+    """``--resume-or-start``: continue the search in ``--output`` if it holds one."""
+    from segray.tune import search_exists
 
     if args.resume_or_start and not args.resume and search_exists(args.output):
-        print(f"resuming the search in {args.output} (--resume-or-start)")
+        print(f"resuming the {what} in {args.output} (--resume-or-start)")
         args.resume = args.output
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Hyperparameter search: Tune + Optuna + ASHA, each trial a DDP training."""
+    from segray.tune import run_tune
+
+    _resume_or_start(args, "search")
     cfg = None if args.resume else _load(args)  # run_tune checks tune.space before Ray starts
     output = args.resume or args.output
     result = run_tune(cfg, output, resume=bool(args.resume), address=args.address)
@@ -214,11 +221,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_cv(args: argparse.Namespace) -> int:
     """K-fold cross-validation: one DDP trial per fold, then the fold ensemble."""
     from segray.cv import run_cv
-    from segray.tune import search_exists
 
-    if args.resume_or_start and not args.resume and search_exists(args.output):
-        print(f"resuming the cross-validation in {args.output} (--resume-or-start)")
-        args.resume = args.output
+    _resume_or_start(args, "cross-validation")
     cfg = None if args.resume else _load(args)
     result = run_cv(
         cfg,

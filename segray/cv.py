@@ -239,12 +239,12 @@ def _nan_mean(values: pd.Series) -> float:
 
 
 def _saved_config(out: str) -> Config:
-    from segray.tune import _config_from_yaml, _read_text
+    from segray.tune_results import config_from_yaml, read_text
 
-    text = _read_text(f"{out}/config.yaml")
+    text = read_text(f"{out}/config.yaml")
     if text is None:
         raise FileNotFoundError(f"{out}: no config.yaml: not a segray cv output")
-    return _config_from_yaml(text)
+    return config_from_yaml(text)
 
 
 def _print_summary(s: dict[str, Any], table: pd.DataFrame) -> None:

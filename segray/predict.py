@@ -163,11 +163,18 @@ class Segmenter:
             self.models = [m.to(memory_format=torch.channels_last) for m in self.models]
         self.model = self.models[0]
         self.compiled = compile
-        nets = [torch.compile(m) for m in self.models] if compile else self.models
         preprocesses = [Preprocess.from_config(c, self.channels) for c in configs]
-        self.net = ProbabilityModel(
-            nets, preprocesses, tta=self.tta, channels_last=self.channels_last
+        self._eager_net = ProbabilityModel(
+            self.models, preprocesses, tta=self.tta, channels_last=self.channels_last
         ).to(self.device)
+        self.net = self._eager_net
+        if compile:
+            self.net = ProbabilityModel(
+                [torch.compile(m) for m in self.models],
+                preprocesses,
+                tta=self.tta,
+                channels_last=self.channels_last,
+            ).to(self.device)
         self.preprocess = self.net.preprocesses[0]
 
     @property
@@ -226,6 +233,26 @@ class Segmenter:
                 probs = probs.cpu()
                 for k, (i, p) in enumerate(zip(chunk, probs, strict=True)):
                     yield i, self._finish(p), None if spread is None else _mean(spread[k])
+
+    def verify_compiled(
+        self, images: Sequence[ImageInput], min_agreement: float = 0.995
+    ) -> float | None:
+        """The compiled network's masks against eager's on ``images``: the fraction of equal
+        pixels. Below ``min_agreement`` the compiled network is dropped and inference runs
+        eager from then on (``compiled`` becomes False). None when nothing is compiled."""
+        if not self.compiled:
+            return None
+        compiled = self.predict_batch(images)
+        compiled_net, self.net = self.net, self._eager_net
+        eager = self.predict_batch(images)
+        total = sum(m.size for m in eager)
+        agreement = sum(int((a == b).sum()) for a, b in zip(compiled, eager, strict=True))
+        agreement = agreement / total if total else 1.0
+        if agreement >= min_agreement:
+            self.net = compiled_net
+        else:
+            self.compiled = False
+        return agreement
 
     def mask_from_proba(self, proba: np.ndarray) -> np.ndarray:
         """`predict_proba` output -> (H, W) uint8 mask: the thresholds (binary: P(fg) >=

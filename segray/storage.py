@@ -208,11 +208,17 @@ class Location:
         with self.fs.open_input_stream(self.path) as f:
             return f.read()
 
-    def write(self, data: bytes | pa.Table, *, metadata: dict[str, str] | None = None) -> None:
+    def write(
+        self,
+        data: bytes | pa.Table,
+        *,
+        metadata: dict[str, str] | None = None,
+        row_group_size: int | None = None,
+    ) -> None:
         """Publish a file atomically: readers see the old file or the whole new one, never a part.
 
-        A table is written as zstd Parquet, ``metadata`` merged into its schema's key-value
-        metadata (the footer). Local disk / HDFS: hidden ``.<name>.<random>.tmp`` beside the
+        A table is written as zstd Parquet (``row_group_size`` rows a row group; default
+        pyarrow's), ``metadata`` merged into its schema's key-value metadata (the footer). Local disk / HDFS: hidden ``.<name>.<random>.tmp`` beside the
         target, then rename. Object stores: the bytes are built in memory and sent in one
         write (one PUT, or a multipart upload that is only completed when every part is in).
         """
@@ -222,7 +228,7 @@ class Location:
         elif metadata:
             raise TypeError(f"{self.uri}: metadata applies to tables only, not to bytes")
         if not self.atomic_rename:
-            payload = data if isinstance(data, bytes) else _parquet_bytes(data)
+            payload = data if isinstance(data, bytes) else _parquet_bytes(data, row_group_size)
             stream = self.fs.open_output_stream(self.path)
             stream.write(payload)  # all bytes in one call: a failure here uploads nothing
             stream.close()
@@ -232,7 +238,13 @@ class Location:
         tmp = posixpath.join(parent, f".{name}.{os.urandom(4).hex()}.tmp")
         try:
             if isinstance(data, pa.Table):
-                pq.write_table(data, tmp, filesystem=self.fs, compression="zstd")
+                pq.write_table(
+                    data,
+                    tmp,
+                    filesystem=self.fs,
+                    compression="zstd",
+                    row_group_size=row_group_size,
+                )
             else:
                 with self.fs.open_output_stream(tmp) as f:
                     f.write(data)
@@ -250,9 +262,9 @@ class Location:
             self.fs.delete_file(self.path)
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
+def _parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
+    pq.write_table(table, sink, compression="zstd", row_group_size=row_group_size)
     return sink.getvalue().to_pybytes()
 
 

@@ -36,4 +36,10 @@ def test_demo_small_end_to_end(ray_local, tmp_path, capsys):
     assert len(table) == 51 and table["image_id"].is_unique
     assert table.loc[table["status"] == "error", "error"].notna().all()
     assert (tmp_path / "demo" / "eval" / "metrics.json").is_file()
+    # It ends with the report of the whole run, printed and self-contained.
+    report = tmp_path / "demo" / "report.html"
+    assert f"report -> {report}" in out and summary["paths"]["report"] == str(report)
+    html = report.read_text()
+    assert all(f'id="{k}"' in html for k in ("search", "evaluation", "segment")), "sections"
+    assert 'src="http' not in html and "<img" in html  # images embedded, no network needed
     assert json.loads((tmp_path / "demo" / "demo_summary.json").read_text())["trials"] == 4

@@ -351,3 +351,30 @@ def test_compiled_network_gives_the_eager_probabilities() -> None:
     np.testing.assert_allclose(
         compiled.predict_proba(image), eager.predict_proba(image), atol=1e-5, rtol=0
     )
+
+
+@pytest.mark.parametrize("faithful", [True, False])
+def test_a_compiled_network_that_disagrees_with_eager_is_dropped(faithful: bool) -> None:
+    """The parity gate of compiled inference: the compiled network stands in as a second
+    ProbabilityModel (torch.compile itself is too slow for a unit test); one that agrees is
+    kept, one that does not gives way to eager for good."""
+    from segray.inference.network import ProbabilityModel
+
+    seg = _pointwise_segmenter()
+    images = [_smooth_rgb(40, 40, seed) for seed in range(3)]
+    expected = seg.predict_batch(images)
+    other = Pointwise()
+    other.load_state_dict(seg.model.state_dict())
+    if not faithful:
+        with torch.no_grad():
+            other.net[2].bias.add_(3.0)  # shifts every pixel towards foreground
+    stand_in = ProbabilityModel(other, seg.preprocess, tta=seg.tta)
+    seg.compiled, seg.net = True, stand_in
+    agreement = seg.verify_compiled(images)
+    if faithful:
+        assert agreement == 1.0 and seg.compiled and seg.net is stand_in
+    else:
+        assert agreement < 0.995 and not seg.compiled and seg.net is not stand_in
+    for got, want in zip(seg.predict_batch(images), expected, strict=True):
+        np.testing.assert_array_equal(got, want)  # eager's masks either way
+    assert _pointwise_segmenter().verify_compiled(images) is None  # nothing compiled

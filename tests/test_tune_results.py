@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from segray.searcher import RankedOptunaSearch, best_score, score_key
-from segray.tune import _best_kept_epoch, _kept_epochs
+from segray.tune_results import _best_kept_epoch, _kept_epochs
 
 
 def _epoch(hist: pd.DataFrame, row) -> int:

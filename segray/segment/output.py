@@ -342,6 +342,11 @@ def merge_shard(
     return table.take(pa.array(keep, type=pa.int64()))
 
 
+# Rows per row group of a committed file: a reader that wants a few masks (`segray report`'s
+# galleries) decodes the row groups that hold them, not the whole file.
+ROW_GROUP_ROWS = 256
+
+
 def commit_shard(
     key: str, expected: int, *, parquet: Location, staging: Location
 ) -> dict[str, Any]:
@@ -371,7 +376,13 @@ def commit_shard(
     except ShardIncomplete as e:
         return {"key": key, "committed": False, "reason": str(e)}
     stats = json.dumps(shard_stats(table))
-    with_retries(final.write, table, metadata={_STATS_KEY.decode(): stats}, what="commit")
+    with_retries(
+        final.write,
+        table,
+        metadata={_STATS_KEY.decode(): stats},
+        row_group_size=ROW_GROUP_ROWS,
+        what="commit",
+    )
     with_retries(folder.delete, what="delete staging")
     return {"key": key, "committed": True, "rows": table.num_rows}
 

@@ -47,6 +47,7 @@ from segray.segment.checks import (
 )
 from segray.segment.infer import (
     SegmentActor,
+    actor_compile,
     actor_options,
     actor_precision,
     decode,
@@ -165,7 +166,13 @@ def run_segment(
             f"segment: {where}; {seg.concurrency} actor(s) x {seg.cpus_per_actor:g} CPU "
             f"/ {seg.gpus_per_actor:g} GPU, batch {seg.batch_size}",
         )
-        _say(progress, f"segment: precision {precision.pop('describe')}")
+        planned = sum(
+            (s.rows if s.rows is not None else seg.shard_size) - len(s.skip) for s in pending
+        )
+        compiled, runtime = actor_compile(seg, planned)
+        cfg = cfg.model_copy(update={"segment": seg.model_copy(update={"compile": compiled})})
+        precision["compile"] = compiled
+        _say(progress, f"segment: precision {precision.pop('describe')}, {runtime}")
         totals = _run_pipeline(
             pending,
             kept,

@@ -206,3 +206,19 @@ def test_validation_finds_an_id_in_two_shards(tmp_path: Path):
         assert commit_shard(shard.key, 2, parquet=out.parquet, staging=out.staging)["committed"]
     with pytest.raises(SegmentError, match="4 rows but 3 distinct image ids"):
         out.validate_and_summarise(shards, {}, run_id="r1")
+
+
+def test_a_committed_file_is_cut_into_row_groups_for_readers_of_a_few_rows(tmp_path: Path):
+    """`segray report` decodes the masks of the row groups that hold its picks: a large shard
+    is several row groups of `ROW_GROUP_ROWS`, not one."""
+    from segray.segment.output import ROW_GROUP_ROWS
+
+    out = Location.parse(tmp_path)
+    n = ROW_GROUP_ROWS * 2 + 5
+    _staged(out, "big", [f"{i:04d}" for i in range(n)])
+    assert commit_shard("big", n, parquet=out.join("parquet"), staging=out.join("_staging"))[
+        "committed"
+    ]
+    footer = pq.read_metadata(tmp_path / "parquet" / "part-big.parquet")
+    sizes = [footer.row_group(i).num_rows for i in range(footer.num_row_groups)]
+    assert sizes == [ROW_GROUP_ROWS, ROW_GROUP_ROWS, 5]
