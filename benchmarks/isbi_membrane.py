@@ -7,6 +7,8 @@ Usage::
                                        [--data ../shared/datasets/isbi2012-membrane]
                                        [--output benchmarks/results/isbi_membrane.json]
     python benchmarks/isbi_membrane.py --only segray --epochs 30 --precision bf16 [--layout 1x2]
+    python benchmarks/isbi_membrane.py --accuracy [--seeds 0 1 2] ...   # benchmarks/isbi_accuracy.py:
+        single model / + flip TTA / 5-fold ensemble / + TTA + post-processing on held-out slices
 
 ``--precision`` is ``train.precision`` of both sides (the plain loop autocasts the same way,
 `segray.precision`; default ``auto``: bf16 + channels_last on a CPU with native bf16).
@@ -63,6 +65,7 @@ import os
 import platform
 import random
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -228,8 +231,45 @@ def _report_clock_class():
     return ReportClock
 
 
-def segray_run(cfg: Config, epochs: int, layout: str, workdir: Path, label: str) -> dict[str, Any]:
-    """``run_training`` of ``cfg`` with ``layout`` for ``epochs``; history + report wall clock."""
+def precision_parity(checkpoint: Path, cfg: Config) -> dict[str, Any]:
+    """The best checkpoint's masks on the val slices in fp32 and in bf16 (channels_last):
+    the fraction of equal pixels and each one's foreground Dice (pooled over the slices)."""
+    from segray.data import MaskMapper, data_splits, list_samples, read_mask
+    from segray.predict import load_segmenter
+
+    samples = data_splits(list_samples(cfg.data, check=False), cfg.data)["val"]
+    mapper = MaskMapper.from_config(cfg.data)
+    targets = [mapper(read_mask(s.mask), s.key, name=s.mask) for s in samples]
+    masks = {}
+    for precision in ("fp32", "bf16"):
+        seg = load_segmenter(checkpoint, device="cpu", precision=precision)
+        masks[precision] = seg.predict_batch([s.image for s in samples])
+    equal = sum(int((a == b).sum()) for a, b in zip(masks["fp32"], masks["bf16"], strict=True))
+    total = sum(t.size for t in targets)
+
+    def dice(preds: list[np.ndarray]) -> float:
+        inter = sum(int(((p == 1) & (t == 1)).sum()) for p, t in zip(preds, targets, strict=True))
+        size = sum(
+            int((p == 1).sum()) + int((t == 1).sum()) for p, t in zip(preds, targets, strict=True)
+        )
+        return 2 * inter / size if size else math.nan
+
+    d32, d16 = dice(masks["fp32"]), dice(masks["bf16"])
+    return {
+        "images": len(samples),
+        "pixels_equal": equal / total,
+        "dice_fp32": d32,
+        "dice_bf16": d16,
+        "dice_delta": abs(d16 - d32),
+        "pass": bool(equal / total >= 0.995 and abs(d16 - d32) <= 0.002),
+    }
+
+
+def segray_run(
+    cfg: Config, epochs: int, layout: str, workdir: Path, label: str, *, parity: bool = False
+) -> dict[str, Any]:
+    """``run_training`` of ``cfg`` with ``layout`` for ``epochs``; history + report wall clock
+    (+ ``parity``: bf16 vs fp32 masks of the best checkpoint, `precision_parity`)."""
     from segray.train import run_training
 
     run_cfg = apply_overrides(cfg, {**LAYOUTS[layout], "train.epochs": epochs})
@@ -250,8 +290,14 @@ def segray_run(cfg: Config, epochs: int, layout: str, workdir: Path, label: str)
         row["report_gap_s"] = reports.get(e, math.nan) - reports.get(
             e - 1, t_call if e == 1 else math.nan
         )
+    found = precision_parity(out / "checkpoints" / "best", run_cfg) if parity else None
     shutil.rmtree(out, ignore_errors=True)  # checkpoints: ~300 MB an epoch for ResNet34 + Adam
-    return {"wall_s": wall, "history": history, "first_report_s": history[0]["report_time_s"]}
+    return {
+        "wall_s": wall,
+        "history": history,
+        "first_report_s": history[0]["report_time_s"],
+        "parity": found,
+    }
 
 
 # --------------------------------------------------------------------------- summaries
@@ -314,7 +360,9 @@ def run_segray_only(args: argparse.Namespace) -> dict[str, Any]:
 
             ensure_ray()
             try:
-                seg = segray_run(cfg, args.epochs, layout, workdir, f"segray-{precision.name}")
+                seg = segray_run(
+                    cfg, args.epochs, layout, workdir, f"segray-{precision.name}", parity=True
+                )
             finally:
                 ray.shutdown()
     finally:
@@ -338,6 +386,7 @@ def run_segray_only(args: argparse.Namespace) -> dict[str, Any]:
             **best,
             "history": _slim(seg["history"]),
         },
+        "parity": seg["parity"],
         "targets": {
             "dice": {"target": DICE_TARGET, "value": dice, "pass": bool(dice >= DICE_TARGET)}
         },
@@ -355,6 +404,11 @@ def format_segray_only(report: dict[str, Any]) -> str:
             f"best epoch {s['best_epoch']}: val Dice {s['best']['val_dice']:.4f} (target >= "
             f"{DICE_TARGET}: {'PASS' if report['targets']['dice']['pass'] else 'FAIL'}), "
             f"IoU {s['best']['val_iou']:.4f}; last val Dice {s['last']['val_dice']:.4f}",
+            "bf16 vs fp32 masks of the best checkpoint on the {images} val slices: {pixels_equal:.4%} "
+            "of pixels equal, Dice {dice_fp32:.4f} vs {dice_bf16:.4f} (targets >= 99.5%, "
+            "|delta| <= 0.002: {verdict})".format(
+                **report["parity"], verdict="PASS" if report["parity"]["pass"] else "FAIL"
+            ),
             f"{m['cpus']} CPUs, torch {m['torch']}, ray {m['ray']}; load average "
             f"{m['load_average_before']:.2f} before, {m['load_average_after']:.2f} after",
         ]
@@ -551,6 +605,13 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--accuracy" in argv:  # the accuracy rows: benchmarks/isbi_accuracy.py
+        import isbi_accuracy
+
+        argv.remove("--accuracy")
+        isbi_accuracy.main(argv)
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=7.0, help="wall budget per side")
     parser.add_argument(

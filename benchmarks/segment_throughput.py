@@ -72,14 +72,17 @@ FOLDER = 200  # images per generated sub-folder; a run over N images takes the f
 
 
 # --------------------------------------------------------------------------- data
-def generate(cache: Path, count: int, size: int, mixed: float, seed: int = 0) -> list[Path]:
-    """``count`` smooth random scenes (cached): folders of FOLDER images, 1 in 4 a JPEG."""
+def generate(
+    cache: Path, count: int, size: int, mixed: float, seed: int = 0, folder_size: int = FOLDER
+) -> list[Path]:
+    """``count`` smooth random scenes (cached): folders of ``folder_size`` images, 1 in 4 a
+    JPEG."""
     rng = np.random.default_rng(seed)
     paths = []
     for i in range(count):
         big = size * 5 // 2
         h, w = rng.integers(96, big, 2) if rng.random() < mixed else (size, size)
-        folder = cache / f"{i // FOLDER:03d}"
+        folder = cache / f"{i // folder_size:03d}"
         path = folder / (f"{i:06d}.jpg" if i % 4 == 3 else f"{i:06d}.png")
         paths.append(path)
         if path.exists():
@@ -443,6 +446,13 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="(b) DataLoader workers (default: 1 up to 4 CPUs, else CPUs / 4)",
     )
+    parser.add_argument(
+        "--folder-size",
+        type=int,
+        default=FOLDER,
+        help="images per generated folder: image counts are multiples of it (small for slow "
+        "models)",
+    )
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "segray-bench")
     parser.add_argument(
         "--output", type=Path, default=ROOT / "benchmarks" / "results" / "segment_throughput.json"
@@ -463,16 +473,17 @@ def main(argv: list[str] | None = None) -> None:
         f"segment.concurrency={concurrency}",
         f"segment.cpus_per_actor={per_actor:g}",
         f"segment.io_cpus={io_cpus:g}",
-        f"segment.shard_size={FOLDER // 2}",
+        f"segment.shard_size={max(1, args.folder_size // 2)}",
         f"segment.precision={args.precision}",
         *args.set,
     ]
     counts = sorted({args.images, *args.rss})
     with ray_lock(), tempfile.TemporaryDirectory() as tmp:
         load_before = os.getloadavg()[0]
-        paths = generate(
-            args.cache / f"{args.size}-{args.mixed}", max(counts), args.size, args.mixed
-        )
+        cache = args.cache / f"{args.size}-{args.mixed}"
+        if args.folder_size != FOLDER:
+            cache = cache.with_name(f"{cache.name}-f{args.folder_size}")
+        paths = generate(cache, max(counts), args.size, args.mixed, folder_size=args.folder_size)
         ckpt = checkpoint(Path(tmp) / "ckpt", args.model, args.size)
         subset = paths[: args.images]
         c_runs, b_runs = [], []
@@ -492,8 +503,8 @@ def main(argv: list[str] | None = None) -> None:
         memory = []
         for n in counts:
             folders = sorted({p.parent for p in paths[:n]})
-            if n % FOLDER:
-                raise SystemExit(f"image counts must be multiples of {FOLDER}, got {n}")
+            if n % args.folder_size:
+                raise SystemExit(f"image counts must be multiples of {args.folder_size}, got {n}")
             result = segray_segment(ckpt, folders, Path(tmp) / f"out-{n}", overrides)
             print(f"(a) segray segment, {n} images: {result}", flush=True)
             memory.append(result)

@@ -152,3 +152,15 @@ def test_the_cv_ensemble_loads_and_averages_its_fold_models(cv_run):
     # Trained on every fold, the ensemble validates on none; the test split stays its own.
     assert ensemble.config.data.fold is None and ensemble.config.data.folds == 2
     assert [m.config.data.fold for m in members] == [0, 1]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_report_of_a_cv_run_shows_its_folds(cv_run, tmp_path):
+    from segray.report import write_report
+
+    page = Path(write_report(cv_run.output, tmp_path / "report.html")).read_text()
+    assert 'id="folds"' in page and "Cross-validation" in page
+    table = page[page.index('id="folds"') : page.index("</table>", page.index('id="folds"'))]
+    assert table.count("<tr") == 1 + 4  # header, 2 folds, mean, std
+    assert "out-of-fold Dice" in page

@@ -99,14 +99,13 @@ class SegmentConfig(Section):
     channels_last: Literal["auto"] | bool = Field(
         "auto", description="NHWC memory format; auto = on CUDA and oneDNN CPUs (faster there)"
     )
-    compile: Literal["auto"] | bool = Field(
-        "auto",
+    compile: bool = Field(
+        False,
         description="torch.compile (inductor) the model in each actor: 1.39x the eager bf16 "
-        "forward on CPU (benchmarks/cpu_runtime.py), but each actor compiles first (~100 s "
-        "cold on 2 cores, seconds from the on-disk cache) and again per new input shape. "
-        "auto: on CPU actors when the run plans at least 20,000 images per actor (where the "
-        "compile pays for itself), else eager. A compiled actor checks its first batch "
-        "against eager and falls back to eager below 99.5% equal mask pixels",
+        "forward alone on CPU (benchmarks/cpu_runtime.py), but not faster end to end on mixed "
+        "image sizes (measured: 38.2 vs 39.9 images/s over 4,000 images, warm compile cache), "
+        "and each actor compiles first (~100 s cold on 2 cores). A compiled actor checks its "
+        "first batch against eager and falls back to eager below 99.5% equal mask pixels",
     )
 
     @field_validator("thresholds")

@@ -51,6 +51,7 @@ def search_section(run: RunDir, page: html.Page, *, anchor: str = "search") -> N
         ),
         html.note(f"{run.uri} · objective: {mode}imise {metric}"),
     ]
+    parts += _cross_validation(run)
     parts += _best(best, metric)
     parts += _trials(trials, metric, best.get("trial_id"), stopped)
     parts += _stopped_text(trials, stopped)
@@ -64,6 +65,31 @@ def search_section(run: RunDir, page: html.Page, *, anchor: str = "search") -> N
         png = trial_curves(history, metrics, stopped=stopped, best=best.get("trial_id"))
         parts.append(html.image(png, "per-trial learning curves"))
     page.section(anchor, "Search", parts)
+
+
+def _cross_validation(run: RunDir) -> list[str]:
+    """A `segray cv` output (a search over folds): per-fold scores with their mean and std,
+    the out-of-fold Dice before and after the post-processing chosen on it."""
+    if not run.exists("cv.parquet"):
+        return []
+    folds = run.parquet("cv.parquet").drop(columns=["checkpoint"], errors="ignore")
+    summary = run.json("cv_summary.json") if run.exists("cv_summary.json") else {}
+    parts = [
+        html.heading("Cross-validation"),
+        html.table(folds.to_dict("records"), table_id="folds"),
+    ]
+    if summary:
+        parts.append(
+            html.kv_table(
+                {
+                    "out-of-fold Dice": summary.get("oof_dice"),
+                    "with the chosen post-processing": summary.get("oof_dice_postprocessed"),
+                    "chosen settings": summary.get("postprocessing"),
+                    "ensemble": summary.get("ensemble"),
+                }
+            )
+        )
+    return parts
 
 
 def _stopped(trials: pd.DataFrame) -> set[str]:

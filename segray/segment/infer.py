@@ -35,8 +35,6 @@ __all__ = [
     "DECODED_SCHEMA",
     "STAGE_SCHEMA",
     "SegmentActor",
-    "COMPILE_MIN_IMAGES",
-    "actor_compile",
     "actor_options",
     "actor_precision",
     "decode",
@@ -169,7 +167,7 @@ class SegmentActor:
             model_id=model,
             precision=seg.precision,
             channels_last=seg.channels_last,
-            compile=seg.compile is True,  # the driver resolved auto (`actor_compile`)
+            compile=seg.compile,
         )
         self.unverified = self.segmenter.compiled
         self.cfg, self.model, self.run_id = cfg, model, run_id
@@ -275,30 +273,6 @@ def actor_precision(seg: SegmentConfig) -> dict[str, Any]:
         }
     resolved = resolve_precision(seg.precision, device, seg.channels_last)
     return {**resolved.record(), "describe": f"{resolved.describe()} on the actors' {device}"}
-
-
-# An actor's cold compile (~100 s on 2 cores) pays for itself once the ~5 ms it saves an image
-# (demo model, bf16: 43 -> 60 images/s, benchmarks/cpu_runtime.py) add up to it.
-COMPILE_MIN_IMAGES = 20_000
-
-
-def actor_compile(seg: SegmentConfig, planned_images: int) -> tuple[bool, str]:
-    """Whether the actors compile their network (``segment.compile``, auto resolved), and why.
-
-    auto: on CPU actors with at least `COMPILE_MIN_IMAGES` planned images each; GPU actors
-    stay eager (not measured here).
-    """
-    if seg.compile is not True and seg.compile is not False:  # auto
-        per_actor = planned_images // max(1, seg.concurrency)
-        if seg.gpus_per_actor > 0:
-            return False, "eager (auto: GPU actors)"
-        if per_actor >= COMPILE_MIN_IMAGES:
-            return True, f"torch.compile (auto: ~{per_actor:,} images per actor)"
-        return False, (
-            f"eager (auto: ~{per_actor:,} images per actor, torch.compile pays from "
-            f"{COMPILE_MIN_IMAGES:,})"
-        )
-    return bool(seg.compile), "torch.compile" if seg.compile else "eager"
 
 
 def cuda_missing(seg: SegmentConfig) -> str:

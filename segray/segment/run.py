@@ -47,7 +47,6 @@ from segray.segment.checks import (
 )
 from segray.segment.infer import (
     SegmentActor,
-    actor_compile,
     actor_options,
     actor_precision,
     decode,
@@ -166,12 +165,8 @@ def run_segment(
             f"segment: {where}; {seg.concurrency} actor(s) x {seg.cpus_per_actor:g} CPU "
             f"/ {seg.gpus_per_actor:g} GPU, batch {seg.batch_size}",
         )
-        planned = sum(
-            (s.rows if s.rows is not None else seg.shard_size) - len(s.skip) for s in pending
-        )
-        compiled, runtime = actor_compile(seg, planned)
-        cfg = cfg.model_copy(update={"segment": seg.model_copy(update={"compile": compiled})})
-        precision["compile"] = compiled
+        runtime = "torch.compile" if seg.compile else "eager"
+        precision["compile"] = seg.compile
         _say(progress, f"segment: precision {precision.pop('describe')}, {runtime}")
         totals = _run_pipeline(
             pending,

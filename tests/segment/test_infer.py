@@ -131,20 +131,3 @@ def test_pipeline_modules_import_without_torch() -> None:
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_compile_auto_compiles_cpu_actors_of_long_runs_only() -> None:
-    from segray.config import load_config
-    from segray.segment.infer import COMPILE_MIN_IMAGES, actor_compile
-
-    def seg(*overrides: str):
-        return load_config(None, list(overrides)).segment
-
-    assert seg().compile == "auto"
-    assert actor_compile(seg(), COMPILE_MIN_IMAGES)[0] is True
-    assert actor_compile(seg(), COMPILE_MIN_IMAGES - 1)[0] is False
-    # per actor: two actors share the images
-    assert actor_compile(seg("segment.concurrency=2"), COMPILE_MIN_IMAGES)[0] is False
-    assert actor_compile(seg("segment.gpus_per_actor=1"), 10**9)[0] is False
-    assert actor_compile(seg("segment.compile=true"), 1) == (True, "torch.compile")
-    assert actor_compile(seg("segment.compile=false"), 10**9) == (False, "eager")
