@@ -166,7 +166,8 @@ def _artifacts(client, run_id: str, path: str | None = None) -> set[str]:
 @pytest.mark.slow
 class TestTrain:
     @pytest.fixture(scope="class")
-    def trained(self, mlflow_server, fail_once, tmp_path_factory):
+    @classmethod
+    def trained(cls, mlflow_server, fail_once, tmp_path_factory):
         from segray.train import run_training
 
         out = tmp_path_factory.mktemp("tracked") / "run"
@@ -223,7 +224,8 @@ class TestTrain:
 @pytest.mark.slow
 class TestSearch:
     @pytest.fixture(scope="class")
-    def search(self, mlflow_server, fail_once, tmp_path_factory):
+    @classmethod
+    def search(cls, mlflow_server, fail_once, tmp_path_factory):
         from segray.tune import run_tune
         from tests.test_tune import SEARCH
 
