@@ -1,4 +1,5 @@
-"""The `segray` command line: one sub-command per stage of the data flow.
+"""The `segray` command line: one sub-command per stage of the data flow (the handlers:
+`segray.commands`).
 
 Every command that takes a config accepts ``--config FILE`` and trailing ``key.path=value``
 overrides (defaults < YAML < overrides). Heavy imports happen inside the commands so that
@@ -8,14 +9,25 @@ overrides (defaults < YAML < overrides). Heavy imports happen inside the command
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from segray import __version__
-
-Handler = Callable[[argparse.Namespace], int | None]
-OVERRIDE = re.compile(r"^[a-z_]+(\.[a-z_]+)+=")  # section.key=value
+from segray.commands import (
+    cmd_auto,
+    cmd_config_show,
+    cmd_cv,
+    cmd_demo,
+    cmd_evaluate,
+    cmd_export,
+    cmd_inspect,
+    cmd_models,
+    cmd_report,
+    cmd_segment,
+    cmd_synth,
+    cmd_train,
+    cmd_tune,
+)
 
 
 def _add_config_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:
@@ -26,266 +38,6 @@ def _add_config_args(p: argparse.ArgumentParser, *, required: bool = False) -> N
         metavar="key.path=value",
         help="config overrides, e.g. optim.lr=3e-4 model.dilation_rates=[1,2,4,8]",
     )
-
-
-def _load(args: argparse.Namespace):
-    from segray.config import load_config
-
-    return load_config(args.config, args.overrides)
-
-
-# --------------------------------------------------------------------------- commands
-def cmd_models(args: argparse.Namespace) -> int:
-    """Print the registered models with their encoders and parameter counts."""
-    from segray.models import create_model, list_models, model_info
-
-    rows = [("model", "encoder", "params (3 ch, 1 class)", "description")]
-    for name in list_models():
-        info = model_info(name)
-        for enc in info["encoders"] or [None]:
-            kwargs = {"encoder": enc} if enc else {}
-            model = create_model(name, in_channels=3, num_classes=1, **kwargs)
-            n = sum(p.numel() for p in model.parameters())
-            rows.append((name, enc or "-", f"{n / 1e6:.1f} M", info["description"]))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
-    return 0
-
-
-def cmd_synth(args: argparse.Namespace) -> int:
-    """Write the deterministic synthetic dataset (images/ + masks/)."""
-    from segray.data.synth import generate
-
-    out = generate(
-        args.output,
-        num=args.num,
-        size=args.size,
-        num_classes=args.classes,
-        seed=args.seed,
-        progress=True,
-    )
-    print(
-        f"synthetic dataset: {args.num} images of {args.size}x{args.size}, "
-        f"{args.classes} classes -> {out}"
-    )
-    return 0
-
-
-def cmd_config_show(args: argparse.Namespace) -> int:
-    """Print the resolved config as YAML (a ``tune.space`` is checked too)."""
-    from segray.search_space import parse_space
-
-    cfg = _load(args)
-    if cfg.tune.space:
-        parse_space(cfg.tune.space, cfg)
-    print(cfg.to_yaml(), end="")
-    return 0
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    """Fingerprint a dataset: sizes, modes, mask values, the class mapping, balance, problems."""
-    from segray.config import load_config
-    from segray.data.dataset import inspect_data
-    from segray.data.remote import root_setting
-
-    overrides = list(args.overrides)
-    if args.data is not None and OVERRIDE.match(args.data):  # `segray inspect key=value ...`
-        overrides, args.data = [args.data, *overrides], None
-    if args.data is not None:
-        overrides.append(f"data.root={root_setting(args.data)}")  # a URI stays a URI
-        if load_config(args.config, overrides).data.source != "pet":
-            overrides.append("data.source=folder")
-    cfg, fp = inspect_data(load_config(args.config, overrides), strict=False, sample=args.sample)
-    print(fp.table())
-    path = fp.save(args.output)
-    print(f"fingerprint -> {path}")
-    fp.raise_if_unusable()
-    if fp.updates:
-        settings = " ".join(f"{k}={v}" for k, v in fp.updates.items())
-        print(f"train and tune will use: {settings}")
-    return 0
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train with DDP on Ray Train (local Ray, or the cluster in RAY_ADDRESS)."""
-    from segray.config import load_config
-    from segray.storage import Location
-    from segray.train import check_resume_config, run_training
-
-    if (
-        args.resume_or_start
-        and not args.resume
-        and Location.parse(args.output).join("config.yaml").exists()
-    ):
-        print(f"resuming the run in {args.output} (--resume-or-start)")
-        args.resume = args.output
-    if args.resume:
-        saved = Location.parse(args.resume).join("config.yaml")
-        if not saved.exists():
-            raise FileNotFoundError(f"{args.resume}: no config.yaml: not a segray training output")
-        cfg = load_config(saved.uri, args.overrides)
-        # Only settings that leave the trajectory alone (logging, retries, loader processes).
-        check_resume_config(load_config(saved.uri), cfg, args.resume)
-        output = args.resume
-    else:
-        cfg = _load(args)
-        output = args.output
-    result = run_training(cfg, output, resume=bool(args.resume), address=args.address)
-    m = result.best_metrics
-    print(
-        f"done: best val_dice {m.get('val_dice', float('nan')):.4f} (epoch {m.get('epoch')}), "
-        f"{len(result.history)} epochs -> {result.best}"
-    )
-    return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Full metric report of a checkpoint: metrics.json, per_image.parquet, roc_pr.png, overlays/."""
-    from segray.evaluate import evaluate_checkpoint
-
-    m = evaluate_checkpoint(
-        args.checkpoint,
-        data=args.data,
-        split=args.split,
-        output=args.output,
-        batch_size=args.batch_size,
-        worst_k=args.worst,
-        boundary_tol=args.boundary_tol,
-        em=args.em,
-        tta=args.tta,
-    )
-    keys = ("dice", "iou", "accuracy", "precision", "recall", "f1", "mse", "roc_auc", "pr_auc")
-    keys += ("hd95", "msd", "boundary_f1", "v_rand", "v_info")
-    print(
-        "  ".join(f"{k} {m[k]:.4f}" for k in keys if k in m)
-        + f"  ({m.get('num_images')} images, {m.get('num_images_no_foreground', 0)} without "
-        "foreground; a class absent from target and prediction counts as undefined, never 1.0)"
-    )
-    print(f"report -> {args.output}")
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """Export a checkpoint to TorchScript or ONNX (uint8 images in, probabilities out)."""
-    from segray.export import export_model
-
-    report = export_model(args.checkpoint, args.format, args.output, tta=args.tta)
-    diffs = ", ".join(f"{size}: {d:.2e}" for size, d in report.max_abs_diff.items())
-    print(f"exported {report.format} -> {report.path}  (parity vs eager, max abs diff: {diffs})")
-    return 0
-
-
-def _resume_or_start(args: argparse.Namespace, what: str) -> None:
-    """``--resume-or-start``: continue the search in ``--output`` if it holds one."""
-    from segray.tune import search_exists
-
-    if args.resume_or_start and not args.resume and search_exists(args.output):
-        print(f"resuming the {what} in {args.output} (--resume-or-start)")
-        args.resume = args.output
-
-
-def cmd_tune(args: argparse.Namespace) -> int:
-    """Hyperparameter search: Tune + Optuna + ASHA, each trial a DDP training."""
-    from segray.tune import run_tune
-
-    _resume_or_start(args, "search")
-    cfg = None if args.resume else _load(args)  # run_tune checks tune.space before Ray starts
-    output = args.resume or args.output
-    result = run_tune(cfg, output, resume=bool(args.resume), address=args.address)
-    s = result.summary
-    print(
-        f"search: {s['num_trials']} trials ({s['completed']} completed, {s['errored']} errored, "
-        f"{s['stopped_early']} stopped early by ASHA), {s['trial_epochs_total']} trial-epochs, "
-        f"{s['wall_time_s']:.0f}s"
-    )
-    if not s["best"]:
-        print("no trial reported a metric: see the errors in trials.parquet", file=sys.stderr)
-        return 1
-    b = s["best"]
-    params = ", ".join(f"{k}={v}" for k, v in b["params"].items())
-    print(f"best: {s['metric']} {b[s['metric']]:.4f} at epoch {b['epoch']} with {params}")
-    print(
-        f"outputs -> {result.output} (trials.parquet, history.parquet, summary.json, plots/, best/)"
-    )
-    if args.then_cv:
-        from segray.checkpoint import fetch_checkpoint, load_checkpoint_config
-        from segray.cv import run_cv
-
-        best = load_checkpoint_config(fetch_checkpoint(result.best))
-        cv = run_cv(best, f"{result.output}/cv", folds=args.then_cv, address=args.address)
-        print(f"cross-validation of the best config -> {cv.output}")
-    return 0
-
-
-def cmd_cv(args: argparse.Namespace) -> int:
-    """K-fold cross-validation: one DDP trial per fold, then the fold ensemble."""
-    from segray.cv import run_cv
-
-    _resume_or_start(args, "cross-validation")
-    cfg = None if args.resume else _load(args)
-    result = run_cv(
-        cfg,
-        args.resume or args.output,
-        folds=args.folds,
-        resume=bool(args.resume),
-        address=args.address,
-    )
-    print(
-        f"outputs -> {result.output} (cv.parquet, oof.parquet, cv_summary.json, ensemble/, "
-        "trials.parquet)"
-    )
-    return 0
-
-
-def cmd_segment(args: argparse.Namespace) -> int:
-    """Bulk segmentation with Ray Data: masks and per-image metrics to Parquet."""
-    from segray.segment import SegmentError, run_segment, summary_line
-
-    # `--input a b segment.batch_size=4`: argparse hands trailing overrides to --input.
-    inputs = [i for i in args.input if not OVERRIDE.match(i)]
-    overrides = [*args.overrides, *(i for i in args.input if OVERRIDE.match(i))]
-    if args.tta is not None:
-        overrides.append(f"segment.tta={args.tta}")
-    try:
-        summary = run_segment(
-            args.checkpoint,
-            inputs,
-            args.output,
-            masks=args.masks,
-            write_png=args.write_png,
-            overrides=overrides,
-            config=args.config,
-            retry_errors=args.retry_errors,
-            overwrite=args.overwrite,
-            address=args.address,
-        )
-    except SegmentError as e:  # not complete (e.g. an archive cut short): rerun to finish
-        print(f"segray: error: {e}", file=sys.stderr)
-        return 1
-    print(summary_line(summary))
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """Write one self-contained report.html for a segray output folder."""
-    from segray.report import ReportError, write_report
-
-    try:
-        path = write_report(args.run_dir, args.output, gallery=args.gallery, seed=args.seed)
-    except ReportError as e:
-        print(f"segray: error: {e}", file=sys.stderr)
-        return 2
-    print(f"report -> {path}")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole pipeline on the built-in synthetic data (local Ray, CPU)."""
-    from segray.demo import run_demo
-
-    run_demo(args.output, small=args.small, overrides=args.overrides, address=args.address)
-    return 0
 
 
 # --------------------------------------------------------------------------- parser
@@ -333,6 +85,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="config overrides for the demo's search",
     )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "auto",
+        help="folder of images + masks -> derived config, search within a time budget, CV, "
+        "held-out test score, bulk segmentation, report",
+    )
+    p.add_argument("--data", required=True, metavar="DIR", help="dataset root (images/ + masks/)")
+    p.add_argument(
+        "--output", "-o", default="segray-auto", metavar="OUT", help="default segray-auto"
+    )
+    p.add_argument(
+        "--time-budget",
+        default="30m",
+        metavar="T",
+        help="search + CV budget: 300, 90s, 15m, 1h30m (default 30m)",
+    )
+    p.add_argument(
+        "--unlabelled", nargs="+", metavar="SRC", help="images to bulk-segment at the end"
+    )
+    p.add_argument(
+        "--folds", "-k", type=int, default=5, metavar="K", help="CV folds, 0 = none (default 5)"
+    )
+    p.add_argument("--classes", metavar="A,B,..", help="class names, background first")
+    p.add_argument("--no-flip", action="store_true", help="no flip augmentation (handed data)")
+    p.add_argument(
+        "--rotate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="90-degree rotations (default: on for grayscale/microscopy-like data)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the derived config and the plan; train nothing",
+    )
+    _add_address(p)
+    p.add_argument(
+        "overrides", nargs="*", metavar="key.path=value", help="override any derived setting"
+    )
+    p.set_defaults(func=cmd_auto)
 
     p = sub.add_parser("models", help="list models, encoders and parameter counts")
     p.set_defaults(func=cmd_models)

@@ -27,8 +27,15 @@ from typing import Any
 
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.stopper import Stopper
 
-__all__ = ["ClusterSizedLimiter", "RankedOptunaSearch", "best_score", "score_key"]
+__all__ = [
+    "BestPlateauStopper",
+    "ClusterSizedLimiter",
+    "RankedOptunaSearch",
+    "best_score",
+    "score_key",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -139,3 +146,40 @@ class ClusterSizedLimiter(ConcurrencyLimiter):
         if self.fixed is None:
             self.max_concurrent = self.capacity()
         return super().suggest(trial_id)
+
+
+class BestPlateauStopper(Stopper):
+    """Stops the whole search once ``patience`` full trials' worth of epochs (``patience *
+    max_epochs`` epoch reports, summed over all trials, ASHA-stopped ones included) passed
+    without a better best score: the search's compute, not its wall time, measures the
+    plateau, so it means the same with 1 or 16 trials in parallel.
+
+    A better score must beat the best by more than ``min_delta``. State is plain numbers, so
+    the stopper is saved and restored with the search.
+    """
+
+    def __init__(
+        self, metric: str, mode: str, *, patience: float, max_epochs: int, min_delta: float = 1e-4
+    ):
+        self.metric, self.mode = metric, mode
+        self.budget = max(1, math.ceil(patience * max_epochs))
+        self.min_delta = min_delta
+        self.best = -math.inf
+        self.since = 0  # epoch reports since the best last moved
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        if self.metric not in result:
+            return False
+        key = score_key(result[self.metric], self.mode)
+        if key > self.best + self.min_delta or self.best == -math.inf:
+            self.best = max(self.best, key)
+            self.since = 0
+        else:
+            self.since += 1
+        return False  # a trial is never stopped alone: ASHA does that
+
+    def stop_all(self) -> bool:
+        if self.since >= self.budget:
+            logger.info("search stopped: %d epochs without a better %s", self.since, self.metric)
+            return True
+        return False

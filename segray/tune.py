@@ -39,7 +39,7 @@ from segray.cluster import ResourceError, check_fits, ensure_ray
 from segray.config import Config, apply_overrides
 from segray.data import inspect_data
 from segray.search_space import SearchSpace, parse_space
-from segray.searcher import ClusterSizedLimiter, RankedOptunaSearch
+from segray.searcher import BestPlateauStopper, ClusterSizedLimiter, RankedOptunaSearch
 from segray.storage import Location
 from segray.tracking import (
     TRIAL_TAG,
@@ -173,6 +173,17 @@ def _scheduler(cfg: Config):
     )
 
 
+def _stopper(cfg: Config) -> BestPlateauStopper | None:
+    if cfg.tune.plateau_trials is None:
+        return None
+    return BestPlateauStopper(
+        cfg.tune.metric,
+        cfg.tune.mode,
+        patience=cfg.tune.plateau_trials,
+        max_epochs=cfg.tune.max_epochs or cfg.train.epochs,
+    )
+
+
 def _trainable(
     cfg: Config, space: SearchSpace, trials_uri: str, tracking: dict[str, Any] | None = None
 ):
@@ -260,12 +271,14 @@ def run_tune(
                 # A searcher's concurrency follows the cluster (ClusterSizedLimiter); a grid
                 # (no searcher) runs as many trials as the cluster holds at the start.
                 max_concurrent_trials=max_concurrent(cfg) if space.is_grid else None,
+                time_budget_s=cfg.tune.time_budget_s,
             ),
             run_config=tune.RunConfig(
                 name=EXPERIMENT,
                 storage_path=Location.parse(f"{out}/ray").path,
                 storage_filesystem=Location.parse(out).fs,
                 failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
+                stop=_stopper(cfg),
             ),
         )
     try:

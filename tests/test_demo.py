@@ -1,4 +1,5 @@
-"""`segray demo --small` end to end on a real local Ray: search, evaluate, bulk-segment, summary."""
+"""`segray demo --small` end to end on a real local Ray: `segray auto` on synthetic data, the
+held-out test score, bulk segmentation, the summary and the report."""
 
 from __future__ import annotations
 
@@ -7,39 +8,47 @@ import json
 import pandas as pd
 import pytest
 
-from segray.demo import run_demo
+from segray.demo import SMALL, run_demo
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# The floor of the test-split Dice. On this data (26% foreground), a model that predicts
+# foreground everywhere scores 0.41 and one that predicts background everywhere 0; a model
+# that has learnt the shapes scores far above both. Seeds tried with the shipped variant
+# (search seed 0, data seed 0, 2 cores): see the closing note of the change that set it.
+TEST_DICE_FLOOR = 0.65
 
 
 def test_demo_small_end_to_end(ray_local, tmp_path, capsys):
     summary = run_demo(tmp_path / "demo", small=True)
     out = capsys.readouterr().out
-    assert "segray demo summary" in out and "error rows" in out
-    assert summary["trials"] == 4
-    assert 0.0 <= summary["best_val_dice"] <= 1.0
-    # Scores on images the search never saw: the test split, and the separate archive with its
-    # ground truth. A model whose masks are all background scores 0 on both (every image has
-    # foreground), and the metrics no longer call an empty class perfect. Seed 0, as shipped:
-    # test 0.521, archive 0.389, which is what predicting foreground everywhere scores on this
-    # data in 2 epochs; the floor sits well above 0 and below that.
-    assert summary["eval"]["split"] == "test" and summary["eval"]["num_images"] >= 1
-    assert summary["eval"]["dice"] > 0.2
+    assert "segray auto summary" in out and "error rows" in out
+    search, test = summary["search"], summary["test"]
+    assert search["trials"] >= 1
+    assert set(search["best_params"]) == {"model.dilation_rates", "loss.bce_weight", "optim.lr"}
+    # Scored on images the search never saw: the test split, and the separate archive.
+    assert test["num_images"] >= 1
+    assert test["dice"] > TEST_DICE_FLOOR, test
     gt = summary["segment"]["metrics"]
-    assert gt["images_with_ground_truth"] == 48 and gt["images_without_foreground"] == 0
-    assert gt["dice"] > 0.2
-    assert set(summary["best_params"]) == {"model.dilation_rates", "loss.bce_weight", "optim.lr"}
+    assert gt["images_with_ground_truth"] == SMALL["archive"]
+    assert gt["images_without_foreground"] == 0
+    assert gt["dice"] > TEST_DICE_FLOOR - 0.1, gt
     seg = summary["segment"]
-    # 48 archive images + 3 corrupt members: every one is a row, the corrupt ones as errors.
-    assert (seg["ok"], seg["error"], seg["rows"]) == (48, 3, 51)
-    table = pd.read_parquet(summary["paths"]["masks_parquet"])
-    assert len(table) == 51 and table["image_id"].is_unique
+    # Every archive image plus the 3 corrupt members is a row, the corrupt ones as errors.
+    n = SMALL["archive"]
+    assert (seg["ok"], seg["error"], seg["rows"]) == (n, 3, n + 3)
+    table = pd.read_parquet(seg["parquet"])
+    assert len(table) == n + 3 and table["image_id"].is_unique
     assert table.loc[table["status"] == "error", "error"].notna().all()
-    assert (tmp_path / "demo" / "eval" / "metrics.json").is_file()
+    root = tmp_path / "demo"
+    for name in ("config.yaml", "fingerprint.json", "plan.json", "eval/metrics.json"):
+        assert (root / name).is_file(), name
+    saved = json.loads((root / "auto_summary.json").read_text())
+    assert saved["test"]["dice"] == test["dice"]
     # It ends with the report of the whole run, printed and self-contained.
-    report = tmp_path / "demo" / "report.html"
+    report = root / "report.html"
     assert f"report -> {report}" in out and summary["paths"]["report"] == str(report)
     html = report.read_text()
-    assert all(f'id="{k}"' in html for k in ("search", "evaluation", "segment")), "sections"
+    for section in ("overview", "plan", "search", "evaluation", "segment"):
+        assert f'id="{section}"' in html, section
     assert 'src="http' not in html and "<img" in html  # images embedded, no network needed
-    assert json.loads((tmp_path / "demo" / "demo_summary.json").read_text())["trials"] == 4

@@ -267,6 +267,7 @@ def make_demo(root: Path) -> Path:
         ({"metrics.json", "per_image.parquet", "roc_pr.png"}, "evaluation"),
         ({"config.yaml", "history.parquet", "fingerprint.json"}, "train"),
         ({"demo_summary.json"}, "demo"),
+        ({"auto_summary.json", "config.yaml", "plan.json"}, "auto"),
         ({"summary.json"}, None),
         ({"notes.txt", "config.yaml"}, None),
     ],
@@ -282,8 +283,10 @@ def test_detect_kind_of_folders(tmp_path):
     assert RunDir.open(str(make_segment(tmp_path / "g")["out"])).kind == "segment"
     demo = make_demo(tmp_path / "d")
     assert RunDir.open(str(demo)).kind == "demo"
-    (demo / "demo_summary.json").unlink()  # an interrupted demo: still its parts
-    assert RunDir.open(str(demo)).kind == "demo"
+    (demo / "demo_summary.json").unlink()  # an interrupted run: still its parts
+    assert RunDir.open(str(demo)).kind == "auto"
+    (demo / "auto_summary.json").write_text("{}")
+    assert RunDir.open(str(demo)).kind == "auto"
 
 
 def test_not_a_segray_folder_is_one_clear_line(tmp_path, capsys):
@@ -486,6 +489,40 @@ def test_demo_report_in_chromium(tmp_path, browser):
     assert sections == ["overview", "search", "evaluation", "segment"]
     for section in sections:
         page.screenshot(tmp_path / f"demo-{section}.png", selector=f"section#{section}")
+
+
+def test_auto_report_shows_the_overview_and_why_each_setting(tmp_path):
+    root = make_demo(tmp_path / "auto")
+    (root / "demo_summary.json").unlink()
+    (root / "auto_summary.json").write_text(
+        json.dumps(
+            {
+                "search": {
+                    "trials": 7,
+                    "stopped_early": 5,
+                    "metric": "val_dice",
+                    "best_val": 0.9,
+                    "best_params": {"optim.lr": 0.002},
+                },
+                "test": {"num_images": 27, "dice": 0.8765},
+                "model": {"kind": "best trial"},
+                "wall_time_s": {"search": 240.0, "total": 262.0},
+            }
+        )
+    )
+    (root / "plan.json").write_text(
+        json.dumps(
+            {
+                "time_budget_s": 240,
+                "reasons": {"data.image_size": "median image 64x64: the largest multiple of 32"},
+                "plan": {"epochs": 44, "folds": 0, "probe": {"step_s": 0.112}, "notes": ["a note"]},
+            }
+        )
+    )
+    html = Path(write_report(root)).read_text()
+    assert html.index('id="overview"') < html.index('id="plan"') < html.index('id="search"')
+    assert "0.8765" in html and "median image 64x64: the largest multiple of 32" in html
+    assert "test Dice (27 images)" in html and "a note" in html and ">112<" in html
 
 
 def test_segment_report_on_object_storage(tmp_path, s3_bucket, capsys):

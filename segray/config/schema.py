@@ -374,6 +374,18 @@ class TuneConfig(Section):
         None, ge=1, description="default: cluster resources // one trial's resources"
     )
     max_failures: int = Field(1, ge=0, description="retries of a failed trial (from its ckpt)")
+    time_budget_s: float | None = Field(
+        None,
+        gt=0,
+        description="wall-clock budget of the whole search in seconds, enforced by Tune: "
+        "trials still running then are stopped and keep their best checkpoint; null = none",
+    )
+    plateau_trials: float | None = Field(
+        None,
+        gt=0,
+        description="stop the search once this many full trials' worth of epochs (summed over "
+        "all trials) passed without a better best score; null = never",
+    )
 
 
 # --------------------------------------------------------------------------- tracking

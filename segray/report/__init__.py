@@ -18,12 +18,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from segray.report.rundir import KINDS, ReportError, RunDir, detect_kind, log
+from segray.report.rundir import DEMO_PARTS, KINDS, ReportError, RunDir, detect_kind, log
 
 __all__ = ["KINDS", "ReportError", "detect_kind", "write_report"]
 
 REPORT_FILE = "report.html"
 _TITLES = {
+    "auto": "segray auto",
     "demo": "segray demo",
     "search": "segray search",
     "train": "segray training run",
@@ -72,11 +73,17 @@ def build_page(run: RunDir, *, gallery: int = 12, seed: int = 0) -> Any:
 
     page = html.Page(_TITLES[run.kind], source=run.uri)
     parts = [run]
-    if run.kind == "demo":
-        parts = [p for p in (run.sub("tune"), run.sub("eval"), run.sub("segment")) if p]
+    if run.kind in ("auto", "demo"):
+        parts = [p for p in (run.sub(name) for name in DEMO_PARTS) if p]
         summary = run.maybe_json("demo_summary.json")
         if summary:
             page.section("overview", "Overview", _demo_overview(summary))
+        summary = run.maybe_json("auto_summary.json")
+        if summary:
+            page.section("overview", "Overview", _auto_overview(summary))
+        plan = run.maybe_json("plan.json")
+        if plan:
+            page.section("plan", "Derived config and plan", _plan(plan))
     for part in parts:
         log(f"{part.kind}: {part.uri}")
         if part.kind == "search":
@@ -109,3 +116,49 @@ def _demo_overview(summary: dict[str, Any]) -> list[str]:
         html.heading("Best parameters"),
         html.kv_table(summary.get("best_params") or {}),
     ]
+
+
+def _auto_overview(summary: dict[str, Any]) -> list[str]:
+    from segray.report import html
+
+    search, test = summary.get("search") or {}, summary.get("test") or {}
+    seg, cv = summary.get("segment") or {}, summary.get("cv") or {}
+    times = summary.get("wall_time_s") or {}
+    cards = {
+        "trials": search.get("trials"),
+        "stopped early": search.get("stopped_early"),
+        f"best {search.get('metric', 'val')}": search.get("best_val"),
+        f"test Dice ({test.get('num_images', '?')} images)": test.get("dice"),
+        "final model": (summary.get("model") or {}).get("kind"),
+        "wall time (s)": times.get("total"),
+    }
+    if cv.get("oof_dice") is not None:
+        cards["CV out-of-fold Dice"] = cv.get("oof_dice")
+    if seg:
+        cards |= {"segmented ok": seg.get("ok"), "error rows": seg.get("error")}
+    parts = [html.cards(cards), html.heading("Best parameters")]
+    parts.append(html.kv_table(search.get("best_params") or {}))
+    if times:
+        parts += [html.heading("Wall time by stage (s)"), html.kv_table(times)]
+    return parts
+
+
+def _plan(plan: dict[str, Any]) -> list[str]:
+    from segray.report import html
+
+    p = plan.get("plan") or {}
+    probe = p.get("probe") or {}
+    facts = {
+        "time budget (s)": plan.get("time_budget_s"),
+        "search budget (s)": p.get("search_s"),
+        "trials at once": p.get("concurrency"),
+        "DDP workers a trial": p.get("workers"),
+        "epochs a full trial": p.get("epochs"),
+        "expected s an epoch": p.get("epoch_s"),
+        "CV folds": p.get("folds"),
+        "probe (ms a step)": round(1000 * probe["step_s"]) if probe.get("step_s") else None,
+    }
+    parts = [html.kv_table(facts), html.heading("Why each setting")]
+    parts.append(html.kv_table(plan.get("reasons") or {}))
+    parts += [html.note(n) for n in p.get("notes") or []]
+    return parts

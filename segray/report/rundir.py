@@ -1,7 +1,7 @@
 """A segray output folder (local or a URI) and what kind of run it holds, from its files.
 
     run = RunDir.open("s3://bucket/runs/tune")
-    run.kind                         # "search" | "train" | "evaluation" | "segment" | "demo"
+    run.kind                 # "search" | "train" | "evaluation" | "segment" | "auto" | "demo"
     run.json("summary.json"); run.parquet("trials.parquet", columns=["trial_id"])
 
 Every read goes through `segray.storage`, so local folders and object stores read alike.
@@ -25,14 +25,16 @@ __all__ = ["KINDS", "ReportError", "RunDir", "detect_kind", "log"]
 
 #: Each kind of output and the files that identify it (all must be present).
 KINDS: dict[str, tuple[str, ...]] = {
+    "auto": ("auto_summary.json",),
     "demo": ("demo_summary.json",),
     "search": ("summary.json", "trials.parquet"),
     "segment": ("summary.json", "_segray/run.json"),
     "evaluation": ("metrics.json", "per_image.parquet"),
     "train": ("config.yaml", "history.parquet"),
 }
-# A demo folder's parts, for one that lacks demo_summary.json (interrupted before the end).
-DEMO_PARTS = {"tune": "search", "eval": "evaluation", "segment": "segment"}
+# The parts of a `segray auto` (or demo) folder, for one that lacks its summary (interrupted
+# before the end).
+DEMO_PARTS = {"tune": "search", "cv": "search", "eval": "evaluation", "segment": "segment"}
 
 
 class ReportError(ValueError):
@@ -42,7 +44,7 @@ class ReportError(ValueError):
 def detect_kind(files: set[str], subfolders: dict[str, set[str]] | None = None) -> str | None:
     """The kind of run whose identifying files (`KINDS`) are all in ``files`` (paths relative
     to the folder); a folder with two or more of tune/ eval/ segment/ holding their own kinds
-    is a demo. None: not a segray output."""
+    is a `segray auto` run. None: not a segray output."""
     for kind, needed in KINDS.items():
         if all(name in files for name in needed):
             return kind
@@ -53,7 +55,7 @@ def detect_kind(files: set[str], subfolders: dict[str, set[str]] | None = None) 
         for sub, expected in DEMO_PARTS.items()
         if detect_kind(subfolders.get(sub, set())) == expected
     ]
-    return "demo" if len(parts) >= 2 else None
+    return "auto" if len(parts) >= 2 else None
 
 
 @dataclass(frozen=True)
