@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
-        "demo", help="the whole pipeline on built-in synthetic data: synth, tune, evaluate, segment"
+        "demo",
+        help="segray auto on built-in synthetic data (~5 min on 2 cores): derived config, "
+        "search, test-split score, bulk segmentation of an archive, report",
     )
     p.add_argument(
         "--output",
@@ -82,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides",
         nargs="*",
         metavar="key.path=value",
-        help="config overrides for the demo's search",
+        help="overrides of what segray auto derives for the demo",
     )
     p.set_defaults(func=cmd_demo)
 

@@ -286,7 +286,7 @@ def cmd_auto(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole pipeline on the built-in synthetic data (local Ray, CPU)."""
+    """`segray auto` on the built-in synthetic data (local Ray, CPU)."""
     from segray.demo import run_demo
 
     run_demo(args.output, small=args.small, overrides=args.overrides, address=args.address)

@@ -46,14 +46,19 @@ def cv_config(cfg: Config, folds: int) -> Config:
     """``cfg`` as a K-fold search: a grid over ``data.fold``, every fold trained in full.
 
     The config's own search space is dropped (cross-validation evaluates one configuration),
-    and so is ASHA: a fold stopped early would bias the estimate and weaken the ensemble.
+    and so are ASHA, the search's time budget and its plateau stop: a fold stopped early would
+    bias the estimate and weaken the ensemble.
     """
     if folds < 2:
         raise ValueError(f"--folds must be >= 2, got {folds}")
     tree = cfg.to_dict()
     tree["data"].update(folds=folds, fold=None)
     tree["tune"].update(
-        space={"data.fold": {"grid": list(range(folds))}}, scheduler="none", num_samples=1
+        space={"data.fold": {"grid": list(range(folds))}},
+        scheduler="none",
+        num_samples=1,
+        time_budget_s=None,  # a search's budget and plateau stop would cut folds short
+        plateau_trials=None,
     )
     return Config.from_dict(tree)
 

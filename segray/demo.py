@@ -1,8 +1,9 @@
-"""`segray demo`: the whole product on the built-in default, on one machine or a cluster.
+"""`segray demo`: `segray auto` on the built-in default, on one machine or a cluster.
 
-synthesise a dataset -> tune (Optuna TPE + ASHA, every trial 2 DDP workers) -> best checkpoint
--> evaluate it -> bulk-segment a separate synthetic archive (tar shards with a few corrupt
-files) with Ray Data -> print a short summary -> write OUTPUT/report.html (`segray report`).
+synthesise a labelled set and a separate archive (tar shards with a few corrupt files) ->
+`segray auto` within the demo's budget: fingerprint -> derived config -> search (Optuna TPE +
+ASHA, every trial 2 DDP workers) -> the best model on the held-out test split -> Ray Data bulk
+segmentation of the archive, scored against its ground truth -> summary -> OUTPUT/report.html.
 """
 
 from __future__ import annotations

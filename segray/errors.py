@@ -19,4 +19,5 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     NonFiniteLossError,
     ResourceError,
     FileNotFoundError,
+    FileExistsError,  # an output that already holds a run
 )

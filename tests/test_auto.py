@@ -178,6 +178,23 @@ def test_probe_times_a_real_step():
     assert 0 < p.step_s < 30 and (p.batch, p.patch, p.device) == (2, 32, "cpu")
 
 
+def test_cv_folds_are_refit_from_the_measured_full_trials():
+    from types import SimpleNamespace
+
+    from segray.auto.run import _cv_s, _full_trial_s
+
+    plan = plan_for(1800, folds=5)
+    trials = pd.DataFrame(
+        {"epochs_run": [plan.epochs, 2, 2, 0], "wall_time_s": [120.0, 30.0, 28.0, math.nan]}
+    )
+    # ASHA's 2-epoch trials (mostly start-up) do not inflate the estimate of a full trial.
+    assert _full_trial_s(SimpleNamespace(trials=trials), plan) == pytest.approx(120.0)
+    assert _full_trial_s(SimpleNamespace(trials=trials.iloc[:0]), plan) == plan.trial_s
+    assert _cv_s(5, 120.0, plan) == pytest.approx(5 * 120.0 * 1.1)  # one fold at a time
+    wide = plan_for(1800, folds=5, resources=Resources(cpus=8))
+    assert _cv_s(5, 120.0, wide) == pytest.approx(2 * 120.0 * 1.1)  # 4 folds at once, then 1
+
+
 @pytest.mark.parametrize(
     "text, seconds", [("300", 300), ("90s", 90), ("15m", 900), ("1h30m", 5400), (45, 45)]
 )
@@ -216,6 +233,7 @@ def test_plateau_stopper_counts_epochs_without_a_better_best():
 @pytest.mark.slow
 def test_auto_on_tiny_data_within_its_budget(ray_local, tmp_path, capsys):
     from segray.auto import run_auto
+    from segray.cli import main
     from segray.data import list_samples
     from segray.data.split import data_splits
     from segray.data.synth import generate
@@ -223,6 +241,16 @@ def test_auto_on_tiny_data_within_its_budget(ray_local, tmp_path, capsys):
 
     data = generate(tmp_path / "data", num=40, size=32, seed=3)
     out = tmp_path / "auto"
+    # --dry-run: the derived config and the plan, from a probe on a worker; nothing written.
+    assert (
+        main(
+            ["auto", "--data", str(data), "--output", str(out), "--time-budget", "2m", "--dry-run"]
+        )
+        == 0
+    )
+    shown = capsys.readouterr().out
+    assert "data.image_size" in shown and "full trial:" in shown and "probe:" in shown
+    assert "# the derived config" in shown and "dilation_rates" in shown and not out.exists()
     result = run_auto(
         str(data),
         out,
@@ -264,3 +292,16 @@ def test_auto_on_tiny_data_within_its_budget(ray_local, tmp_path, capsys):
         assert "cross-validation skipped" in printed
     seg = s["segment"]
     assert (seg["ok"], seg["error"]) == (40, 0)
+    # The same output again: one line naming it, nothing overwritten.
+    assert main(["auto", "--data", str(data), "--output", str(out), "--time-budget", "2m"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("segray: error: ") and "already holds a segray auto run" in err
+
+
+def test_bad_budget_and_missing_folder_are_one_line(tmp_path, capsys):
+    from segray.cli import main
+
+    assert main(["auto", "--data", str(tmp_path), "--time-budget", "soon"]) == 2
+    assert "--time-budget 'soon'" in capsys.readouterr().err
+    assert main(["auto", "--data", str(tmp_path / "missing"), "--dry-run"]) == 2
+    assert "missing: not a folder" in capsys.readouterr().err

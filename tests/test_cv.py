@@ -81,10 +81,14 @@ def test_fold_settings_are_validated():
 
 
 def test_cv_config_is_a_full_grid_over_folds():
-    cfg = cv_config(load_config(None, ["tune.scheduler=asha", "data.fold=1", "data.folds=3"]), 4)
+    searched = ["tune.scheduler=asha", "data.fold=1", "data.folds=3"]
+    # A search's budget and plateau stop (segray auto sets them) must not cut folds short.
+    searched += ["tune.time_budget_s=60", "tune.plateau_trials=2"]
+    cfg = cv_config(load_config(None, searched), 4)
     assert cfg.data.folds == 4 and cfg.data.fold is None
     assert cfg.tune.space == {"data.fold": {"grid": [0, 1, 2, 3]}}
     assert cfg.tune.scheduler == "none"
+    assert cfg.tune.time_budget_s is None and cfg.tune.plateau_trials is None
     with pytest.raises(ValueError, match="folds must be >= 2"):
         cv_config(cfg, 1)
 

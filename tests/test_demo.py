@@ -14,8 +14,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # The floor of the test-split Dice. On this data (26% foreground), a model that predicts
 # foreground everywhere scores 0.41 and one that predicts background everywhere 0; a model
-# that has learnt the shapes scores far above both. Seeds tried with the shipped variant
-# (search seed 0, data seed 0, 2 cores): see the closing note of the change that set it.
+# that has learnt the shapes scores far above both. The small variant as shipped, on 2 cores,
+# with tune.seed = train.seed = 0 / 1 / 2: test Dice 0.733 / 0.808 / 0.798 (archive 0.774 /
+# 0.830 / 0.834).
 TEST_DICE_FLOOR = 0.65
 
 

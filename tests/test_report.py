@@ -515,6 +515,7 @@ def test_auto_report_shows_the_overview_and_why_each_setting(tmp_path):
             {
                 "time_budget_s": 240,
                 "reasons": {"data.image_size": "median image 64x64: the largest multiple of 32"},
+                "values": {"data.image_size": 4242},
                 "plan": {"epochs": 44, "folds": 0, "probe": {"step_s": 0.112}, "notes": ["a note"]},
             }
         )
@@ -523,6 +524,7 @@ def test_auto_report_shows_the_overview_and_why_each_setting(tmp_path):
     assert html.index('id="overview"') < html.index('id="plan"') < html.index('id="search"')
     assert "0.8765" in html and "median image 64x64: the largest multiple of 32" in html
     assert "test Dice (27 images)" in html and "a note" in html and ">112<" in html
+    assert ">4242<" in html  # the derived value beside its reason
 
 
 def test_segment_report_on_object_storage(tmp_path, s3_bucket, capsys):

@@ -63,6 +63,11 @@ class Derived:
     config: Config
     reasons: dict[str, str] = field(default_factory=dict)  # key -> why it has its value
 
+    def values(self) -> dict[str, Any]:
+        """The derived value of every key that has a reason."""
+        flat = _flatten(self.config.to_dict())
+        return {k: flat.get(k) for k in self.reasons}
+
     def table(self) -> str:
         width = max(len(k) for k in self.reasons)
         flat = _flatten(self.config.to_dict())

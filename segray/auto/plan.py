@@ -1,7 +1,7 @@
 """How `segray auto` spends its time budget: a one-batch probe, then epochs, trials and folds.
 
     resources = cluster()                        # the Ray cluster's CPUs and GPUs
-    probe = probe_step(cfg)                      # seconds of one training step, measured here
+    probe = probe_on_worker(cfg)                 # seconds of one training step on a worker
     plan = make_plan(cfg, resources, budget_s=1800, probe=probe, train_images=90, ...)
     print(plan.text()); cfg = plan.apply(cfg)    # epochs, ASHA, the Tune budget and plateau stop
 
@@ -23,7 +23,7 @@ from typing import Any
 from segray.auto.derive import Resources
 from segray.config import Config, apply_overrides
 
-__all__ = ["Plan", "Probe", "cluster", "make_plan", "probe_step"]
+__all__ = ["Plan", "Probe", "cluster", "make_plan", "probe_on_worker", "probe_step"]
 
 FULL_TRIALS = 2  # full trials per trial slot in the search (ASHA adds the short ones)
 TRIAL_STARTUP_S = 15.0  # a trial: its Train controller, worker group, data and first checkpoint
@@ -67,7 +67,7 @@ class Plan:
             {
                 "train.epochs": self.epochs,
                 "tune.max_epochs": self.epochs,
-                "tune.grace_period": max(1, self.epochs // 8),
+                "tune.grace_period": max(2, self.epochs // 8),
                 "tune.num_samples": max(100, 10 * self.expected_trials),  # the budget ends it
                 "tune.startup_trials": max(2, min(10, self.expected_trials // 3)),
                 "tune.time_budget_s": round(self.search_s, 1),
@@ -98,6 +98,18 @@ def cluster() -> Resources:
 
     res = ray.cluster_resources()
     return Resources(cpus=float(res.get("CPU", 0.0)), gpus=float(res.get("GPU", 0.0)))
+
+
+def probe_on_worker(cfg: Config) -> Probe:
+    """`probe_step` as a Ray task with one training worker's resources (its CPUs, its GPU),
+    so that a driver on a CPU-only head node times the device the trials will use."""
+    import ray
+
+    from segray.train import worker_resources
+
+    res = worker_resources(cfg)
+    task = ray.remote(num_cpus=res["CPU"], num_gpus=res.get("GPU", 0), max_retries=0)(probe_step)
+    return ray.get(task.remote(cfg))
 
 
 def probe_step(cfg: Config, *, steps: int = 2) -> Probe:
@@ -201,7 +213,7 @@ def make_plan(
     cv_s = math.ceil(k / concurrency) * trial_s * CV_FOLD_FACTOR if k else 0.0
     search_s = max(budget_s - cv_s, min(budget_s, FULL_TRIALS * trial_s))
     folds = k
-    # ASHA (rf 2, grace epochs/8) stops most trials at an eighth or a quarter of their epochs.
+    # ASHA (rf 2, grace epochs/8, at least 2) stops most trials at an eighth or a quarter.
     expected = max(1, int(search_s * concurrency / (trial_s * 0.45)))
     return Plan(
         budget_s=budget_s,

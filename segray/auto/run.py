@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from segray.auto.derive import AutoOptions, Derived, Resources, derive_config, find_layout
-from segray.auto.plan import Plan, cluster, make_plan, probe_step
-from segray.config import Config, apply_overrides
+from segray.auto.plan import CV_FOLD_FACTOR, Plan, cluster, make_plan, probe_on_worker
+from segray.config import Config, ConfigError, apply_overrides
 
 __all__ = ["AutoResult", "parse_duration", "prepare_auto", "run_auto"]
 
@@ -59,13 +59,13 @@ def parse_duration(text: str | float) -> float:
             r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text
         )
         if not text.strip() or parts is None or not any(parts.groups()):
-            raise ValueError(
+            raise ConfigError(
                 f"--time-budget {text!r}: expected a duration like 300, 90s, 15m or 1h30m"
             )
         h, m, s = (float(g) if g else 0.0 for g in parts.groups())
         seconds = h * 3600 + m * 60 + s
     if seconds <= 0:
-        raise ValueError(f"--time-budget must be > 0, got {text!r}")
+        raise ConfigError(f"--time-budget must be > 0, got {text!r}")
     return seconds
 
 
@@ -132,6 +132,7 @@ def prepare_auto(
     from segray.data import list_samples
     from segray.data.split import data_splits
 
+    _base_config(data, overrides)  # a missing folder or a bad data.* override: before Ray starts
     print(f"Ray: {ensure_ray(address)}", flush=True)
     resources = cluster()
     derived, fpd = derive_for(data, resources, options or AutoOptions(), overrides)
@@ -139,7 +140,7 @@ def prepare_auto(
     samples = list_samples(cfg.data, check=False)
     splits = data_splits(samples, cfg.data)
     sizes = _pixels(fpd)
-    probe = probe_step(cfg)
+    probe = probe_on_worker(cfg)
     plan = make_plan(
         cfg,
         resources,
@@ -153,9 +154,12 @@ def prepare_auto(
     for key in overrides:  # an explicit train.epochs (or other planned key) still wins
         cfg = apply_overrides(cfg, [key])
     counts = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
-    derived.reasons["data.split"] = (
-        derived.reasons.get("data.split", "") or f"stable per stem: {counts}"
-    )
+    if cfg.data.split_ids:
+        derived.reasons.pop("data.split", None)
+        derived.reasons["data.split_ids"] = f"given: {counts}"
+    else:
+        why = derived.reasons.get("data.split")
+        derived.reasons["data.split"] = f"{why + '; ' if why else ''}stable per stem: {counts}"
     return AutoResult(str(data), cfg, replace(derived, config=cfg), plan, {"fingerprint": fpd})
 
 
@@ -204,7 +208,12 @@ def run_auto(
     write_text(f"{out}/fingerprint.json", json.dumps(prep.summary["fingerprint"], indent=2))
     write_json(
         f"{out}/plan.json",
-        {"reasons": prep.derived.reasons, "plan": plan.to_dict(), "time_budget_s": time_budget_s},
+        {
+            "reasons": prep.derived.reasons,
+            "values": prep.derived.values(),
+            "plan": plan.to_dict(),
+            "time_budget_s": time_budget_s,
+        },
     )
     summary: dict[str, Any] = {"output": out, "data": str(data), "plan": plan.to_dict()}
     times: dict[str, float] = {"configure": round(time.time() - started, 1)}
@@ -221,18 +230,26 @@ def run_auto(
     }
 
     if plan.folds >= 2:
+        # The folds that still fit, from the search's measured trial time: the search may
+        # have ended early (plateau) or late (a trial that overran).
         left = time_budget_s - (time.time() - started)
-        need = _cv_estimate(search, plan)
-        if need > left * 1.25 + 30:
+        trial_s = _full_trial_s(search, plan)
+        folds = plan.folds
+        while folds >= 2 and _cv_s(folds, trial_s, plan) > left * 1.15 + 30:
+            folds -= 1
+        if folds < 2:
+            need = _cv_s(2, trial_s, plan)
             print(
-                f"\ncross-validation skipped: {plan.folds} folds need ~{need:.0f}s, "
+                f"\ncross-validation skipped: 2 folds need ~{need:.0f}s, "
                 f"{max(left, 0):.0f}s of the budget is left",
                 flush=True,
             )
-            summary["cv"] = {"skipped": f"needs ~{need:.0f}s, {max(left, 0):.0f}s left"}
+            summary["cv"] = {"skipped": f"2 folds need ~{need:.0f}s, {max(left, 0):.0f}s left"}
         else:
-            cv = _cv(search.best, out, plan.folds, address, times)
-            model, model_kind = cv.ensemble, f"{plan.folds}-fold ensemble"
+            if folds < plan.folds:
+                print(f"\n{folds} folds instead of {plan.folds}: what the budget holds", flush=True)
+            cv = _cv(search.best, out, folds, address, times)
+            model, model_kind = cv.ensemble, f"{folds}-fold ensemble"
             summary["cv"] = {
                 k: cv.summary.get(k)
                 for k in (
@@ -308,16 +325,23 @@ def _search(cfg: Config, out: str, address: str | None, times: dict[str, float])
     return search
 
 
-def _cv_estimate(search, plan: Plan) -> float:
-    """Seconds the CV should take, from the best trial's measured seconds an epoch."""
+def _full_trial_s(search, plan: Plan) -> float:
+    """Measured seconds of a full trial: the trials that trained the most epochs (ASHA's
+    short ones are mostly start-up), else the plan's estimate."""
     trials = search.trials
-    per_epoch = plan.epoch_s
     if len(trials) and {"wall_time_s", "epochs_run"} <= set(trials.columns):
         done = trials[(trials["epochs_run"] > 0) & trials["wall_time_s"].notna()]
         if len(done):
-            per_epoch = float((done["wall_time_s"] / done["epochs_run"]).median())
-    rounds = -(-plan.folds // plan.concurrency)
-    return rounds * plan.epochs * per_epoch * 1.1
+            longest = done[done["epochs_run"] == done["epochs_run"].max()]
+            per_epoch = float((longest["wall_time_s"] / longest["epochs_run"]).median())
+            return per_epoch * plan.epochs
+    return plan.trial_s
+
+
+def _cv_s(folds: int, trial_s: float, plan: Plan) -> float:
+    """Seconds of a ``folds``-fold CV: rounds of parallel folds, each a little longer than a
+    search trial (it trains on more images)."""
+    return -(-folds // plan.concurrency) * trial_s * CV_FOLD_FACTOR
 
 
 def _cv(best: str, out: str, folds: int, address: str | None, times: dict[str, float]):

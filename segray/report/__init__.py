@@ -158,7 +158,12 @@ def _plan(plan: dict[str, Any]) -> list[str]:
         "CV folds": p.get("folds"),
         "probe (ms a step)": round(1000 * probe["step_s"]) if probe.get("step_s") else None,
     }
+    values = plan.get("values") or {}
+    rows = [
+        {"setting": k, "value": values.get(k, ""), "why": why}
+        for k, why in (plan.get("reasons") or {}).items()
+    ]
     parts = [html.kv_table(facts), html.heading("Why each setting")]
-    parts.append(html.kv_table(plan.get("reasons") or {}))
+    parts.append(html.table(rows, ["setting", "value", "why"], sortable=False))
     parts += [html.note(n) for n in p.get("notes") or []]
     return parts
