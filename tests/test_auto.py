@@ -159,7 +159,7 @@ def test_plan_sizes_trials_to_the_budget():
 def test_plan_keeps_cv_when_it_fits_and_says_why_when_not():
     roomy = plan_for(1800, folds=5)
     assert roomy.folds == 5 and roomy.search_s < 1800 and roomy.cv_s <= 1800 - roomy.search_s
-    fewer = plan_for(1800, folds=5, step_s=2.0)
+    fewer = plan_for(3600, folds=5, step_s=0.5)  # 5 folds would see < 50 Mpx each
     assert 2 <= fewer.folds < 5 and any("folds instead of 5" in n for n in fewer.notes)
     none = plan_for(60, folds=5)
     assert none.folds == 0 and none.search_s == 60

@@ -363,6 +363,10 @@ def _pixels(fp: dict[str, Any]) -> float:
     return float(im["width"]["median"] * im["height"]["median"])
 
 
+def _num(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
 def _stage(name: str, what: str) -> None:
     print(f"\n== {name}: {what}", flush=True)
 
@@ -382,7 +386,7 @@ def print_summary(s: dict[str, Any]) -> None:
     elif cv:
         print(
             f"cross-validation: {cv.get('folds')} folds, out-of-fold Dice "
-            f"{cv.get('oof_dice', float('nan')):.4f} -> {cv.get('oof_dice_postprocessed', float('nan')):.4f} "
+            f"{_num(cv.get('oof_dice')):.4f} -> {_num(cv.get('oof_dice_postprocessed')):.4f} "
             "post-processed"
         )
     print(
