@@ -9,11 +9,16 @@ Usage::
 Models (random seeded weights, eval mode, ``torch.inference_mode``):
 
 * ``demo``: the atrous ResNet18-U-Net that ``segray demo`` trains, 256 x 256;
-* ``flagship``: the atrous ResNet50-U-Net, 512 x 512.
+* ``flagship``: the atrous ResNet50-U-Net, 512 x 512;
+* ``demo-narrow``: the demo's ResNet18-U-Net with the narrow decoder (64, 32, 16, 8) that
+  ``benchmarks/segment_throughput.py`` segments with, 256 x 256.
 
 Runtimes, all taking the same normalised float32 NCHW batch and returning probabilities:
 
-* ``eager-fp32``: plain PyTorch, NCHW (segray's CPU default before ``segment.precision``);
+* ``eager-fp32``: plain PyTorch, NCHW;
+* ``eager-fp32-old``: what segray's CPU default ran before ``segment.precision``: fp32, NCHW
+  weights, but a channels_last input, because the batch is a permuted (N, H, W, C) uint8
+  array (``Preprocess``), so its convolutions already ran channels_last;
 * ``eager-fp32-cl``: channels_last;
 * ``eager-bf16-cl``: bf16 autocast + channels_last (`segray.precision`'s ``auto`` on a CPU with
   native bf16: what ``segray segment`` runs);
@@ -59,16 +64,32 @@ from segray.precision import cpu_native_bf16  # noqa: E402
 MODELS: dict[str, tuple[str, dict[str, object], int]] = {
     "demo": ("resnet_unet", {"encoder": "resnet18", "pretrained": False}, 256),
     "flagship": ("resnet_unet", {"encoder": "resnet50", "pretrained": False}, 512),
+    # the narrow-decoder variant that benchmarks/segment_throughput.py segments with
+    "demo-narrow": (
+        "resnet_unet",
+        {"encoder": "resnet18", "decoder_channels": (64, 32, 16, 8), "pretrained": False},
+        256,
+    ),
 }
-RUNTIMES = ("eager-fp32", "eager-fp32-cl", "eager-bf16-cl", "compile-bf16-cl", "ort-fp32")
+RUNTIMES = (
+    "eager-fp32",
+    "eager-fp32-old",
+    "eager-fp32-cl",
+    "eager-bf16-cl",
+    "compile-bf16-cl",
+    "ort-fp32",
+)
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _eager(model: torch.nn.Module, dtype: torch.dtype | None, nhwc: bool) -> Runner:
+def _eager(
+    model: torch.nn.Module, dtype: torch.dtype | None, nhwc: bool, nhwc_input: bool | None = None
+) -> Runner:
     net = model.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+    nhwc_input = nhwc if nhwc_input is None else nhwc_input
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        if nhwc:
+        if nhwc_input:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
             return torch.sigmoid(net(x).float())
@@ -117,6 +138,8 @@ def _ort(model: torch.nn.Module, example: torch.Tensor, threads: int, tmp: Path)
 def build(runtime: str, model: torch.nn.Module, x: torch.Tensor, threads: int, tmp: Path):
     if runtime == "eager-fp32":
         return _eager(model, None, False)
+    if runtime == "eager-fp32-old":
+        return _eager(model, None, False, nhwc_input=True)
     if runtime == "eager-fp32-cl":
         return _eager(model, None, True)
     if runtime == "eager-bf16-cl":
@@ -173,21 +196,24 @@ def bench_model(key: str, runtimes: list[str], batch: int, threads: int, rounds:
             }
         )
     base = next((r["images_per_s"] for r in results if r["runtime"] == "eager-fp32"), None)
+    old = next((r["images_per_s"] for r in results if r["runtime"] == "eager-fp32-old"), None)
     for r in results:
         r["speedup_vs_fp32"] = r["images_per_s"] / base if base else None
+        r["speedup_vs_old"] = r["images_per_s"] / old if old else None
     return results
 
 
 def format_table(report: dict) -> str:
     header = (
-        f"{'model':<10}{'size':>5}  {'runtime':<17}{'img/s':>8}{'median':>8}{'x fp32':>8}"
+        f"{'model':<12}{'size':>5}  {'runtime':<17}{'img/s':>8}{'median':>8}{'x fp32':>8}{'x old':>7}"
         f"{'setup s':>9}{'max|dp|':>9}{'masks =':>9}"
     )
     lines = [header, "-" * len(header)]
     for r in report["results"]:
         lines.append(
-            f"{r['model']:<10}{r['size']:>5}  {r['runtime']:<17}{r['images_per_s']:>8.2f}"
+            f"{r['model']:<12}{r['size']:>5}  {r['runtime']:<17}{r['images_per_s']:>8.2f}"
             f"{r['median_images_per_s']:>8.2f}{r['speedup_vs_fp32'] or 0:>8.2f}"
+            f"{r['speedup_vs_old'] or 0:>7.2f}"
             f"{r['setup_s']:>9.1f}{r['max_abs_diff']:>9.4f}{100 * r['mask_agreement']:>8.2f}%"
         )
     s = report["settings"]
@@ -206,7 +232,7 @@ def format_table(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["demo", "flagship"])
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
     parser.add_argument("--batch", type=int, default=8, help="images per forward")
     parser.add_argument("--threads", type=int, default=2, help="torch / ORT intra-op threads")

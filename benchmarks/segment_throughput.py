@@ -6,7 +6,8 @@ Usage::
     python benchmarks/segment_throughput.py [--images 2000] [--rss 1000 10000] [--size 256]
         [--mixed 0.2] [--model resnet18-unet|unet-w8|resnet50-unet] [--concurrency CPUS]
         [--cpus-per-actor auto] [--batch 8] [--precision auto|fp32|bf16]
-        [--set segment.compile=true ...] [--baseline segment.precision=fp32 ... --rounds 3]
+        [--set segment.compile=true ...] [--baseline segment.precision=fp32 ... --rounds 3
+        --ab-images N]
         [--output benchmarks/results/segment_throughput.json]
 
 Images: ``--size`` squared (``--mixed`` of them of random sizes from 96 to 2.5 x size, so some
@@ -430,6 +431,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--rounds", type=int, default=3, help="--baseline: interleaved rounds")
     parser.add_argument(
+        "--ab-images",
+        type=int,
+        default=None,
+        help="--baseline: images per interleaved round (default --images; more for slow "
+        "models, so start-up weighs less)",
+    )
+    parser.add_argument(
         "--concurrency",
         type=int,
         default=None,
@@ -477,13 +485,16 @@ def main(argv: list[str] | None = None) -> None:
         f"segment.precision={args.precision}",
         *args.set,
     ]
+    ab_images = args.ab_images or args.images
     counts = sorted({args.images, *args.rss})
     with ray_lock(), tempfile.TemporaryDirectory() as tmp:
         load_before = os.getloadavg()[0]
         cache = args.cache / f"{args.size}-{args.mixed}"
         if args.folder_size != FOLDER:
             cache = cache.with_name(f"{cache.name}-f{args.folder_size}")
-        paths = generate(cache, max(counts), args.size, args.mixed, folder_size=args.folder_size)
+        paths = generate(
+            cache, max(*counts, ab_images), args.size, args.mixed, folder_size=args.folder_size
+        )
         ckpt = checkpoint(Path(tmp) / "ckpt", args.model, args.size)
         subset = paths[: args.images]
         c_runs, b_runs = [], []
@@ -510,7 +521,7 @@ def main(argv: list[str] | None = None) -> None:
             memory.append(result)
         ab: dict[str, list[float]] = {}
         if args.baseline:  # (a) new vs (a) baseline, interleaved
-            folders = sorted({p.parent for p in subset})
+            folders = sorted({p.parent for p in paths[:ab_images]})
             for r in range(args.rounds):
                 for name, over in (("a", overrides), ("baseline", overrides + args.baseline)):
                     result = segray_segment(ckpt, folders, Path(tmp) / f"ab-{name}", over)
@@ -559,8 +570,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     report["settings"]["precision"] = args.precision
     if ab:
-        new, old = max(ab["a"] + [a["images_per_s"]]), max(ab["baseline"])
+        same = [a["images_per_s"]] if ab_images == args.images else []  # same image count
+        new, old = max(ab["a"] + same), max(ab["baseline"])
         report["settings"]["baseline"] = args.baseline
+        report["settings"]["ab_images"] = ab_images
         report["results"]["ab"] = {
             "rounds": ab,
             "a_best": new,
