@@ -205,9 +205,10 @@ def make_plan(
     while k >= 2 and too_short(k):
         k -= 1
     if folds >= 2 and k < 2:
+        two = max(sized(2)[0], 0)  # epochs a fold of 2 would train
         notes.append(
-            f"no cross-validation: with 2 folds a fold would train {max(sized(2)[0], 0)} epochs "
-            f"on {max(sized(2)[0], 0) * seen / 1e6:.0f} Mpx (needs >= {MIN_CV_EPOCHS} epochs and "
+            f"no cross-validation: with 2 folds a fold would train {two} epochs "
+            f"on {two * seen / 1e6:.0f} Mpx (needs >= {MIN_CV_EPOCHS} epochs and "
             f"{MIN_CV_PIXELS / 1e6:.0f} Mpx); a larger --time-budget adds it, --folds 0 silences this"
         )
         k = 0
