@@ -4,10 +4,14 @@ segmentation and the report.
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python jobs/auto.py --data s3://bucket/cells --time-budget 1h \
-        --unlabelled s3://bucket/archive/ --output s3://bucket/segray/auto-1
+        --unlabelled s3://bucket/archive/ --output s3://bucket/segray/auto-1 --resume-or-start
 
-Thin entry point: the same code as `segray auto`, which joins the cluster in RAY_ADDRESS
-(set by `ray job submit`) or starts a local Ray when run by hand.
+With ``--resume-or-start`` a resubmitted job (a retried RayJob) continues the run in --output
+after its last finished stage instead of refusing it. Thin entry point: the same code as `segray auto`, which joins the cluster in RAY_ADDRESS
+(set by `ray job submit`) or starts a local Ray when run by hand. A cluster with token
+authentication (deploy/, and current Ray's default) takes the submit only with its token in
+the submitter's environment: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH);
+the job itself inherits the token from the head (README.md, "Running on a cluster").
 """
 
 import sys

@@ -4,7 +4,10 @@
         python jobs/train.py --config configs/train_local.yaml --output runs/train
 
 Thin entry point: the same code as `segray train`, which joins the cluster in RAY_ADDRESS
-(set by `ray job submit`) or starts a local Ray when run by hand.
+(set by `ray job submit`) or starts a local Ray when run by hand. A cluster with token
+authentication (deploy/, and current Ray's default) takes the submit only with its token in
+the submitter's environment: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH);
+the job itself inherits the token from the head (README.md, "Running on a cluster").
 """
 
 import sys

@@ -13,7 +13,8 @@ ENS/config.yaml       the first member's config with the ensemble's inference se
 ENS/members/<name>/   a checkpoint directory per member (model.pt, config.yaml, metrics.json)
 
 A checkpoint may live on object storage: `fetch_checkpoint` gives a local directory, fetching
-only what inference needs.
+only what inference needs. There a published checkpoint (``best/``) is a pointer and its
+versions (`segray.storage.publish_folder`): readers follow ``current.json``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ STATE_FILE = "train_state.pt"
 HISTORY_FILE = "history.json"  # the per-epoch table, small: read without the optimizer state
 INFERENCE_FILES = (MODEL_FILE, CONFIG_FILE, METRICS_FILE)  # what predicting needs
 ENSEMBLE_FILE = "ensemble.json"  # marks an ensemble checkpoint directory
+POINTER = "current.json"  # segray.storage.POINTER: a folder published on an object store
 
 __all__ = [
     "CheckpointError",
@@ -189,7 +191,12 @@ def fetch_checkpoint(where: str | Path, names: Sequence[str] = INFERENCE_FILES) 
     process (the optimizer state that a training checkpoint also holds is left where it is)."""
     text = str(where)
     if "://" not in text or text.startswith("file://"):
-        return Path(text.removeprefix("file://"))
+        local = Path(text.removeprefix("file://"))
+        if (local / POINTER).is_file():  # a folder published on an object store, copied here
+            from segray.storage import resolve_published
+
+            return Path(resolve_published(local).path)
+        return local
     return _fetch(text.rstrip("/"), tuple(names))
 
 
@@ -203,10 +210,11 @@ def download_checkpoint(where: str | Path, dst: Path, names: Sequence[str]) -> P
     folder ``dst`` (created); a missing optional file is skipped. Returns ``dst``.
 
     An ensemble checkpoint (no model.pt, an ensemble.json) is copied whole: its manifest,
-    config and metrics, and ``names`` of every member."""
-    from segray.storage import Location, with_retries
+    config and metrics, and ``names`` of every member. A folder published on an object store
+    (`segray.storage.publish_folder`) is read from the version its pointer names."""
+    from segray.storage import resolve_published, with_retries
 
-    src = Location.parse(where)
+    src = resolve_published(where)
     dst.mkdir(parents=True, exist_ok=True)
     for name in names:
         try:

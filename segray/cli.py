@@ -93,9 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of images + masks -> derived config, search within a time budget, CV, "
         "held-out test score, bulk segmentation, report",
     )
-    p.add_argument("--data", required=True, metavar="DIR", help="dataset root (images/ + masks/)")
+    p.add_argument(
+        "--data", metavar="DIR", help="dataset root (images/ + masks/); required unless resuming"
+    )
     p.add_argument(
         "--output", "-o", default="segray-auto", metavar="OUT", help="default segray-auto"
+    )
+    p.add_argument(
+        "--resume",
+        metavar="OUT",
+        help="continue the unfinished run in OUT with the inputs it started with, after its "
+        "last finished stage",
+    )
+    p.add_argument(
+        "--resume-or-start",
+        action="store_true",
+        help="continue the run in --output if it holds an unfinished one, else start it there "
+        "(for jobs that may be resubmitted)",
     )
     p.add_argument(
         "--time-budget",
@@ -151,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read every image and mask header and the pixels of a sample of pairs; "
         "print sizes, modes, bit depths, the mask value histogram, the class mapping "
         "(data.mask_mode: auto is chosen here, as train and tune choose it), class balance and "
-        "suspicious files; write fingerprint.json. Exits 2 with a one-line error if the "
-        "dataset cannot be trained on as configured.",
+        "suspicious files; with --output, write fingerprint.json there. Exits 2 with a "
+        "one-line error if the dataset cannot be trained on as configured.",
     )
     p.add_argument(
         "data",
@@ -165,9 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output",
         "-o",
-        default=".",
+        default=None,
         metavar="DIR",
-        help="where fingerprint.json goes (default: the current folder)",
+        help="write fingerprint.json into DIR (a folder or a URI; default: nothing written)",
     )
     p.add_argument(
         "--sample",
@@ -213,7 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="search folder, a local path or a URI Ray storage accepts (default runs/tune)",
     )
-    p.add_argument("--resume", metavar="DIR", help="continue the interrupted search in DIR")
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the interrupted search in DIR; --config and overrides may change only "
+        "data.loader_workers, data.eval_batch_size, train.max_failures, train.heap_reuse, "
+        "tracking.*, segment.*",
+    )
     p.add_argument(
         "--resume-or-start",
         action="store_true",
@@ -393,8 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as e:  # bad input: one clear line, no traceback
         print(f"segray: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("segray: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a RunInterrupted says what stopped and how to continue
+        print(f"segray: interrupted{f': {e}' if str(e) else ''}", file=sys.stderr, flush=True)
         return 130
 
 

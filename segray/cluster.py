@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,11 +22,14 @@ import ray
 __all__ = [
     "HEAP_REUSE_ENV",
     "ResourceError",
+    "RunInterrupted",
+    "UnreachableClusterError",
     "autoscaling_limits",
     "check_cuda",
     "check_fits",
     "ensure_ray",
     "heap_env",
+    "interruptible",
     "local_ray_lock",
     "onednn_cache_env",
     "start_local",
@@ -78,12 +82,17 @@ def local_ray_lock(wait_message: str | None = None) -> Iterator[None]:
     Two local Rays on one machine break Ray Train ("Found multiple active Ray instances"), so
     the tests and benchmarks that start one take this lock first (``$SEGRAY_RAY_LOCK``,
     default ``/tmp/segray-ray-tests.lock``); a second taker waits, printing ``wait_message``.
+    A process whose ancestor holds the lock (``flock LOCK pytest ...``) goes on under it
+    instead of waiting for itself.
     """
     path = Path(os.environ.get("SEGRAY_RAY_LOCK", "/tmp/segray-ray-tests.lock"))
     with open(path, "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if _lock_held_by_ancestor(path):
+                yield
+                return
             if wait_message:
                 print(f"{wait_message} (lock {path})", flush=True)
             fcntl.flock(f, fcntl.LOCK_EX)
@@ -91,6 +100,26 @@ def local_ray_lock(wait_message: str | None = None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _lock_held_by_ancestor(path: Path) -> bool:
+    """Whether the flock on ``path`` is held by this process's parent, grandparent, ...
+    (Linux: /proc/locks names the holder; elsewhere False, and the taker waits)."""
+    try:
+        inode = path.stat().st_ino
+        holders = {
+            int(f[4])
+            for f in (line.split() for line in Path("/proc/locks").read_text().splitlines())
+            if len(f) > 5 and f[1] == "FLOCK" and f[5].rsplit(":", 1)[-1] == str(inode)
+        }
+        pid = os.getppid()
+        while pid > 1:
+            if pid in holders:
+                return True
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return False
+    return False
 
 
 def worker_soft_limit(num_cpus: int) -> int:
@@ -108,6 +137,29 @@ def worker_soft_limit(num_cpus: int) -> int:
 
 class ResourceError(RuntimeError):
     """A request that this cluster can never satisfy (instead of waiting forever for it)."""
+
+
+class UnreachableClusterError(ResourceError):
+    """``--address`` names no Ray cluster that answers."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT (Ctrl-C) before it finished; the message says how to continue
+    it. A KeyboardInterrupt, so no ``except Exception`` on the way up swallows it."""
+
+
+@contextmanager
+def interruptible(what: str, how: str) -> Iterator[None]:
+    """A Ctrl-C inside becomes a `RunInterrupted` that names ``what`` stopped and the command
+    ``how`` that continues it (one raised further in, with its own message, passes as is)."""
+    try:
+        yield
+    except RunInterrupted:
+        raise
+    except KeyboardInterrupt:
+        raise RunInterrupted(
+            f"{what} stopped before it finished; nothing was published; continue it with: {how}"
+        ) from None
 
 
 # Ray Train gives a worker group 60 s to start. On a small machine that is busy (2 cores
@@ -129,12 +181,40 @@ def start_local(num_cpus: int) -> None:
     )
 
 
+PROBE_TIMEOUT_S = 10.0  # how long a cluster address may take to accept a TCP connection
+
+
+def probe_address(
+    address: str, timeout: float = PROBE_TIMEOUT_S, *, setting: str = "--address"
+) -> None:
+    """Refuse at once an address where nothing listens. Ray's own connect retries the GCS
+    for minutes, printing only its own warnings; a TCP connect to the address's port answers
+    within ``timeout``. ``auto`` and ``local`` are Ray's to resolve and are not probed."""
+    if address in ("auto", "local"):
+        return
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():  # no port: Ray's default GCS (or client) port
+        host, port = rest, "10001" if address.startswith("ray://") else "6379"
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        why = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise UnreachableClusterError(
+            f"{setting} {address}: no Ray cluster answers at {host}:{port} ({why}): check the "
+            "address (a head node's GCS port, 6379 by default), or leave --address and "
+            "RAY_ADDRESS unset for a local Ray"
+        ) from None
+
+
 def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> str:
     """Connect to (or start) Ray once per process; returns a short description of it."""
     if not ray.is_initialized():
+        setting = "--address" if address else "RAY_ADDRESS"
         address = address or os.environ.get("RAY_ADDRESS")
         # Ray's own env-var hook (RAY_ADDRESS) takes precedence, so pass the address explicitly.
         if address:
+            probe_address(address, setting=setting)
             ray.init(address=address, log_to_driver=True)
         else:
             start_local(num_cpus or os.cpu_count() or 1)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
+from typing import Any
 
 OVERRIDE = re.compile(r"^[a-z_]+(\.[a-z_]+)+=")  # section.key=value
 
@@ -82,15 +84,30 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         overrides.append(f"data.root={root_setting(args.data)}")  # a URI stays a URI
         if load_config(args.config, overrides).data.source != "pet":
             overrides.append("data.source=folder")
+            overrides += _folder_layout(args.data, load_config(args.config, overrides))
     cfg, fp = inspect_data(load_config(args.config, overrides), strict=False, sample=args.sample)
     print(fp.table())
-    path = fp.save(args.output)
-    print(f"fingerprint -> {path}")
+    if args.output is not None:  # written only where asked: never into the current folder
+        print(f"fingerprint -> {fp.save(args.output)}")
     fp.raise_if_unusable()
     if fp.updates:
         settings = " ".join(f"{k}={v}" for k, v in fp.updates.items())
         print(f"train and tune will use: {settings}")
     return 0
+
+
+def _folder_layout(data: str, cfg: Any) -> list[str]:
+    """The image and mask folders of ``data`` found by name (imagesTr/ + labelsTr/, image/ +
+    label/, ...), as `segray auto` finds them, where the config keeps the default names."""
+    from segray.data.folder import find_layout
+
+    root = Path(data).expanduser()
+    if not root.is_dir() or (cfg.data.images_dir, cfg.data.masks_dir) != ("images", "masks"):
+        return []
+    layout = find_layout([p.name for p in root.iterdir() if p.is_dir()])
+    if layout is None or layout == ("images", "masks"):
+        return []
+    return [f"data.images_dir={layout[0]}", f"data.masks_dir={layout[1]}"]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -148,6 +165,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         + f"  ({m.get('num_images')} images, {m.get('num_images_no_foreground', 0)} without "
         "foreground; a class absent from target and prediction counts as undefined, never 1.0)"
     )
+    if m.get("num_images_boundary_penalised") or m.get("num_images_boundary_empty"):
+        print(
+            f"boundary metrics: {m['num_images_boundary_penalised']} images with foreground in "
+            "only one of target and prediction scored the worst case (hd95 = msd = the image "
+            f"diagonal, boundary_f1 0) in the means; {m['num_images_boundary_empty']} with "
+            "foreground in neither left out"
+        )
     print(f"report -> {args.output}")
     return 0
 
@@ -171,19 +195,40 @@ def _resume_or_start(args: argparse.Namespace, what: str) -> None:
         args.resume = args.output
 
 
+def _resume_config(args: argparse.Namespace):
+    """Resuming: the config that ``--config`` and the overrides ask for (``--config`` whole,
+    else the saved config with the overrides), which the resume compares with the saved one;
+    None without either (the saved config as it is)."""
+    from segray.config import load_config
+    from segray.storage import Location
+
+    if not args.config and not args.overrides:
+        return None
+    saved = Location.parse(args.resume).join("config.yaml")
+    if not args.config and not saved.exists():
+        raise FileNotFoundError(f"{args.resume}: no config.yaml: not a segray output to resume")
+    return load_config(args.config or saved.uri, args.overrides)
+
+
+_STOPPED_BY = (("stopped_by_budget", "time budget"), ("stopped_by_plateau", "plateau stop"))
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     """Hyperparameter search: Tune + Optuna + ASHA, each trial a DDP training."""
     from segray.tune import run_tune
 
     _resume_or_start(args, "search")
-    cfg = None if args.resume else _load(args)  # run_tune checks tune.space before Ray starts
+    # run_tune checks tune.space (and, resuming, what may change) before a trial starts
+    cfg = _resume_config(args) if args.resume else _load(args)
     output = args.resume or args.output
     result = run_tune(cfg, output, resume=bool(args.resume), address=args.address)
     s = result.summary
+    cut = [(s.get(k) or 0, why) for k, why in _STOPPED_BY if s.get(k)]
     print(
         f"search: {s['num_trials']} trials ({s['completed']} completed, {s['errored']} errored, "
-        f"{s['stopped_early']} stopped early by ASHA), {s['trial_epochs_total']} trial-epochs, "
-        f"{s['wall_time_s']:.0f}s"
+        f"{s['stopped_early']} stopped early by ASHA"
+        f"{''.join(f', {n} stopped by the {why}' for n, why in cut)}), "
+        f"{s['trial_epochs_total']} trial-epochs, {s['wall_time_s']:.0f}s"
     )
     if not s["best"]:
         print("no trial reported a metric: see the errors in trials.parquet", file=sys.stderr)
@@ -209,7 +254,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     from segray.cv import run_cv
 
     _resume_or_start(args, "cross-validation")
-    cfg = None if args.resume else _load(args)
+    cfg = _resume_config(args) if args.resume else _load(args)
     result = run_cv(
         cfg,
         args.resume or args.output,
@@ -269,11 +314,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_auto(args: argparse.Namespace) -> int:
     """From a folder to a tuned model, its test score and a segmented archive, in a budget."""
     from segray.auto import AutoOptions, parse_duration, run_auto
+    from segray.auto.progress import load_state
+    from segray.config import ConfigError
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    if args.resume_or_start and not args.resume and load_state(args.output) is not None:
+        print(f"resuming the segray auto run in {args.output} (--resume-or-start)")
+        args.resume = args.output
+    if not args.resume and not args.data:
+        raise ConfigError("segray auto: --data DIR is required (or --resume OUT)")
     run_auto(
         args.data,
-        args.output,
+        args.resume or args.output,
         time_budget_s=parse_duration(args.time_budget),
         unlabelled=args.unlabelled or (),
         folds=args.folds,
@@ -281,6 +333,7 @@ def cmd_auto(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         dry_run=args.dry_run,
         address=args.address,
+        resume=bool(args.resume),
     )
     return 0
 

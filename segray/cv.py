@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from segray.cluster import interruptible
 from segray.config import Config
 
 __all__ = ["CVResult", "cv_config", "run_cv"]
@@ -70,11 +71,15 @@ def run_cv(
     folds: int = 5,
     resume: bool = False,
     address: str | None = None,
+    continue_with: str | None = None,
 ) -> CVResult:
     """Cross-validate ``cfg`` over ``folds`` folds into ``output`` (module docstring).
 
     ``resume=True`` continues an interrupted run in ``output`` with its saved config; folds
-    that finished are not trained again.
+    that finished are not trained again; a config given then may change only what a resumed
+    search may (`segray.tune.SEARCH_RESUME_MUTABLE`). Interrupted (Ctrl-C), it publishes
+    nothing and raises `RunInterrupted`, whose message ends with ``continue_with`` (default
+    ``segray cv --resume OUT``).
     """
     from segray.data import list_samples, prepare_data
     from segray.data.split import data_splits
@@ -82,30 +87,37 @@ def run_cv(
 
     started = time.time()
     out = str(output) if "://" in str(output) else str(Path(output).resolve())
-    if not resume:
-        if cfg is None:
-            raise ValueError("run_cv needs a config unless resuming")
-        cfg = cv_config(cfg, folds)
-        # Too few images (or groups) for K folds fails here, before Ray starts any trial.
-        prepared = prepare_data(cfg).data
-        data_splits(list_samples(prepared, check=False), prepared.model_copy(update={"fold": 0}))
-    search = run_tune(cfg, out, resume=resume, address=address)
-    cfg = _saved_config(out)
-    k = int(cfg.data.folds or folds)
-    trials = search.trials.copy()
-    fold_col = "param.data.fold"
-    done = trials[(trials["status"] == "TERMINATED") & trials["best_checkpoint"].notna()]
-    missing = sorted(set(range(k)) - {int(f) for f in done[fold_col]})
-    if missing:
-        raise RuntimeError(
-            f"{out}: fold{'s' * (len(missing) > 1)} {', '.join(map(str, missing))} of {k} did not "
-            f"finish (see trials.parquet); continue with: segray cv --resume {out}"
-        )
-    done = done.sort_values(fold_col)
-    checkpoints = [str(c) for c in done["best_checkpoint"]]
-    print(f"cv: {k} folds trained; out-of-fold predictions of each fold's best checkpoint")
-    predictions = _out_of_fold(cfg, checkpoints)
-    return _finish(cfg, out, done, checkpoints, predictions, time.time() - started)
+    how = continue_with or f"segray cv --resume {out}"
+    with interruptible(f"the cross-validation in {out}", how):
+        if not resume:
+            if cfg is None:
+                raise ValueError("run_cv needs a config unless resuming")
+            cfg = cv_config(cfg, folds)
+            # Too few images (or groups) for K folds fails here, before Ray starts any trial.
+            prepared = prepare_data(cfg).data
+            data_splits(
+                list_samples(prepared, check=False), prepared.model_copy(update={"fold": 0})
+            )
+        if resume and cfg is not None:  # the resume compares it with the saved cv config
+            cfg = cv_config(cfg, int(_saved_config(out).data.folds or folds))
+        search = run_tune(cfg, out, resume=resume, address=address, continue_with=how)
+        cfg = _saved_config(out)
+        k = int(cfg.data.folds or folds)
+        trials = search.trials.copy()
+        fold_col = "param.data.fold"
+        finished = (trials["status"] == "TERMINATED") & trials["stopped_by"].isna()
+        done = trials[finished & trials["best_checkpoint"].notna()]
+        missing = sorted(set(range(k)) - {int(f) for f in done[fold_col]})
+        if missing:
+            raise RuntimeError(
+                f"{out}: fold{'s' * (len(missing) > 1)} {', '.join(map(str, missing))} of {k} did not "
+                f"finish (see trials.parquet); continue with: {how}"
+            )
+        done = done.sort_values(fold_col)
+        checkpoints = [str(c) for c in done["best_checkpoint"]]
+        print(f"cv: {k} folds trained; out-of-fold predictions of each fold's best checkpoint")
+        predictions = _out_of_fold(cfg, checkpoints)
+        return _finish(cfg, out, done, checkpoints, predictions, time.time() - started)
 
 
 # --------------------------------------------------------------------------- out-of-fold
@@ -128,7 +140,7 @@ def _out_of_fold(cfg: Config, checkpoints: list[str]) -> list[dict[str, Any]]:
 
 def _predict_fold(checkpoint: str) -> list[dict[str, Any]]:
     """(key, fold, float16 probabilities, target) of every validation image of a fold model."""
-    from segray.data import MaskMapper, list_samples, prepare_data, read_mask
+    from segray.data import MaskMapper, list_samples, prepare_data
     from segray.data.split import data_splits
     from segray.predict import load_segmenter
 
@@ -140,7 +152,7 @@ def _predict_fold(checkpoint: str) -> list[dict[str, Any]]:
     for i, proba in segmenter.iter_batch_proba([s.image for s in samples]):
         sample = samples[i]
         assert sample.mask is not None
-        target = mapper(read_mask(sample.mask), sample.key, name=sample.mask)
+        target = mapper.read(sample.mask, sample.key, name=sample.mask)
         rows.append(
             {
                 "key": sample.key,
@@ -164,7 +176,7 @@ def _finish(
     from segray.inference.ensemble import write_ensemble
     from segray.inference.postprocess import PostProcess, choose_postprocessing
     from segray.metrics import per_image_metrics
-    from segray.storage import published
+    from segray.storage import published, published_folder
 
     metric = cfg.tune.metric
     num_classes = len(cfg.data.classes)  # for the metrics; the model has 1 logit if binary
@@ -222,7 +234,7 @@ def _finish(
         "ensemble": f"{out}/ensemble",
         "wall_time_s": round(wall, 1),
     }
-    with published(f"{out}/ensemble") as local:
+    with published_folder(f"{out}/ensemble") as local:  # readers see it whole or not at all
         write_ensemble(
             checkpoints,
             local,

@@ -12,18 +12,22 @@ per-image scores. Written into ``output/``:
                         pr_auc, <metric>_<class> for every class, num_images,
                         num_images_no_foreground, split, data, checkpoint, model_id (undefined
                         values as null: e.g. Dice with no foreground in any target or
-                        prediction, an AUC without positives); hd95, msd, boundary_f1: NaN-
-                        ignoring means of the per-image values, num_images_hd95_nan the images
-                        left out (foreground in only one of target and prediction),
-                        boundary_tol; with ``em=True`` also v_rand and v_info (means)
+                        prediction, an AUC without positives); hd95, msd, boundary_f1: means
+                        of the per-image values, num_images_boundary_penalised the images
+                        scored with the worst case (foreground in only one of target and
+                        prediction: hd95 = msd = the image diagonal, boundary_f1 = 0; they
+                        count in the means), num_images_boundary_empty the images left out
+                        (no foreground in either: undefined, as for Dice), boundary_tol; with
+                        ``em=True`` also v_rand and v_info (means)
     per_image.parquet   key, image, width, height, dice, iou, precision, recall, accuracy,
                         foreground_fraction_true, foreground_fraction_pred (over non-ignored
                         pixels; foreground = any class but 0; foreground_fraction_true == 0:
                         an image without foreground, whose recall is NaN, and Dice / IoU too
                         unless foreground was predicted); after accuracy: hd95, msd (mean
-                        surface distance), boundary_f1 at ``boundary_tol`` pixels, and with
+                        surface distance), boundary_f1 at ``boundary_tol`` pixels, with
                         ``em=True`` v_rand and v_info, the ISBI 2012 challenge's scores (NaN
-                        rules and definitions: `segray.structure`)
+                        rules and definitions: `segray.structure`), and boundary_penalised
+                        (hd95, msd and boundary_f1 are the worst case)
     roc_pr.png          ROC and PR curves side by side, AUCs in the legends (one curve per
                         foreground class)
     overlays/           the ``worst_k`` images with the lowest Dice, worst first (images whose
@@ -58,19 +62,17 @@ from segray.data import (
     Sample,
     data_splits,
     dataset_root,
-    decode_image,
     find_pairs,
     fingerprint,
     list_samples,
     local_root,
     prepare_data,
-    read_mask,
 )
 from segray.metrics import SegMetrics, per_image_metrics
 from segray.predict import load_segmenter
 from segray.report.overlay import ERROR_LEGEND, error_rgba
-from segray.storage import published
-from segray.structure import DEFAULT_TOL, em_metrics, surface_metrics
+from segray.storage import Location, published
+from segray.structure import DEFAULT_TOL, em_metrics, one_sided, surface_metrics
 
 __all__ = ["SPLITS", "evaluate_checkpoint"]
 
@@ -180,7 +182,7 @@ def _evaluate(
             probas = segmenter.predict_batch_proba([s.image for s in chunk])
             for sample, proba in zip(chunk, probas, strict=True):
                 assert sample.mask is not None  # _samples checked
-                target = mapper(read_mask(sample.mask), sample.key, name=sample.mask)
+                target = mapper.read(sample.mask, sample.key, name=sample.mask)
                 if target.shape != proba.shape[-2:]:
                     raise ImageError(
                         f"{sample.image}: image is {proba.shape[-1]}x{proba.shape[-2]} but its "
@@ -213,7 +215,7 @@ def _evaluate(
         num_images=len(samples),
         split=split,
         data=str(source),
-        checkpoint=str(Path(checkpoint).absolute()),
+        checkpoint=Location.parse(checkpoint).uri,  # a local path absolute, a URI as given
         model_id=segmenter.model_id,
     )
     result.update(_structure_means(rows, structure["tol"]))
@@ -221,7 +223,9 @@ def _evaluate(
     pd.DataFrame(rows).to_parquet(output / "per_image.parquet", index=False)
     _plot_curves(metrics, result, output / "roc_pr.png")
     for rank, (neg_dice, _, sample, pred, target) in enumerate(sorted(worst, reverse=True)):
-        image = decode_image(sample.image, channels=segmenter.channels)
+        image = segmenter.to_array(sample.image)  # the model's bands, as it saw them
+        if image.shape[2] not in (1, 3):  # multi-band: its first three (or one) shown
+            image = image[..., : 3 if image.shape[2] > 3 else 1]
         name = f"{rank:02d}_{sample.key.replace('/', '__')}.png"
         dice = "n/a (no foreground)" if math.isinf(neg_dice) else f"{-neg_dice:.4f}"
         title = f"{sample.key}  -  Dice {dice}"
@@ -284,6 +288,7 @@ def _image_row(
     scores.update(surface_metrics(pred, target, tol=tol, **kw))
     if em:
         scores.update(em_metrics(pred, target, ignore_index=ignore_index))
+    scores["boundary_penalised"] = one_sided(pred, target, **kw)
     valid = target != ignore_index
     n_valid = int(valid.sum())
     fraction_true = float(np.count_nonzero(target[valid])) / n_valid if n_valid else math.nan
@@ -301,14 +306,16 @@ def _image_row(
 
 def _structure_means(rows: list[dict[str, Any]], tol: float) -> dict[str, Any]:
     """Means over images of the `segray.structure` columns, NaN images left out (all NaN:
-    NaN), and how many images had no HD95 (foreground in only one of target and prediction)."""
+    NaN); how many images were scored with the worst case (foreground in only one of target
+    and prediction, counted in the means) and how many were left out (foreground in neither)."""
     keys = [k for k in ("hd95", "msd", "boundary_f1", "v_rand", "v_info") if k in rows[0]]
     out: dict[str, Any] = {}
     for key in keys:
         values = np.array([r[key] for r in rows], dtype=float)
         defined = values[~np.isnan(values)]
         out[key] = float(defined.mean()) if defined.size else math.nan
-    out["num_images_hd95_nan"] = sum(math.isnan(r["hd95"]) for r in rows)
+    out["num_images_boundary_penalised"] = sum(bool(r["boundary_penalised"]) for r in rows)
+    out["num_images_boundary_empty"] = sum(math.isnan(r["hd95"]) for r in rows)
     out["boundary_tol"] = tol
     return out
 

@@ -13,6 +13,12 @@ every TTA transform (averaged in probability space), the per-class thresholds an
 post-processing steps (connected components in pure torch, `segray.inference.postprocess`).
 All of it comes from the checkpoint's ``segment`` settings; ``tta`` overrides ``segment.tta``.
 
+Both artefacts take uint8 images as segray decodes them: 8-bit files as they are; high-bit-depth
+and float files mapped to 0..255 by the checkpoint's ``data.intensity_range``
+(``segray.data.decode_image(path, channels=C, intensity_range=R)``; TorchScript keeps ``R`` as
+the JSON string attribute ``intensity_range``, ONNX in its metadata). A model of N bands takes
+(H, W, N) images.
+
 ONNX (opset 17, ``pip install 'segray[onnx]'``): `ProbabilityModel` (members and TTA) of a batch
 ``(N, H, W, C)`` uint8, H and W >= 32, run whole (no sliding-window tiles: on images larger
 than ``segment.tile_size`` its probabilities differ slightly from the Segmenter's blended
@@ -31,6 +37,7 @@ an `ExportError`, and the artifact is removed.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -114,6 +121,9 @@ class MaskModel(nn.Module):
         post = segmenter.postprocess
         self.net = net
         self.channels: int = segmenter.channels
+        # data.intensity_range, as JSON: how raw high-bit-depth images were mapped to the
+        # uint8 this artefact takes (`segray.data.decode_image(..., intensity_range=...)`).
+        self.intensity_range: str = json.dumps(segmenter.config.data.intensity_range)
         self.tile_size: int = segmenter.tile_size
         self.stride: int = max(1, round(segmenter.tile_size * (1 - segmenter.tile_overlap)))
         self.batch_size: int = segmenter.batch_size
@@ -154,12 +164,18 @@ class MaskModel(nn.Module):
             raise ValueError("the image must be a uint8 tensor (H, W) or (H, W, C)")
         if image.dim() == 2:
             image = image.unsqueeze(-1)
-        if image.dim() != 3 or image.shape[2] > 4:
-            raise ValueError("the image must be (H, W) or (H, W, 1|3|4)")
+        if image.dim() != 3:
+            raise ValueError("the image must be (H, W) or (H, W, C)")
+        if image.shape[2] == self.channels:  # the model's own bands (multi-band included)
+            return image
+        if image.shape[2] > 4:
+            raise ValueError("the image must be (H, W), (H, W, 1|3|4) or the model's bands")
         if image.shape[2] == 2 or image.shape[2] == 4:  # drop alpha
             image = image[:, :, :-1]
         if image.shape[2] == self.channels:
             return image
+        if image.shape[2] != 1 and image.shape[2] != 3:
+            raise ValueError("the image's bands do not match the model's input channels")
         if self.channels == 3:
             return image.expand(-1, -1, 3)
         rgb = image.to(torch.int32)  # PIL's RGB -> L: ITU-R 601 luma, rounded
@@ -324,7 +340,7 @@ class _Thresholded(nn.Module):
 def _onnx(net: nn.Module, seg: Segmenter, example: torch.Tensor, output: Path) -> Runner:
     """Export ``net`` to ONNX with dynamic N/H/W and return an onnxruntime runner of the file."""
     try:
-        import onnx  # noqa: F401  (torch's exporter serialises through it)
+        import onnx  # torch's exporter serialises through it; the metadata is added with it
         import onnxruntime
     except ImportError:
         raise ExportError(
@@ -345,6 +361,10 @@ def _onnx(net: nn.Module, seg: Segmenter, example: torch.Tensor, output: Path) -
                 "mask": {0: "N", 1: "H", 2: "W"},
             },
         )
+    model = onnx.load(str(output))
+    entry = model.metadata_props.add()  # how raw images were mapped to the uint8 input
+    entry.key, entry.value = "intensity_range", json.dumps(seg.config.data.intensity_range)
+    onnx.save(model, str(output))
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
 
     def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

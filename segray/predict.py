@@ -44,6 +44,7 @@ from torch import nn
 from segray.checkpoint import fetch_checkpoint, model_id
 from segray.config import Config
 from segray.data import decode_image
+from segray.data.intensity import Bands, intensity_ranges, to_uint8
 from segray.inference.ensemble import load_members
 from segray.inference.network import Preprocess, ProbabilityModel
 from segray.inference.postprocess import PostProcess
@@ -264,14 +265,23 @@ class Segmenter:
         """Any accepted image -> (H, W, channels) uint8, the model's input channels.
 
         Paths and bytes are decoded by `segray.data.decode_image` (EXIF rotation, any PIL mode,
-        ``segment.max_pixels`` limit). Arrays may be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4),
-        uint8 or uint16 (divided by 257), or bool; alpha is dropped. PIL images become such an
-        array (other modes are converted to RGB/RGBA first). Grayscale <-> RGB uses PIL's
+        ``segment.max_pixels`` limit, the config's ``data.intensity_range``). Arrays may be
+        (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), uint8 or uint16 (divided by 257), or bool;
+        alpha is dropped. An array of ``channels`` bands (a multi-band model) is taken whole.
+        uint8 arrays are taken as decoded; other value types (uint16, floats) are mapped by
+        ``data.intensity_range`` as decoding a file does. PIL images become such an array
+        (other modes are converted to RGB/RGBA first). Grayscale <-> RGB uses PIL's
         conversions (ITU-R 601 luma), as decoding a file does.
         """
+        intensity_range = self.config.data.intensity_range
         if isinstance(image, str | Path | bytes | bytearray):
             max_pixels = self.config.segment.max_pixels
-            return decode_image(image, channels=self.channels, max_pixels=max_pixels)
+            return decode_image(
+                image,
+                channels=self.channels,
+                max_pixels=max_pixels,
+                intensity_range=intensity_range,
+            )
         if isinstance(image, Image.Image):
             if image.mode not in _ARRAY_MODES:
                 image = image.convert("RGBA" if image.has_transparency_data else "RGB")
@@ -281,6 +291,18 @@ class Segmenter:
                 "image must be a path, bytes, a PIL image or a numpy array, "
                 f"got {type(image).__name__}"
             )
+        if image.ndim == 2:
+            image = image[..., None]
+        bands = image.shape[2] if image.ndim == 3 else 0
+        if image.dtype == np.uint8 and bands == self.channels:
+            return np.ascontiguousarray(image)
+        ranges = intensity_ranges(intensity_range)
+        raw = image.dtype not in (np.uint8, np.bool_)
+        if raw and (ranges is not None or self.channels not in (1, 3) or bands > 4):
+            if bands in (2, 4) and bands != self.channels:  # alpha dropped, as below
+                image = image[..., :-1]
+            data = Bands(image, alpha=False, mode=f"{image.dtype.name}x{image.shape[2]}")
+            return to_uint8(data, channels=self.channels, intensity_range=ranges, name="array")
         return _array_channels(_array_to_uint8(image), self.channels)
 
     # -- internals -----------------------------------------------------------

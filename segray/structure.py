@@ -23,16 +23,20 @@ Surface scores (`surface_scores`, per foreground class; distances in pixels):
 * ``boundary_f1`` at ``tol`` pixels (Csurka et al. 2013, "What is a good evaluation measure
   for semantic segmentation?"): precision = fraction of predicted boundary pixels within
   ``tol`` of a true boundary pixel, recall the converse, F1 their harmonic mean.
-* Empty masks: both empty -> hd95 = msd = 0.0 and boundary_f1 = 1.0 (nothing to find, nothing
-  found); one empty and the other not -> hd95 = msd = NaN (no distance exists; MONAI returns
-  inf there) and boundary_f1 = 0.0. Aggregate with a NaN-aware mean and report how many
-  images were NaN, as ``segray evaluate`` does.
+* Empty masks, as for Dice: both empty -> hd95 = msd = boundary_f1 = NaN (nothing to find,
+  nothing found: undefined, never a perfect 0 / 1.0), left out of a mean. One empty and the
+  other not (the object missed entirely, or found where there is none) -> the worst case,
+  finite: hd95 = msd = the image diagonal ``hypot(H, W)`` (no boundary distance can be larger)
+  and boundary_f1 = 0.0. Such an image counts in the mean, so total misses pull it down
+  instead of vanishing from it (MONAI returns inf there, which a mean cannot use);
+  `one_sided` tells them apart, and ``segray evaluate`` reports how many images were
+  penalised so.
 
 `surface_metrics` is the per-image headline: binary -> the foreground class; multi-class ->
-the mean over classes 1..K-1 present in the target or the prediction (both-empty values when
-none is), NaN when any of them is NaN. Pixels equal to ``ignore_index`` in the target are
-background in both masks, so a boundary drawn inside an ignored band (Oxford Pet trimaps)
-costs nothing.
+the mean over classes 1..K-1 present in the target or the prediction (a class on one side
+only with its worst case), NaN when no class is present in either. Pixels equal to
+``ignore_index`` in the target are background in both masks, so a boundary drawn inside an
+ignored band (Oxford Pet trimaps) costs nothing.
 
 EM scores (`em_metrics`, `v_rand`, `v_info`): the ISBI 2012 challenge's foreground-restricted
 Rand and information-theoretic scores (Arganda-Carreras et al. 2015, "Crowdsourcing the
@@ -68,6 +72,7 @@ __all__ = [
     "DEFAULT_TOL",
     "boundary",
     "em_metrics",
+    "one_sided",
     "surface_distances",
     "surface_metrics",
     "surface_scores",
@@ -76,7 +81,7 @@ __all__ = [
 ]
 
 DEFAULT_TOL = 2.0  # boundary F1 tolerance in pixels
-_BOTH_EMPTY = {"hd95": 0.0, "msd": 0.0, "boundary_f1": 1.0}  # nothing to find, nothing found
+_BOTH_EMPTY = {"hd95": math.nan, "msd": math.nan, "boundary_f1": math.nan}  # undefined
 _CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity
 
 
@@ -112,8 +117,9 @@ def surface_scores(
     has_pred, has_true = bool(np.any(pred)), bool(np.any(true))
     if not has_pred and not has_true:
         return dict(_BOTH_EMPTY)
-    if not has_pred or not has_true:
-        return {"hd95": math.nan, "msd": math.nan, "boundary_f1": 0.0}
+    if not has_pred or not has_true:  # the worst case, finite (module docstring)
+        diagonal = math.hypot(*np.shape(pred))
+        return {"hd95": diagonal, "msd": diagonal, "boundary_f1": 0.0}
     d_pred, d_true = surface_distances(pred, true)
     precision = float(np.mean(d_pred <= tol))
     recall = float(np.mean(d_true <= tol))
@@ -145,6 +151,19 @@ def surface_metrics(
     if not scores:
         return dict(_BOTH_EMPTY)
     return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+
+
+def one_sided(
+    pred: np.ndarray, target: np.ndarray, *, num_classes: int, ignore_index: int | None = None
+) -> bool:
+    """Whether a foreground class is in only one of ``pred`` and ``target`` (valid pixels), so
+    that `surface_metrics` scored it with the worst case (module docstring)."""
+    pred, target = _check(pred, target)
+    valid = target != ignore_index if ignore_index is not None else np.ones(target.shape, bool)
+    for c in [1] if num_classes == 1 else range(1, num_classes):
+        if bool(((pred == c) & valid).any()) != bool(((target == c) & valid).any()):
+            return True
+    return False
 
 
 def em_metrics(

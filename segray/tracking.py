@@ -16,7 +16,8 @@ in ``OUTPUT/tracking.json``, and a trial's run carries the tag ``segray.trial_id
 parent, so a retried trial and a resumed search reattach to their runs. A retried epoch is not
 logged twice.
 
-A tracking server that cannot be reached is a `TrackingWarning` naming its URI, never a failed
+A tracking server that cannot be reached is a `TrackingWarning` naming its URI (its user-info
+dropped, as in every param, warning and ``tracking.json``: `segray.secrets`), never a failed
 run: every call is wrapped, and after the first failure the tracker falls silent. The MLflow
 client's retries and timeout are kept short (``MLFLOW_HTTP_REQUEST_*``, unless already set) so
 that an unreachable server costs seconds, not minutes.
@@ -32,6 +33,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
+
+from segray.secrets import redact_uri, scrub_text
 
 __all__ = [
     "CLIENT_ENV",
@@ -59,6 +62,9 @@ CLIENT_ENV = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
 }
+# MLflow prints a link to every run it closes, built from the tracking URI as given: with the
+# URI's user-info (``https://user:token@host``) in it. Silenced for such a URI.
+QUIET_URL_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 BATCH = 100  # params / tags per log_batch call (MLflow's limit)
 
@@ -93,7 +99,7 @@ def settings_from_config(cfg: Any) -> TrackingSettings | None:
         from segray.config import ConfigError
 
         raise ConfigError(
-            f"tracking to {uri} needs mlflow: pip install 'segray[mlflow]' (or unset "
+            f"tracking to {redact_uri(uri)} needs mlflow: pip install 'segray[mlflow]' (or unset "
             f"tracking.mlflow_uri and ${ENV_URI})"
         ) from None
     return TrackingSettings(
@@ -112,6 +118,7 @@ def _param_text(value: Any) -> str:
         text = json.dumps(value)
     else:
         text = str(value)
+    text = scrub_text(text)  # a param is shown to everyone who reads the experiment
     return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
 
 
@@ -150,6 +157,8 @@ class Tracker:
         if settings is not None:
             for key, value in CLIENT_ENV.items():
                 os.environ.setdefault(key, value)
+            if redact_uri(settings.uri) != settings.uri:
+                os.environ[QUIET_URL_ENV] = "true"
 
     # -- state -------------------------------------------------------------
     @property
@@ -184,9 +193,9 @@ class Tracker:
             return fn()
         except Exception as e:  # noqa: BLE001 - any client/network error: warn, never fail
             self._failed = True
-            reason = " ".join(str(e).split())[:300]
+            reason = scrub_text(" ".join(str(e).split()))[:300]
             warnings.warn(
-                f"MLflow tracking at {self.uri} failed to {what} ({type(e).__name__}: "
+                f"MLflow tracking at {redact_uri(self.uri or '')} failed to {what} ({type(e).__name__}: "
                 f"{reason}); training goes on without tracking",
                 TrackingWarning,
                 stacklevel=3,
@@ -397,7 +406,7 @@ def saved_run_id(output: str, settings: TrackingSettings | None) -> str | None:
         data = json.loads(with_retries(loc.read_bytes, what="read"))
     except (OSError, ValueError):  # none yet (or unreadable): a new run
         return None
-    return data.get("run_id") if data.get("uri") == settings.uri else None
+    return data.get("run_id") if data.get("uri") == redact_uri(settings.uri) else None
 
 
 def save_run_id(output: str, tracker: Tracker) -> None:
@@ -407,7 +416,7 @@ def save_run_id(output: str, tracker: Tracker) -> None:
     from segray.storage import Location, with_retries
 
     data = {
-        "uri": tracker.settings.uri,
+        "uri": redact_uri(tracker.settings.uri),  # the server, never its credentials
         "experiment_id": tracker.settings.experiment_id,
         "run_id": tracker.run_id,
     }

@@ -6,6 +6,7 @@ the trial id, so a retried trial resumes from its own last checkpoint. ASHA sche
 reported ``epoch`` (monotone across retries), not on Tune's iteration count.
 
     OUT/config.yaml            the base config, search space included
+    OUT/splits.json            the keys of train, val and test (and of each fold, for cv)
     OUT/ray/tune/              Tune's experiment state (``--resume OUT`` restores it)
     OUT/ray/trials/trial_ID/   each trial's Ray Train run and checkpoints
     OUT/trials.parquet         one row per trial: params, status, best/last metrics, epochs ...
@@ -23,9 +24,15 @@ exactly its sampled values and whose metrics its rank 0 logs each epoch.
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import logging
 import os
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,10 +41,13 @@ import pandas as pd
 import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.stopper import Stopper
 
-from segray.cluster import ResourceError, check_fits, ensure_ray
+from segray.cluster import ResourceError, RunInterrupted, check_fits, ensure_ray
 from segray.config import Config, apply_overrides
 from segray.data import inspect_data
+from segray.data.split import write_splits
 from segray.search_space import SearchSpace, parse_space
 from segray.searcher import BestPlateauStopper, ClusterSizedLimiter, RankedOptunaSearch
 from segray.storage import Location
@@ -51,6 +61,9 @@ from segray.tracking import (
 )
 from segray.train import run_training, worker_resources
 from segray.tune_results import (
+    ASHA_MARKER,
+    DONE_MARKER,
+    SEARCH_STOP,
     TuneResult,
     collect,
     config_from_yaml,
@@ -62,8 +75,8 @@ from segray.tune_results import (
 
 __all__ = ["TuneResult", "run_tune"]
 
+logger = logging.getLogger(__name__)
 EXPERIMENT = "tune"
-DONE_MARKER = "segray_done.json"
 DRIVER_MEMORY = 256 * 1024**2  # bytes reserved by each trial's driver
 
 
@@ -158,12 +171,78 @@ def _searcher(cfg: Config, space: SearchSpace):
     return ClusterSizedLimiter(searcher, trial_resources(cfg), cfg.tune.max_concurrent_trials)
 
 
-def _scheduler(cfg: Config):
+class RecordingASHA(ASHAScheduler):
+    """ASHA that leaves a marker in the folder of each trial it stops at a rung, so that the
+    results tell a trial ASHA stopped from one the time budget or an interrupt stopped."""
+
+    def __init__(self, *, trials_uri: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.trials_uri = trials_uri
+
+    def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        epoch = result.get("epoch")
+        if decision == self.STOP and epoch is not None and epoch < self._max_t:
+            marker = f"{self.trials_uri}/trial_{trial.trial_id}/{ASHA_MARKER}"
+            write_json(marker, {"by": "asha", "epoch": epoch})
+        return decision
+
+
+class SearchStop(Stopper):
+    """The whole search's stop: the time budget (``tune.time_budget_s``: seconds the search
+    runs, summed over its resumes) and the plateau stop; the first that fires is written to
+    ``record`` (``OUT/ray/segray_search_stop.json``), which labels the trials it cut short.
+
+    Tune saves the stopper with the search. Restored (a resume), it reads the budget again
+    from ``config`` (``OUT/config.yaml``), so a resume may change it."""
+
+    def __init__(
+        self,
+        record: str,
+        plateau: Stopper | None,
+        budget_s: float | None,
+        config: str | None = None,
+    ):
+        self.record, self.config = record, config
+        self.plateau = plateau
+        self.budget_s = budget_s
+        self.used_s = 0.0  # seconds the search ran, over all its starts
+        self.last: float | None = None
+        self.fired: str | None = None
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return bool(self.plateau is not None and self.plateau(trial_id, result))
+
+    def stop_all(self) -> bool:
+        now = time.monotonic()
+        self.used_s += 0.0 if self.last is None else now - self.last
+        self.last = now
+        for name, hit in (
+            ("plateau", self.plateau is not None and self.plateau.stop_all()),
+            ("time budget", self.budget_s is not None and self.used_s >= self.budget_s),
+        ):
+            if hit:
+                if self.fired is None:
+                    self.fired = name
+                    logger.info("search stopped by its %s", name)
+                    write_json(self.record, {"by": name})
+                return True
+        return False
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.last = None  # the time between two runs of the search is not the search's
+        text = read_text(self.config) if self.config else None
+        if text is not None:
+            self.budget_s = config_from_yaml(text).tune.time_budget_s
+            self.fired = None
+
+
+def _scheduler(cfg: Config, trials_uri: str):
     if cfg.tune.scheduler == "none":
         return None
-    from ray.tune.schedulers import ASHAScheduler
-
-    return ASHAScheduler(
+    return RecordingASHA(
+        trials_uri=trials_uri,
         time_attr="epoch",  # monotone across trial retries (training_iteration restarts at 1)
         metric=cfg.tune.metric,
         mode=cfg.tune.mode,
@@ -173,15 +252,49 @@ def _scheduler(cfg: Config):
     )
 
 
-def _stopper(cfg: Config) -> BestPlateauStopper | None:
-    if cfg.tune.plateau_trials is None:
-        return None
-    return BestPlateauStopper(
-        cfg.tune.metric,
-        cfg.tune.mode,
-        patience=cfg.tune.plateau_trials,
-        max_epochs=cfg.tune.max_epochs or cfg.train.epochs,
+def _stopper(cfg: Config, out: str) -> SearchStop | None:
+    plateau = None
+    if cfg.tune.plateau_trials is not None:
+        plateau = BestPlateauStopper(
+            cfg.tune.metric,
+            cfg.tune.mode,
+            patience=cfg.tune.plateau_trials,
+            max_epochs=cfg.tune.max_epochs or cfg.train.epochs,
+        )
+    return SearchStop(
+        f"{out}/ray/{SEARCH_STOP}", plateau, cfg.tune.time_budget_s, f"{out}/config.yaml"
     )
+
+
+@contextmanager
+def _watch_sigint() -> Iterator[Callable[[], bool]]:
+    """Around `Tuner.fit`: whether Tune caught a SIGINT (Ctrl-C) and returned early.
+
+    Tune replaces the SIGINT handler while it runs, and on the first SIGINT it stops the
+    search gracefully, puts back the handler it found and returns as if finished. So the
+    handler installed here is in place again after the fit exactly when Tune caught one.
+    """
+    catching = threading.current_thread() is threading.main_thread() and not int(
+        os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0")
+    )
+    if not catching:  # Tune installs no handler (and a SIGINT raises KeyboardInterrupt)
+        yield lambda: False
+        return
+    before = signal.getsignal(signal.SIGINT)
+
+    def mine(signum, frame):  # a SIGINT outside Tune's loop: what it did before
+        if callable(before):
+            before(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, mine)
+    caught = [False]
+    try:
+        yield lambda: caught[0]
+    finally:
+        caught[0] = signal.getsignal(signal.SIGINT) is mine
+        signal.signal(signal.SIGINT, before)
 
 
 def _trainable(
@@ -213,16 +326,24 @@ def run_tune(
     *,
     resume: bool = False,
     address: str | None = None,
+    continue_with: str | None = None,
 ) -> TuneResult:
-    """Run (or with ``resume=True`` continue) the search described by ``cfg.tune``."""
+    """Run (or with ``resume=True`` continue) the search described by ``cfg.tune``.
+
+    Resuming, ``cfg`` (None: the saved config) may change only `SEARCH_RESUME_MUTABLE`, and the
+    dataset must still match the saved ``fingerprint.json``. Interrupted (Ctrl-C), it
+    publishes nothing and raises `RunInterrupted`, whose message ends with ``continue_with``
+    (default ``segray tune --resume OUT``)."""
     started = time.time()
     out = str(output) if "://" in str(output) else str(Path(output).resolve())
     exp_uri = f"{out}/ray/{EXPERIMENT}"
+    saved_cfg = None
     if resume:
         saved = read_text(f"{out}/config.yaml")
         if saved is None:
             raise FileNotFoundError(f"{out}: no config.yaml: not a segray tune output")
-        cfg = config_from_yaml(saved)
+        saved_cfg = config_from_yaml(saved)
+        cfg = saved_cfg if cfg is None else cfg
     elif cfg is None:
         raise ValueError("run_tune needs a config unless resuming")
     elif _can_restore(exp_uri):
@@ -234,6 +355,8 @@ def run_tune(
     settings = settings_from_config(cfg)  # a tracking URI without mlflow: fails here too
     ensure_ray(address)
     cfg, fingerprint = inspect_data(cfg, echo=True)  # mask_mode: auto resolved; one summary line
+    if saved_cfg is not None:
+        _check_resume(saved_cfg, cfg, out, fingerprint.to_dict())
     per_worker = worker_resources(cfg)
     try:
         check_fits(
@@ -244,6 +367,7 @@ def run_tune(
     if not resume:
         write_text(f"{out}/config.yaml", cfg.to_yaml())
         write_text(f"{out}/fingerprint.json", fingerprint.to_json())
+        write_splits(cfg, out)  # splits.json: the keys of each split (and fold, for cv)
 
     parent = _open_search_run(settings, cfg, out, resume)
     trials_uri = f"{out}/ray/trials"
@@ -252,6 +376,8 @@ def run_tune(
     if resume:
         if not _can_restore(exp_uri):
             raise FileNotFoundError(f"{out}: no search state to resume under {exp_uri}")
+        if saved_cfg is not None and not space.is_grid:
+            _reopen_search(exp_uri, saved_cfg, cfg)
         exp = Location.parse(exp_uri)
         tuner = tune.Tuner.restore(
             exp.path,
@@ -266,30 +392,101 @@ def run_tune(
             param_space=space.tune_param_space(),
             tune_config=tune.TuneConfig(
                 search_alg=_searcher(cfg, space),
-                scheduler=_scheduler(cfg),
+                scheduler=_scheduler(cfg, trials_uri),
                 num_samples=1 if space.is_grid else cfg.tune.num_samples,
                 # A searcher's concurrency follows the cluster (ClusterSizedLimiter); a grid
                 # (no searcher) runs as many trials as the cluster holds at the start.
                 max_concurrent_trials=max_concurrent(cfg) if space.is_grid else None,
-                time_budget_s=cfg.tune.time_budget_s,
             ),
             run_config=tune.RunConfig(
                 name=EXPERIMENT,
                 storage_path=Location.parse(f"{out}/ray").path,
                 storage_filesystem=Location.parse(out).fs,
                 failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
-                stop=_stopper(cfg),
+                stop=_stopper(cfg, out),
             ),
         )
     try:
-        grid = tuner.fit()
+        with _watch_sigint() as interrupted:
+            grid = tuner.fit()
+        if interrupted():
+            raise RunInterrupted("Ctrl-C")
         result = collect(cfg, space, grid, out, time.time() - started, tracker=parent)
+    except KeyboardInterrupt as e:
+        parent.end("KILLED")
+        how = continue_with or f"segray tune --resume {out}"
+        raise RunInterrupted(
+            f"the search in {out} stopped before it finished ({e or 'Ctrl-C'}); nothing was "
+            f"published; continue it with: {how}"
+        ) from None
     except BaseException:
         parent.end("FAILED")
         raise
     _close_trial_runs(parent, result.trials)
     parent.end("FINISHED")
     return result
+
+
+# Keys a resumed search may change: what each trial's training reads when it starts (its
+# config comes from the search's config at every start), none of which changes a trial's
+# trajectory. Everything else would make the restored trials and searcher state disagree.
+SEARCH_RESUME_MUTABLE = (
+    "data.loader_workers",
+    "data.eval_batch_size",
+    "train.max_failures",
+    "train.heap_reuse",
+    "tracking.",
+    "segment.",
+    "tune.num_samples",
+    "tune.time_budget_s",
+)
+# The parts of fingerprint.json that describe the data (not the segray version or where
+# the data lives).
+_FINGERPRINT_KEYS = ("pairs", "images", "masks", "mask_histogram", "mapping", "class_fraction")
+
+
+def _check_resume(saved: Config, cfg: Config, out: str, fingerprint: dict[str, Any]) -> None:
+    """Refuse, in one line, a resume whose config changes more than `SEARCH_RESUME_MUTABLE`
+    or whose dataset no longer matches ``OUT/fingerprint.json``; apply and print the rest."""
+    from segray.config import ConfigError
+    from segray.train import check_resume_config
+
+    applied = check_resume_config(saved, cfg, out, mutable=SEARCH_RESUME_MUTABLE, what="search")
+    before = read_json(f"{out}/fingerprint.json")
+    if before is not None:
+        now = json.loads(json.dumps(fingerprint, default=str))  # as fingerprint.json holds it
+        differ = [k for k in _FINGERPRINT_KEYS if k in before and before.get(k) != now.get(k)]
+        if differ:
+            pairs = f" ({before.get('pairs')} -> {now.get('pairs')} pairs)" * ("pairs" in differ)
+            raise ConfigError(
+                f"--resume {out}: the dataset changed since the search started: "
+                f"{', '.join(differ)} differ from {out}/fingerprint.json{pairs}; start a new "
+                "search in another --output"
+            )
+    if applied:
+        print(f"resume: applying {', '.join(applied)}", flush=True)
+        write_text(f"{out}/config.yaml", cfg.to_yaml())
+
+
+def _reopen_search(exp_uri: str, saved: Config, cfg: Config) -> None:
+    """A resume that changes ``tune.num_samples`` or the time budget: Tune restores the trial
+    count, and whether the search has finished, from its searcher's saved state, so they are
+    set there (a larger budget or count reopens a search that had ended)."""
+    import ray.cloudpickle as cloudpickle
+
+    if (saved.tune.num_samples, saved.tune.time_budget_s) == (
+        cfg.tune.num_samples,
+        cfg.tune.time_budget_s,
+    ):
+        return
+    folder = Location.parse(exp_uri)
+    names = [i.base_name for i in folder.list(recursive=False)]
+    for name in fnmatch.filter(names, "search_gen_state-*.json"):
+        loc = folder.join(name)
+        state = cloudpickle.loads(loc.read_bytes())
+        state["total_samples"] = cfg.tune.num_samples
+        state["finished"] = state["counter"] >= cfg.tune.num_samples
+        loc.write(cloudpickle.dumps(state))
 
 
 # --------------------------------------------------------------------------- MLflow

@@ -33,13 +33,17 @@ from segray.checkpoint import (
     copy_checkpoint,
     download_checkpoint,
 )
+from segray.cluster import RunInterrupted
 from segray.config import Config, load_config
 from segray.search_space import SearchSpace
 from segray.searcher import score_key
-from segray.storage import Location, with_retries
+from segray.storage import Location, publish_folder, with_retries
 from segray.tracking import Tracker, metric_values
 
 __all__ = [
+    "ASHA_MARKER",
+    "DONE_MARKER",
+    "SEARCH_STOP",
     "TuneResult",
     "collect",
     "config_from_yaml",
@@ -48,6 +52,11 @@ __all__ = [
     "write_json",
     "write_text",
 ]
+
+
+DONE_MARKER = "segray_done.json"  # in a trial's folder: its training returned (all epochs)
+ASHA_MARKER = "segray_stopped.json"  # in a trial's folder: ASHA stopped it at a rung
+SEARCH_STOP = "segray_search_stop.json"  # in OUT/ray: what ended the whole search (budget ...)
 
 
 @dataclass
@@ -105,6 +114,7 @@ def collect(
     max_epochs = cfg.tune.max_epochs or cfg.train.epochs
     rows, histories = [], []
     trials_uri = f"{out}/ray/trials"
+    search_stop = read_json(f"{out}/ray/{SEARCH_STOP}") or {}
     for r in grid:
         trial_id = (r.metrics or {}).get("trial_id") or _trial_id_from_path(r.path)
         params = space.decode(r.config or {})
@@ -114,6 +124,7 @@ def collect(
             **{f"param.{k}": _cell(v) for k, v in params.items()},
         }
         row["status"] = "ERROR" if r.error else "TERMINATED"
+        row["stopped_by"] = None
         row["error"] = str(r.error).strip().splitlines()[-1][:500] if r.error else None
         row["wall_time_s"] = float((r.metrics or {}).get("time_total_s", math.nan))
         if not hist.empty and metric in hist:
@@ -132,24 +143,18 @@ def collect(
                     "train_time_s": float(hist["epoch_time_s"].sum()),
                 }
             )
-            row["stopped_early"] = bool(
-                not r.error
-                and row["epochs_run"] < max_epochs
-                and not bool(hist["stopped_early"].iloc[-1])
-            )
             histories.append(hist.assign(trial_id=trial_id))
         else:
-            row.update(
-                {
-                    f"best_{metric}": math.nan,
-                    "epochs_run": 0,
-                    "stopped_early": False,
-                    "best_checkpoint": None,
-                }
-            )
+            row.update({f"best_{metric}": math.nan, "epochs_run": 0, "best_checkpoint": None})
+        if not r.error and row["epochs_run"] < max_epochs:
+            row["status"], row["stopped_by"] = _why_unfinished(trials_uri, trial_id, search_stop)
+        row["stopped_early"] = row["stopped_by"] == "asha"  # by ASHA, at a rung
         rows.append(row)
     trials = pd.DataFrame(rows)
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
+    unfinished = int((trials["status"] == "INTERRUPTED").sum()) if len(trials) else 0
+    if unfinished:  # Tune stopped them for no recorded reason: an interrupt. Publish nothing.
+        raise RunInterrupted(f"{unfinished} of {len(trials)} trials did not finish")
 
     best_row = None
     col = f"best_{metric}"
@@ -161,6 +166,8 @@ def collect(
         "completed": int((trials["status"] == "TERMINATED").sum()) if len(trials) else 0,
         "errored": int((trials["status"] == "ERROR").sum()) if len(trials) else 0,
         "stopped_early": int(trials["stopped_early"].sum()) if len(trials) else 0,
+        "stopped_by_budget": _count(trials, "stopped_by", "time budget"),
+        "stopped_by_plateau": _count(trials, "stopped_by", "plateau"),
         "metric": metric,
         "mode": mode,
         "trial_epochs_total": int(trials["epochs_run"].sum()) if len(trials) else 0,
@@ -189,6 +196,28 @@ def collect(
         _publish(stage, out)
     best_path = f"{out}/best" if best_local else None
     return TuneResult(out, trials, history, summary, best_path)
+
+
+def _why_unfinished(
+    trials_uri: str, trial_id: str | None, search_stop: dict[str, Any]
+) -> tuple[str, str | None]:
+    """(status, stopped_by) of a trial that ran fewer than all its epochs and did not fail.
+
+    Its training returned (its own early stopping): finished. ASHA stopped it: the marker ASHA
+    left. The whole search stopped (time budget, plateau): what stopped it. Otherwise Tune
+    stopped it for no recorded reason: the search was interrupted."""
+    folder = f"{trials_uri}/trial_{trial_id}"
+    if trial_id is not None and read_text(f"{folder}/{DONE_MARKER}") is not None:
+        return "TERMINATED", None
+    if trial_id is not None and read_text(f"{folder}/{ASHA_MARKER}") is not None:
+        return "TERMINATED", "asha"
+    if search_stop.get("by"):
+        return "TERMINATED", str(search_stop["by"])
+    return "INTERRUPTED", None
+
+
+def _count(trials: pd.DataFrame, column: str, value: Any) -> int:
+    return int((trials[column] == value).sum()) if column in trials else 0
 
 
 def _kept_epochs(trials_uri: str, trial_id: str | None) -> set[int]:
@@ -278,9 +307,18 @@ def _publish(stage: Path, out: str) -> None:
             else:
                 os.replace(item, dst / item.name)
         return
-    pafs.copy_files(
-        str(stage), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
-    )
+    # Object storage: best/ behind a pointer written last (one PUT), so a kill mid-publish
+    # never pairs one trial's model.pt with another's config.yaml; then the other files.
+    if (stage / "best").is_dir():
+        publish_folder(stage / "best", Location(fs, f"{path}/best", f"{out}/best"))
+    for item in stage.iterdir():
+        if item.name != "best":
+            pafs.copy_files(
+                str(item),
+                f"{path}/{item.name}",
+                source_filesystem=pafs.LocalFileSystem(),
+                destination_filesystem=fs,
+            )
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

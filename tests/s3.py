@@ -103,12 +103,22 @@ class FaultProxy:
     ``p`` it is answered ``503`` with an S3 ``SlowDown`` body, with probability ``p_drop`` the
     connection is closed without an answer, otherwise it is forwarded unchanged (method, path,
     headers and raw body bytes, chunked framing included) and the upstream answer returned.
+    With ``puts`` set, only the first ``puts`` PUT requests are forwarded and every later one
+    is answered ``503`` (a writer cut off midway; reads still work).
     Counters: ``requests``, ``failed_503``, ``dropped``.
     """
 
-    def __init__(self, upstream: str, *, p: float = 0.0, p_drop: float = 0.0, seed: int = 0):
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        p: float = 0.0,
+        p_drop: float = 0.0,
+        seed: int = 0,
+        puts: int | None = None,
+    ):
         self.upstream = urlsplit(upstream).netloc
-        self.p, self.p_drop = p, p_drop
+        self.p, self.p_drop, self.puts = p, p_drop, puts
         self.requests = self.failed_503 = self.dropped = 0
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -126,9 +136,14 @@ class FaultProxy:
         self._httpd.server_close()
         self._thread.join()
 
-    def _fate(self) -> str:
+    def _fate(self, method: str = "GET") -> str:
         with self._lock:
             self.requests += 1
+            if method == "PUT" and self.puts is not None:
+                if self.puts <= 0:
+                    self.failed_503 += 1
+                    return "503"
+                self.puts -= 1
             draw = self._rng.random()
             if draw < self.p:
                 self.failed_503 += 1
@@ -168,7 +183,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 body = _read_chunked(self.rfile)
             else:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            fate = proxy._fate()
+            fate = proxy._fate(self.command)
             if fate == "drop":
                 self.close_connection = True  # close without a byte of answer
                 return

@@ -62,3 +62,14 @@ def test_synth_writes_dataset(tmp_path):
 def test_every_shipped_config_validates(path):
     cfg = load_config(path)
     assert cfg.num_classes >= 1
+
+
+def test_inspect_writes_its_fingerprint_only_where_output_says(tmp_path, monkeypatch, capsys):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    data = ["data.synthetic.num=8", "data.synthetic.size=32"]
+    assert main(["inspect", *data]) == 0
+    assert list(cwd.iterdir()) == [] and "fingerprint ->" not in capsys.readouterr().out
+    assert main(["inspect", *data, "--output", str(tmp_path / "fp")]) == 0
+    assert (tmp_path / "fp" / "fingerprint.json").is_file() and list(cwd.iterdir()) == []

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from segray.storage import Location
+from segray.storage import Location, resolve_published
 from tests.conftest import TINY
 from tests.test_train_resume import _poll, _segray
 from tests.test_tune import SEARCH
@@ -80,8 +80,8 @@ def test_search_on_s3_resumes_and_its_best_checkpoint_serves_from_s3(
     assert {f"trial_{t}" for t in trials["trial_id"]} >= done
     after = _files(out)
     assert stamps and all(after[rel].mtime == t for rel, t in stamps.items())  # not retrained
-    # best/ holds what inference needs, not the optimizer state.
-    best = {rel.split("/", 1)[1] for rel in after if rel.startswith("best/")}
+    # best/ holds what inference needs, not the optimizer state, behind its pointer.
+    best = set(_files(resolve_published(f"{out}/best").uri))
     assert {"model.pt", "config.yaml", "metrics.json"} <= best and "train_state.pt" not in best
 
     from segray.predict import load_segmenter
@@ -121,8 +121,9 @@ def test_training_output_on_s3(ray_exclusive, s3_bucket: str, tmp_path: Path):
     files = _files(out)
     for name in ("config.yaml", "fingerprint.json", "history.parquet"):
         assert name in files, sorted(files)
-    for which in ("last", "best"):
-        assert f"checkpoints/{which}/model.pt" in files
+    for which in ("last", "best"):  # each a version behind its pointer, written last
+        assert f"checkpoints/{which}/current.json" in files
+        assert "model.pt" in _files(resolve_published(f"{out}/checkpoints/{which}").uri)
     assert any(rel.startswith("ray/") for rel in files)  # Ray's run state under the output
     history = _table(f"{out}/history.parquet")
     assert history["epoch"].tolist() == [1, 2]

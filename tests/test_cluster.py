@@ -429,7 +429,7 @@ class TestTwoNodes:
         extra = cluster.add_node(num_cpus=1)
         try:
             cluster.wait_for_nodes()
-            _wait_until(lambda: limiter.capacity() == 3, 30, "the new node's CPU to count")
+            _wait_until(lambda: limiter.capacity() == 3, 120, "the new node's CPU to count")
             assert [limiter.suggest(f"t{i}") for i in range(4)] == [{"x": 1}] * 3 + [None]
             assert limiter.max_concurrent == 3
         finally:

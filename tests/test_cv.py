@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -98,7 +97,7 @@ CV = [
     *(o for o in TINY if not o.startswith("data.split_ids")),
     "data.synthetic.num=24",
     "data.split=[0.75,0.0,0.25]",
-    r"data.group_by=^(\d{3})",  # stems 0000-0023: groups 000, 001, 002
+    r"data.group_by=(\d)$",  # stems 0000-0023: 10 groups by the last digit, 2 or 3 images
     "train.epochs=2",
     "train.max_failures=0",
 ]
@@ -126,15 +125,22 @@ def test_cv_trains_every_fold_and_predicts_every_pooled_image_once(cv_run):
 
     oof = pd.read_parquet(out / "oof.parquet")
     cfg = prepare_data(load_config(None, CV)).data
-    base = split_samples(list_samples(cfg, check=False), cfg.split, cfg.split_seed)
+    base = split_samples(
+        list_samples(cfg, check=False), cfg.split, cfg.split_seed, None, cfg.group_by
+    )
     pool = {s.key for s in base["train"] + base["val"]}
     assert base["test"] and sorted(oof["key"]) == sorted(pool)  # test never predicted
     # Folds follow group_by: every group's images were validated by one fold.
-    group_folds = oof.groupby(oof["key"].map(lambda k: re.match(r"^(\d{3})", k).group(1)))[
-        "fold"
-    ].nunique()
+    group_folds = oof.groupby(oof["key"].map(lambda k: k[-1]))["fold"].nunique()
     assert (group_folds == 1).all()
     assert (per_fold["num_val_images"].to_numpy() == oof.groupby("fold").size().to_numpy()).all()
+    # splits.json beside config.yaml: the pool, test and each fold's keys, as the folds ran
+    splits = json.loads((out / "splits.json").read_text())
+    assert sorted(splits["train"] + splits["val"]) == sorted(pool)
+    assert splits["test"] == [s.key for s in base["test"]]
+    assert [sorted(f["val"]) for f in splits["folds"]] == [
+        sorted(oof[oof["fold"] == f]["key"]) for f in (0, 1)
+    ]
 
     summary = json.loads((out / "cv_summary.json").read_text())
     assert summary["folds"] == 2 and summary["oof_dice_postprocessed"] >= summary["oof_dice"] - 1e-9

@@ -1,12 +1,18 @@
 """deploy/ works as shipped: the KubeRay manifests validate against the KubeRay 1.7 CRDs, their
 entrypoints parse with segray's own CLI and load their config, every pod gets what a GPU search
 needs (/dev/shm in memory, the storage credentials, the data volume, the one image), and the
-Dockerfile builds on the Ray version segray runs. No Ray, no cluster: YAML and argparse only.
+Dockerfile builds on the Ray version segray runs. The cluster lets no one else in: token
+authentication on every Ray cluster, the token (never the storage keys) on the submitter, a
+NetworkPolicy (validated against the Kubernetes schema) that admits the Ray ports only from the
+cluster's own pods and its submitter, and no Service that takes the dashboard outside the
+cluster. No Ray, no cluster: YAML and argparse only (tests/test_auth.py runs a token-protected
+head).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shlex
 from functools import cache
@@ -28,9 +34,17 @@ CRD_FILES = {
     "RayJob": "kuberay-1.7-ray.io_rayjobs.yaml",
     "RayCluster": "kuberay-1.7-ray.io_rayclusters.yaml",
 }
-KINDS = {*CRD_FILES, "Secret"}
+KINDS = {*CRD_FILES, "Secret", "NetworkPolicy"}
+# The Kubernetes API's io.k8s.api.networking.v1.NetworkPolicy as a self-contained JSON schema.
+NETWORK_POLICY_SCHEMA = (
+    Path(__file__).parent / "fixtures" / "kubernetes" / "networkpolicy-networking.k8s.io-v1.json"
+)
 RAY_VERSION = version("ray")  # = ray.__version__, without importing Ray
 SECRET = "segray-storage"
+TOKEN_SECRET = "segray-ray-token"  # the Ray cluster's token, key auth_token (authOptions)
+CLUSTER_LABEL = "segray.io/ray-cluster"  # on the head and worker pods: what the policy selects
+CLIENT_LABEL = {"segray.io/ray-client": "true"}  # the submitter and other admitted clients
+SUBMITTER_PORTS = {8265, 10001}  # the job API and the Ray Client: all a submitter may reach
 # Text a user must replace. Any line holding one must say so with a trailing `# EDIT` comment.
 PLACEHOLDER = re.compile(
     r"YOUR[-_]|REGISTRY/|my-(registry|bucket|org)\b|example\.(com|org)|CHANGE-?ME|<[a-z-]+>|\bTODO\b",
@@ -339,3 +353,166 @@ def test_dockerfile_builds_on_the_ray_segray_runs():
     ignored = (ROOT / ".dockerignore").read_text().split()
     for path in (".git/", ".venv/", "runs/", "benchmarks/results/"):
         assert path in ignored, f".dockerignore does not keep {path} out of the build context"
+
+
+# --------------------------------------------------------------------------- who gets in
+def _ray_clusters(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(name, RayCluster spec) of every RayJob's cluster and every RayCluster in ``path``."""
+    found = []
+    for doc in _docs(path):
+        if doc.get("kind") == "RayJob":
+            found.append((doc["metadata"]["name"], doc["spec"]["rayClusterSpec"]))
+        elif doc.get("kind") == "RayCluster":
+            found.append((doc["metadata"]["name"], doc["spec"]))
+    return found
+
+
+def _network_policies() -> list[dict[str, Any]]:
+    return [d for p in MANIFESTS for d in _docs(p) if d.get("kind") == "NetworkPolicy"]
+
+
+@cache
+def network_policy_validator() -> jsonschema.Draft7Validator:
+    schema = json.loads(NETWORK_POLICY_SCHEMA.read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a LabelSelector of matchLabels only selects a pod with ``labels``."""
+    assert set(selector) <= {"matchLabels"}, f"only matchLabels is checked here: {selector}"
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+@pytest.mark.parametrize("path", _ray_manifests(), ids=lambda p: p.name)
+def test_every_ray_cluster_requires_the_token_from_its_secret(path: Path):
+    clusters = _ray_clusters(path)
+    assert clusters
+    for name, spec in clusters:
+        auth = spec.get("authOptions", {})
+        assert auth.get("mode") == "token", (
+            f"{path.name}: {name} runs without token authentication: any pod that reaches it "
+            "can `ray job submit` code (set rayClusterSpec.authOptions.mode: token)"
+        )
+        assert auth.get("secretName") == TOKEN_SECRET, (
+            f"{path.name}: {name} takes its token from {auth.get('secretName')!r}, the README "
+            f"creates {TOKEN_SECRET}"
+        )
+        for group, pod in _pods({"spec": {"rayClusterSpec": spec}}):
+            for c in pod["containers"]:
+                mode = _env(c).get("RAY_AUTH_MODE", {}).get("value", "token")
+                assert mode == "token", f"{path.name}: {group}/{c['name']} turns auth {mode}"
+
+
+@pytest.mark.parametrize("path", _ray_manifests(), ids=lambda p: p.name)
+def test_the_submitter_holds_the_token_and_no_storage_credentials(path: Path):
+    job = _rayjob(path)
+    assert job["spec"].get("submissionMode", "K8sJobMode") == "K8sJobMode"
+    template = job["spec"]["submitterPodTemplate"]
+    assert CLIENT_LABEL.items() <= template["metadata"]["labels"].items(), (
+        f"{path.name}: the submitter lacks the label the NetworkPolicy admits: {CLIENT_LABEL}"
+    )
+    assert template["spec"]["restartPolicy"] == "Never"  # a Job's pod; KubeRay retries the job
+    (submitter,) = template["spec"]["containers"]
+    env = _env(submitter)
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    ref = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == (TOKEN_SECRET, "auth_token")
+    # Only the pods that read or write the bucket (the head: the driver; the workers: trials)
+    # get the storage Secret; the submitter runs no user code against the bucket.
+    refs = [e.get("secretRef", {}).get("name") for e in submitter.get("envFrom", [])]
+    refs += [e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") for e in env.values()]
+    assert SECRET not in refs, f"{path.name}: the submitter holds the storage credentials"
+    assert "command" not in submitter, "KubeRay fills in the `ray job submit` command"
+    images = {c["image"] for _, pod in _pods(job) for c in pod["containers"]}
+    assert images == {submitter["image"]}, f"{path.name}: the submitter runs another image"
+
+
+@pytest.mark.parametrize("path", _ray_manifests(), ids=lambda p: p.name)
+def test_no_service_takes_the_dashboard_outside_the_cluster(path: Path):
+    for name, spec in _ray_clusters(path):
+        head = spec["headGroupSpec"]
+        assert head.get("serviceType", "ClusterIP") == "ClusterIP", (
+            f"{path.name}: {name}'s head Service is {head['serviceType']}: reachable from outside"
+        )
+        assert not head.get("enableIngress"), f"{path.name}: {name} enables an Ingress"
+    exposing = {"Service", "Ingress", "Route", "Gateway", "HTTPRoute"}
+    kinds = {d.get("kind") for p in MANIFESTS for d in _docs(p)}
+    assert not kinds & exposing, f"deploy/ ships {kinds & exposing}: the dashboard stays inside"
+
+
+def test_the_network_policy_validates_against_the_kubernetes_schema():
+    policies = _network_policies()
+    assert policies, "deploy/ ships no NetworkPolicy: every pod can reach the Ray ports"
+    validator = network_policy_validator()
+    for policy in policies:
+        errors = _errors(validator, policy)
+        assert not errors, "the NetworkPolicy fails the Kubernetes schema:\n" + "\n".join(errors)
+
+    # The validator is not vacuous: a misspelt field, a wrong type and a bad enum all fail.
+    (policy,) = policies
+    typo = copy.deepcopy(policy)
+    typo["spec"]["ingress"][0]["form"] = typo["spec"]["ingress"][0].pop("from")
+    assert any("form" in e for e in _errors(validator, typo))
+    wrong = copy.deepcopy(policy)
+    wrong["spec"]["policyTypes"] = ["Inbound"]
+    assert any(e.startswith("spec.policyTypes.0") for e in _errors(validator, wrong))
+    port = copy.deepcopy(policy)
+    port["spec"]["ingress"][1]["ports"][0]["port"] = [8265]
+    assert any(e.startswith("spec.ingress.1.ports.0.port") for e in _errors(validator, port))
+
+
+def test_the_network_policy_admits_ray_ports_only_from_the_cluster_and_its_submitter():
+    (policy,) = _network_policies()
+    spec = policy["spec"]
+    assert "Ingress" in spec.get("policyTypes", []), "the policy must police ingress"
+    selected = spec["podSelector"]
+    assert selected.get("matchLabels"), "an empty podSelector would police every pod"
+    # It selects every pod of every shipped cluster (the head and each worker group) ...
+    for path in _ray_manifests():
+        job = _rayjob(path)
+        cluster = job["spec"]["rayClusterSpec"]
+        groups = [("head", cluster["headGroupSpec"])]
+        groups += [(g["groupName"], g) for g in cluster.get("workerGroupSpecs", [])]
+        for group, spec_ in groups:
+            labels = spec_["template"].get("metadata", {}).get("labels", {})
+            assert CLUSTER_LABEL in labels and _selects(selected, labels), (
+                f"{path.name}: the NetworkPolicy does not select the {group} pods ({labels})"
+            )
+        submitter = job["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+        assert not _selects(selected, submitter), "the submitter must not pass as a Ray pod"
+
+    # ... and each rule admits: the cluster's own pods (every port), the labelled submitter
+    # (job API + Ray Client only) or the KubeRay operator (the dashboard only). No IP block, no
+    # rule without a source (which would admit everyone).
+    sources = []
+    for rule in spec["ingress"]:
+        assert rule.get("from"), f"a rule without `from` admits every pod: {rule}"
+        ports = {p["port"] for p in rule.get("ports", [])}
+        assert all(p.get("protocol", "TCP") == "TCP" for p in rule.get("ports", []))
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer, f"an ipBlock admits addresses, not pods: {peer}"
+            pods = peer.get("podSelector")
+            assert pods and pods.get("matchLabels"), f"a peer of every pod: {peer}"
+            if pods == selected and "namespaceSelector" not in peer:
+                sources.append("cluster")
+            elif _selects(pods, CLIENT_LABEL) and "namespaceSelector" not in peer:
+                assert ports and ports <= SUBMITTER_PORTS, f"the submitter reaches {ports}"
+                sources.append("submitter")
+            elif pods["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}:
+                assert ports == {8265}, f"the operator reaches {ports}"
+                sources.append("operator")
+            else:
+                pytest.fail(f"the NetworkPolicy admits an unexpected peer: {peer}")
+    assert sorted(sources) == ["cluster", "operator", "submitter"], sources
+
+
+def test_the_image_turns_token_auth_on_by_default():
+    """A pod of the image started without KubeRay's authOptions refuses to run open."""
+    assert re.search(r"^ENV\s+RAY_AUTH_MODE=token\b", _dockerfile(), re.M), (
+        "deploy/Dockerfile does not set ENV RAY_AUTH_MODE=token"
+    )

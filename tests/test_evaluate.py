@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -107,7 +108,8 @@ def test_per_image_table(binary_report) -> None:
     table = pd.read_parquet(out / "per_image.parquet")
     assert list(table.columns) == [
         "key", "image", "width", "height", "dice", "iou", "precision", "recall", "accuracy",
-        "hd95", "msd", "boundary_f1", "foreground_fraction_true", "foreground_fraction_pred",
+        "hd95", "msd", "boundary_f1", "boundary_penalised", "foreground_fraction_true",
+        "foreground_fraction_pred",
     ]  # fmt: skip
     assert sorted(table["key"]) == sorted(k for k, _, _ in IMAGES)
     sizes = {k: (w, h) for k, h, w in IMAGES}
@@ -273,6 +275,18 @@ def test_worst_overlays_rank_undefined_dice_last(binary: tuple[Path, Path], tmp_
     names = [p.name for p in sorted((out / "overlays").iterdir())]
     assert {n.split("_", 1)[1].removesuffix(".png") for n in names[-2:]} == empties
     assert metrics["dice"] == 0.0  # the images with foreground: all missed
+    # Boundary metrics: the 4 total misses score the worst case (the image diagonal, F1 0) and
+    # count in the means; the 2 images with nothing to find and nothing found are left out.
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["num_images_boundary_penalised"] == 4
+    assert written["num_images_boundary_empty"] == 2
+    diagonals = [math.hypot(h, w) for k, h, w in IMAGES if k not in empties]
+    assert written["hd95"] == pytest.approx(np.mean(diagonals))
+    assert written["msd"] == pytest.approx(np.mean(diagonals))
+    assert written["boundary_f1"] == 0.0
+    table = pd.read_parquet(out / "per_image.parquet").set_index("key")
+    assert table["boundary_penalised"].to_dict() == {k: k not in empties for k, _, _ in IMAGES}
+    assert table.loc[sorted(empties), ["hd95", "msd", "boundary_f1"]].isna().all().all()
 
 
 def test_checkpoint_config_dataset_is_the_default(tmp_path: Path) -> None:
@@ -309,6 +323,9 @@ def test_checkpoint_and_report_on_object_storage(
         remote.uri, data=data, split="all", output=out, worst_k=2, progress=False
     )
     assert metrics["dice"] == pytest.approx(binary_report[0]["dice"], abs=1e-6)
+    assert metrics["checkpoint"] == remote.uri  # the URI as given, not a local-looking path
+    written = json.loads(Location.parse(out).join("metrics.json").read_bytes())
+    assert written["checkpoint"] == remote.uri and written["model_id"] == model_id(ckpt)
     files = {rel for rel, _ in Location.parse(out).list_files()}
     assert {"metrics.json", "per_image.parquet", "roc_pr.png"} <= files
     assert sum(rel.startswith("overlays/") for rel in files) == 2

@@ -52,3 +52,47 @@ def test_idle_task_worker_survives_next_to_long_lived_actors(ray_local):
     assert _alive(pid), "Ray killed the idle task worker: every short task starts a new process"
     for a in actors:
         ray.kill(a)
+
+
+def test_the_ray_lock_is_taken_over_from_an_ancestor_that_holds_it(tmp_path):
+    """`flock LOCK pytest ...` must not deadlock: the tests' fixtures, in a child of the
+    holder, go on under its lock; an unrelated taker still waits."""
+    import subprocess
+    import sys
+
+    lock = tmp_path / "ray.lock"
+    take = (
+        "from segray.cluster import local_ray_lock\n"
+        "with local_ray_lock():\n"
+        "    print('entered', flush=True)\n"
+    )
+    env = {**os.environ, "SEGRAY_RAY_LOCK": str(lock)}
+    child = subprocess.run(
+        ["flock", str(lock), sys.executable, "-c", take],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == 0 and child.stdout == "entered\n", child.stderr
+    # Held by a process that is not an ancestor: the taker waits (here: gives up at once).
+    with subprocess.Popen(["flock", str(lock), "sleep", "600"]) as holder:
+        try:
+            probe = (
+                "import fcntl, os\n"
+                "from pathlib import Path\n"
+                "from segray.cluster import _lock_held_by_ancestor\n"
+                f"f = open({str(lock)!r})\n"
+                "try:\n"
+                "    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+                "except BlockingIOError:\n"
+                f"    print('ancestor' if _lock_held_by_ancestor(Path({str(lock)!r})) else 'other')\n"
+            )
+            for _ in range(600):  # until the holder has the lock (flock takes it at once)
+                if str(holder.pid) in open("/proc/locks").read():
+                    break
+                time.sleep(0.05)
+            out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+            assert out.stdout.strip() == "other", out.stderr
+        finally:
+            holder.kill()

@@ -556,3 +556,13 @@ def test_gallery_tiles_colour_errors_against_the_ground_truth():
         assert (np.abs(overlay - expected).max(axis=1) <= 2).sum() == SIZE * SIZE // 4, kind
     plain = np.asarray(Image.open(io.BytesIO(_tile(black, encode_png(pred), None, 255))))
     assert not (np.abs(plain[:, SIZE + 2 :].reshape(-1, 3) - expected).max(axis=1) <= 2).any()
+
+
+def test_evaluation_report_says_how_many_images_the_boundary_means_penalised(tmp_path):
+    root = make_evaluation(tmp_path / "eval")
+    metrics = json.loads((root / "metrics.json").read_text())
+    metrics |= {"hd95": 40.0, "num_images_boundary_penalised": 1, "num_images_boundary_empty": 1}
+    (root / "metrics.json").write_text(json.dumps(metrics))
+    text = Path(write_report(root, tmp_path / "eval.html")).read_text()
+    assert "boundary metrics: 1 images with foreground in only one of target and" in text
+    assert "1 with foreground in neither are undefined and left out" in text

@@ -520,3 +520,79 @@ def test_adding_an_image_segments_only_its_shard(ray_local, ckpt, tmp_path: Path
     redone = df[df.run_id == again["run_id"]]
     assert "14a.png" in redone.index
     assert again["processed"] == len(redone) <= 4 * 3  # one shard (at most 4 x shard_size)
+
+
+# --------------------------------------------------------------------------- what a run records
+def test_files_not_read_are_counted_by_extension(ray_local, ckpt, tmp_path: Path, capsys):
+    inputs = _tiny(tmp_path)
+    photos = Path(inputs[0])
+    picture = Image.fromarray(np.random.default_rng(5).integers(0, 256, (36, 40, 3), np.uint8))
+    picture.save(photos / "scan.jfif", format="JPEG")  # JPEG under another name: read
+    picture.save(photos / "scan.jp2", format="JPEG2000")  # read where Pillow has OpenJPEG
+    for name in ("notes.txt", "labels.TXT", "scan.xyz", "README"):
+        (photos / name).write_text("not an image")
+    summary = run_segment(ckpt, inputs, str(tmp_path / "out"), overrides=OVERRIDES)
+    assert summary["ignored_files"] == {".txt": 2, ".xyz": 1, "": 1}
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert written["ignored_files"] == summary["ignored_files"]
+    assert "not read (not an image, tar or Parquet): 2 .txt, 1 .xyz, 1 without an extension" in (
+        capsys.readouterr().out
+    )
+    df = _read(tmp_path / "out")
+    assert df.loc["scan.jfif"].status == "ok" and df.loc["scan.jp2"].status == "ok"
+
+
+def test_rows_record_the_resolved_precision_and_a_resume_elsewhere_refuses(
+    ray_local, ckpt, tmp_path: Path, monkeypatch
+):
+    import segray.precision
+
+    inputs, out = _tiny(tmp_path), tmp_path / "out"
+    run_segment(ckpt, inputs, str(out), overrides=OVERRIDES, progress=False)
+    here = segray.precision.resolve_precision("auto", "cpu")
+    settings = json.loads((out / "_segray" / "run.json").read_text())["settings"]
+    assert settings["precision"] == here.name != "auto"
+    assert settings["channels_last"] is here.channels_last and settings["compile"] is False
+    with pytest.raises(InputError, match="compile=False"):
+        run_segment(ckpt, inputs, str(out), overrides=[*OVERRIDES, "segment.compile=true"])
+    # The same command on a CPU that resolves auto the other way must not add its rows.
+    native = segray.precision.cpu_native_bf16()
+    monkeypatch.setattr(segray.precision, "cpu_native_bf16", lambda: not native)
+    with pytest.raises(InputError, match=f"precision={here.name!r}"):
+        run_segment(ckpt, inputs, str(out), overrides=OVERRIDES, progress=False)
+
+
+# --------------------------------------------------------------------------- masks by path
+def test_nested_masks_match_by_relative_path_never_across_folders(ray_local, ckpt, tmp_path: Path):
+    rng = np.random.default_rng(3)
+    photos, gt = tmp_path / "photos", tmp_path / "gt"
+    shapes = {
+        "a/s2.png": (36, 40),
+        "b/s2.png": (36, 40),
+        "a/s3.png": (38, 40),
+        "b/s3.png": (38, 40),
+    }
+    for rel, (h, w) in shapes.items():
+        (photos / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(photos / rel)
+    masks = {  # a/s2 all foreground, b/s2 all background; b/s3 has no mask at all
+        "a/s2.png": np.full((36, 40), 255, np.uint8),
+        "b/s2.png": np.zeros((36, 40), np.uint8),
+        "a/s3.png": (rng.random((38, 40)) > 0.5).astype(np.uint8) * 255,
+    }
+    for rel, mask in masks.items():
+        (gt / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(gt / rel)
+    masks["b/s2.png"][0, 0] = 255  # one foreground pixel: the mode is chosen as threshold
+    Image.fromarray(masks["b/s2.png"]).save(gt / "b/s2.png")
+    run_segment(ckpt, [str(photos)], str(tmp_path / "out"), masks=str(gt), overrides=OVERRIDES)
+    df = _read(tmp_path / "out")
+    for rel in masks:  # each image its own mask, and metrics against it
+        row = df.loc[rel]
+        assert row.gt_mask == str(gt / rel), rel
+        pred = np.asarray(Image.open(io.BytesIO(row.mask_png)))
+        target = (masks[rel] > 127).astype(np.int64)
+        expected = per_image_metrics(pred, target, num_classes=1, ignore_index=255)
+        assert row.dice == pytest.approx(expected["dice"], abs=1e-6, nan_ok=True), rel
+    b3 = df.loc["b/s3.png"]  # a/s3.png is in another folder: not its ground truth
+    assert b3.status == "ok" and pd.isna(b3.gt_mask) and pd.isna(b3.dice)

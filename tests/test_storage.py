@@ -331,3 +331,77 @@ def test_fault_proxy_forwards_boto3_requests(s3_server, s3_bucket: str):
         assert client.head_object(Bucket=bucket, Key="k2")["ContentLength"] == 3000
         client.delete_object(Bucket=bucket, Key="k1")
         assert proxy.requests == 6 and proxy.failed_503 == proxy.dropped == 0
+
+
+# --------------------------------------------------------------------------- folder publish
+def _stage(root: Path, tag: str) -> Path:
+    """A search's staged outputs holding only best/: a checkpoint whose files all say ``tag``."""
+    for name in ("model.pt", "config.yaml", "metrics.json"):
+        (root / "best").mkdir(parents=True, exist_ok=True)
+        (root / "best" / name).write_text(f"{tag} {name}")
+    return root
+
+
+def _read_best(out: str, tmp: Path) -> set[str]:
+    """What a reader of OUT/best gets, fetched as inference fetches a checkpoint."""
+    from segray.checkpoint import download_checkpoint
+
+    got = download_checkpoint(f"{out}/best", tmp, ("model.pt", "config.yaml", "metrics.json"))
+    return {p.read_text().split()[0] for p in got.iterdir()}
+
+
+def test_best_on_object_storage_is_published_whole_or_not_at_all(
+    s3_server, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A publish of best/ cut off after 3 uploads leaves readers the previous best
+    whole (never trial B's config.yaml with trial A's model.pt); the next publish replaces it."""
+    from segray.tune_results import _publish
+
+    out = f"{s3_bucket}/search"
+    _publish(_stage(tmp_path / "a", "A"), out)
+    assert _read_best(out, tmp_path / "r1") == {"A"}
+    with FaultProxy(s3_server.endpoint, puts=3) as proxy:  # 3 uploads go in, then none
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        with pytest.raises(OSError):
+            _publish(_stage(tmp_path / "b", "B"), out)
+        assert proxy.failed_503 > 0
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    assert _read_best(out, tmp_path / "r2") == {"A"}
+    _publish(_stage(tmp_path / "b", "B"), out)
+    assert _read_best(out, tmp_path / "r3") == {"B"}
+    # Readers follow the pointer; the previous version stays for readers that resolved it
+    # just before, the cut-off one is gone.
+    best = Location.parse(f"{out}/best")
+    resolved = storage.resolve_published(best)
+    assert resolved.uri.startswith(f"{out}/best/versions/")
+    assert resolved.join("model.pt").read_bytes() == b"B model.pt"
+    versions = {rel.split("/")[1] for rel, _ in best.list_files() if rel.startswith("versions/")}
+    assert len(versions) == 2 and resolved.uri.rsplit("/", 1)[1] in versions
+    assert {rel for rel, _ in best.list_files() if not rel.startswith("versions/")} == {
+        storage.POINTER
+    }
+
+
+def test_publish_folder_on_local_disk_replaces_the_folder_whole(tmp_path: Path):
+    """Local disk: a rename, no pointer; a local copy of an object-store layout still reads."""
+    from segray.checkpoint import fetch_checkpoint
+
+    dst = tmp_path / "out" / "best"
+    storage.publish_folder(_stage(tmp_path / "a", "A") / "best", dst)
+    storage.publish_folder(_stage(tmp_path / "b", "B") / "best", dst)
+    assert {p.name: p.read_text() for p in dst.iterdir()} == {
+        n: f"B {n}" for n in ("model.pt", "config.yaml", "metrics.json")
+    }
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["best"]  # no temporaries left
+    copy = tmp_path / "copy"
+    _tree(copy, ["versions/v1/model.pt", "versions/v1/config.yaml"])
+    (copy / storage.POINTER).write_text(
+        '{"format": "segray-published-folder", "path": "versions/v1"}'
+    )
+    assert fetch_checkpoint(copy) == copy / "versions" / "v1"
+    # published_folder: written in a local folder, then published the same way.
+    with storage.published_folder(tmp_path / "ensemble") as local:
+        (local / "members").mkdir(parents=True)
+        (local / "members" / "m.txt").write_text("member")
+        assert not (tmp_path / "ensemble").exists()  # nothing there until the block ends
+    assert (tmp_path / "ensemble" / "members" / "m.txt").read_text() == "member"

@@ -21,6 +21,7 @@ from segray.predict import load_segmenter
 from segray.structure import (
     boundary,
     em_metrics,
+    one_sided,
     surface_distances,
     surface_metrics,
     surface_scores,
@@ -110,12 +111,27 @@ def test_single_pixel_shift_by_hand() -> None:
     assert sorted(d_pred) == sorted(d_true) == [0.0] * 38 + [1.0] * 38
 
 
-def test_empty_masks() -> None:
-    empty, some = np.zeros((8, 8), bool), _square(8, 2, 2, 3)
-    assert surface_scores(empty, empty) == {"hd95": 0.0, "msd": 0.0, "boundary_f1": 1.0}
-    for pred, true in ((empty, some), (some, empty)):
-        got = surface_scores(pred, true)
-        assert math.isnan(got["hd95"]) and math.isnan(got["msd"]) and got["boundary_f1"] == 0.0
+def test_hand_made_boundary_cases_both_empty_one_sided_and_normal() -> None:
+    """Both empty: undefined (NaN), as for Dice, never a perfect score. Target only (a total
+    miss) or prediction only: the finite worst case, the image diagonal and F1 0."""
+    empty = np.zeros((6, 8), bool)
+    some = empty.copy()
+    some[1:4, 2:5] = True
+    both_empty = surface_scores(empty, empty)
+    assert all(math.isnan(v) for v in both_empty.values()), both_empty
+    worst = {"hd95": 10.0, "msd": 10.0, "boundary_f1": 0.0}  # hypot(6, 8) = 10
+    assert surface_scores(empty, some) == worst  # target only: missed entirely
+    assert surface_scores(some, empty) == worst  # prediction only
+    shifted = np.roll(some, 1, axis=1)  # normal: one column off
+    assert surface_scores(shifted, some, tol=0) == {
+        "hd95": 1.0,
+        "msd": pytest.approx(4 / 8),  # 8 boundary pixels each way, 4 of them 1 pixel off
+        "boundary_f1": pytest.approx(0.5),
+    }
+    assert surface_scores(some, some) == {"hd95": 0.0, "msd": 0.0, "boundary_f1": 1.0}
+    kw = {"num_classes": 1, "ignore_index": 255}
+    assert one_sided(empty, some, **kw) and one_sided(some, empty, **kw)
+    assert not one_sided(empty, empty, **kw) and not one_sided(shifted, some, **kw)
 
 
 def test_checkerboard_against_itself_and_its_complement() -> None:
@@ -152,14 +168,14 @@ def test_surface_metrics_headline_classes_and_ignore() -> None:
     assert got == pytest.approx({k: (shifted[k] + perfect[k]) / 2 for k in perfect})
     assert surface_metrics(pred, target, num_classes=4, tol=0) == got
     missed = pred.copy()
-    missed[missed == 1] = 0  # class 1 not found: no distance exists for the image
-    assert math.isnan(surface_metrics(missed, target, num_classes=3)["hd95"])
+    missed[missed == 1] = 0  # class 1 not found: the worst case, averaged with class 2
+    worst = {"hd95": math.hypot(20, 20), "msd": math.hypot(20, 20), "boundary_f1": 0.0}
+    assert surface_metrics(missed, target, num_classes=3, tol=0) == pytest.approx(
+        {k: (shifted[k] + worst[k]) / 2 for k in worst}
+    )
+    assert one_sided(missed, target, num_classes=3) and not one_sided(pred, target, num_classes=3)
     nothing = np.zeros_like(target)
-    assert surface_metrics(nothing, nothing, num_classes=3) == {
-        "hd95": 0.0,
-        "msd": 0.0,
-        "boundary_f1": 1.0,
-    }
+    assert all(math.isnan(v) for v in surface_metrics(nothing, nothing, num_classes=3).values())
     # Binary with an ignored band around the object: a prediction that ends anywhere in the
     # band is perfect; without the band it is 2 pixels off along the sides and 2 * sqrt(2)
     # at the corners (4 of 44 boundary pixels: beyond the 95th percentile's rank 40.85).
@@ -256,7 +272,7 @@ def _foreground_everywhere(directory: Path) -> Path:
 def test_evaluate_writes_structure_columns_and_means(tmp_path: Path) -> None:
     ckpt = _foreground_everywhere(tmp_path / "ckpt")
     data = _write_folder(tmp_path / "data", 2)
-    empty = data / "masks" / "a1.png"  # no foreground to find: this image has no hd95
+    empty = data / "masks" / "a1.png"  # foreground predicted, none to find: the worst case
     Image.fromarray(np.zeros_like(np.asarray(Image.open(empty)))).save(empty)
     out = tmp_path / "report"
     metrics = evaluate_checkpoint(
@@ -274,23 +290,29 @@ def test_evaluate_writes_structure_columns_and_means(tmp_path: Path) -> None:
         expected |= em_metrics(pred, target, ignore_index=255)
         for column in columns:
             assert table.loc[key, column] == pytest.approx(expected[column], abs=1e-9, nan_ok=True)
-    assert table["hd95"].isna().tolist() == [key == "a1" for key, _, _ in IMAGES]
+    assert table["boundary_penalised"].tolist() == [key == "a1" for key, _, _ in IMAGES]
+    assert table.loc["a1", "hd95"] == table.loc["a1", "msd"] == math.hypot(48, 48)
+    assert table.loc["a1", "boundary_f1"] == 0.0 and not table["hd95"].isna().any()
     written = json.loads((out / "metrics.json").read_text())
     for column in columns:
         assert written[column] == pytest.approx(table[column].mean(skipna=True), abs=1e-9)
-    assert written["num_images_hd95_nan"] == 1
+    assert written["num_images_boundary_penalised"] == 1
+    assert written["num_images_boundary_empty"] == 0
     assert written["boundary_tol"] == 1.0 and metrics["boundary_tol"] == 1.0
 
 
-def test_evaluate_counts_images_without_hd95(tmp_path: Path) -> None:
-    """A model that finds nothing has no surface distance on any image: null, and counted."""
+def test_evaluate_penalises_a_model_that_finds_nothing(tmp_path: Path) -> None:
+    """A model that finds nothing scores the worst case on every image with foreground (the
+    image diagonal, F1 0), which the means count and metrics.json reports; never null."""
     ckpt = _checkpoint(tmp_path / "ckpt", TINY_UNET + [SPLIT_IDS], background_only=True)
     data = _write_folder(tmp_path / "data", 2)
     out = tmp_path / "report"
     evaluate_checkpoint(ckpt, data=data, split="all", output=out, worst_k=0, progress=False)
     written = json.loads((out / "metrics.json").read_text())
-    assert written["hd95"] is None and written["msd"] is None
-    assert written["num_images_hd95_nan"] == len(IMAGES)
+    diagonal = np.mean([math.hypot(h, w) for _, h, w in IMAGES])
+    assert written["hd95"] == pytest.approx(diagonal) and written["msd"] == pytest.approx(diagonal)
+    assert written["num_images_boundary_penalised"] == len(IMAGES)
+    assert written["num_images_boundary_empty"] == 0
     assert written["boundary_f1"] == 0.0 and "v_rand" not in written
     table = pd.read_parquet(out / "per_image.parquet")
-    assert table["hd95"].isna().all() and "v_rand" not in table.columns
+    assert table["boundary_penalised"].all() and "v_rand" not in table.columns

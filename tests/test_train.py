@@ -200,3 +200,55 @@ def test_empty_training_split_is_refused_before_any_worker_starts(ray_local, tmp
     cfg = load_config(None, TINY + ["data.split_ids={val: ['0011', '0012']}"])
     with pytest.raises(DatasetError, match="the training split is empty"):
         run_training(cfg, tmp_path / "run")
+
+
+def test_grouped_slices_stay_whole_and_splits_json_lists_them(ray_local, tmp_path):
+    """`segray train` on 6 volumes x 4 slices with data.group_by: splits.json beside config.yaml
+    lists every key once, and each volume's slices sit in one split, used as listed."""
+    import re
+
+    from PIL import Image
+
+    from segray.cli import main
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    keys = [f"vol{v}_z{z:03d}" for v in range(6) for z in range(4)]
+    for key in keys:
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:24, rng.integers(4, 12) :] = 255
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+            root / "images" / f"{key}.png"
+        )
+        Image.fromarray(mask).save(root / "masks" / f"{key}.png")
+    out = tmp_path / "run"
+    group = r"^(vol\d+)_"
+    overrides = [
+        "data.source=folder",
+        f"data.root={root}",
+        f"data.group_by={group}",
+        "data.split=[0.5,0.25,0.25]",
+        "data.image_size=32",
+        "data.batch_size=4",
+        "model.name=unet",
+        "model.base_width=8",
+        "train.epochs=1",
+        "train.num_workers=1",
+    ]
+    assert main(["train", "--output", str(out), *overrides]) == 0
+    assert (out / "config.yaml").is_file()
+    splits = json.loads((out / "splits.json").read_text())
+    parts = {name: splits[name] for name in ("train", "val", "test")}
+    listed = [k for part in parts.values() for k in part]
+    assert sorted(listed) == sorted(keys) and len(set(listed)) == len(keys)  # disjoint, complete
+    owners: dict[str, set[str]] = {}
+    for name, part in parts.items():
+        assert part, name  # 6 volumes at 0.5 / 0.25 / 0.25: every split holds a volume
+        for key in part:
+            owners.setdefault(re.match(group, key).group(1), set()).add(name)
+    assert len(owners) == 6 and all(len(o) == 1 for o in owners.values()), owners
+    assert splits["group_by"] == group and splits["counts"]["train"] == 12
+    history = pd.read_parquet(out / "history.parquet")
+    assert history["val_num_images"].iloc[-1] == len(parts["val"])  # the run used that split

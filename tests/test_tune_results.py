@@ -3,6 +3,7 @@ about it (no Ray cluster needed)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -131,3 +132,76 @@ def test_running_trials_are_constant_lies_and_the_state_survives_save_restore(tm
     trial = again._ot_study.trials[0]
     assert trial.state.name == "COMPLETE" and trial.value == 0.4  # epoch 1 came from the save
     assert again._ot_study.trials[1].state.name == "RUNNING"
+
+
+# --------------------------------------------------------------------------- why a trial ended
+def test_a_trial_is_labelled_by_what_ended_it(tmp_path: Path):
+    """Finished (its training returned), stopped by ASHA (the marker it left), stopped by the
+    search's time budget (the search's stop record), else interrupted: never "stopped early"."""
+    from segray.tune_results import ASHA_MARKER, DONE_MARKER, _why_unfinished
+
+    uri = str(tmp_path)
+    for name, marker in (("done", DONE_MARKER), ("asha", ASHA_MARKER), ("cut", None)):
+        (tmp_path / f"trial_{name}").mkdir()
+        if marker:
+            (tmp_path / f"trial_{name}" / marker).write_text("{}")
+    assert _why_unfinished(uri, "done", {}) == ("TERMINATED", None)
+    assert _why_unfinished(uri, "asha", {"by": "time budget"}) == ("TERMINATED", "asha")
+    assert _why_unfinished(uri, "cut", {"by": "time budget"}) == ("TERMINATED", "time budget")
+    assert _why_unfinished(uri, "cut", {}) == ("INTERRUPTED", None)
+    assert _why_unfinished(uri, None, {}) == ("INTERRUPTED", None)  # never reported
+
+
+def test_the_search_stop_records_the_time_budget_and_a_resume_reads_it_again(
+    tmp_path: Path, monkeypatch
+):
+    import pickle
+
+    from segray.config import load_config
+    from segray.tune import SearchStop
+
+    now = [1000.0]
+    monkeypatch.setattr("segray.tune.time.monotonic", lambda: now[0])
+    record, config = tmp_path / "stop.json", tmp_path / "config.yaml"
+    config.write_text(load_config(None, ["tune.time_budget_s=60"]).to_yaml())
+    stop = SearchStop(str(record), None, budget_s=60, config=str(config))
+    assert not stop.stop_all()
+    now[0] += 30
+    assert not stop.stop_all() and not record.exists()
+    now[0] += 31
+    assert stop.stop_all()
+    assert json.loads(record.read_text()) == {"by": "time budget"}
+
+    # Restored with a resumed search whose config now allows 100 s: 61 s used, 39 s left.
+    config.write_text(load_config(None, ["tune.time_budget_s=100"]).to_yaml())
+    restored = pickle.loads(pickle.dumps(stop))
+    assert restored.budget_s == 100 and restored.used_s == 61
+    now[0] += 3600  # the time between the two runs does not count
+    assert not restored.stop_all()
+    now[0] += 40
+    assert restored.stop_all()
+
+
+def test_asha_leaves_a_marker_only_where_it_stops_a_trial_at_a_rung(tmp_path: Path):
+    from types import SimpleNamespace
+
+    from segray.tune import RecordingASHA
+    from segray.tune_results import ASHA_MARKER
+
+    asha = RecordingASHA(
+        trials_uri=str(tmp_path),
+        time_attr="epoch",
+        metric="val_loss",
+        mode="min",
+        max_t=4,
+        grace_period=1,
+        reduction_factor=2,
+    )
+    good, bad = SimpleNamespace(trial_id="good"), SimpleNamespace(trial_id="bad")
+    for t in (good, bad):
+        asha.on_trial_add(None, t)
+    assert asha.on_trial_result(None, good, {"epoch": 1, "val_loss": 0.1}) == asha.CONTINUE
+    assert asha.on_trial_result(None, bad, {"epoch": 1, "val_loss": 0.9}) == asha.STOP
+    assert (tmp_path / "trial_bad" / ASHA_MARKER).is_file()
+    assert asha.on_trial_result(None, good, {"epoch": 4, "val_loss": 0.1}) == asha.STOP  # max_t
+    assert not (tmp_path / "trial_good" / ASHA_MARKER).exists()  # it ran all its epochs

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from segray.config import Config, apply_overrides
+from segray.data.folder import find_layout
 
 __all__ = [
     "DILATION_CHOICES",
@@ -32,8 +33,6 @@ __all__ = [
 # only (1, 2, 4, 8) to the wide rates of DeepLab (1, 12, 24, 36). Rates wider than half the
 # patch see mostly padding and are left out.
 DILATION_CHOICES = ([1, 2, 4, 8], [1, 3, 6, 9], [1, 6, 12, 18], [1, 12, 24, 36])
-IMAGE_DIRS = ("images", "image", "imgs", "img", "inputs", "input", "x")
-MASK_DIRS = ("masks", "mask", "labels", "label", "annotations", "gt", "ground_truth", "y")
 _GRAY_MODES = {"1", "L", "LA", "P", "PA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 _CPU_PIXELS = 8 * 64 * 64  # per-worker batch pixels: 8 at 64 px, at least 4 above
 _GPU_PIXELS = 16 * 256 * 256
@@ -77,14 +76,6 @@ class Derived:
         )
 
 
-def find_layout(names: list[str]) -> tuple[str, str] | None:
-    """(images_dir, masks_dir) among the folder names of a dataset root, or None."""
-    lower = {n.lower(): n for n in names}
-    image = next((lower[n] for n in IMAGE_DIRS if n in lower), None)
-    mask = next((lower[n] for n in MASK_DIRS if n in lower), None)
-    return (image, mask) if image and mask else None
-
-
 def derive_config(
     fp: dict[str, Any],
     resources: Resources,
@@ -117,15 +108,30 @@ def derive_config(
         u["data.mask_mode"] = mode
         u.update(fp.get("mask_settings") or {})
         why["data.mask_mode"] = fp.get("mask_mode_reason") or "from the mask values"
+        if "data.mask_threshold" in u:
+            why["data.mask_threshold"] = "with data.mask_mode threshold: the midpoint of 0/top"
 
     # -- input channels and normalisation
     modes = images.get("modes") or {}
     gray = sum(n for m, n in modes.items() if m in _GRAY_MODES)
-    channels = 1 if gray * 2 > sum(modes.values() or [0]) else 3
+    bands = images.get("bands")  # data bands of the sampled images (alpha left out)
+    if bands is not None and bands not in (1, 3):
+        channels = int(bands)
+        kind = f"{channels}-band"
+    else:
+        channels = 1 if gray * 2 > sum(modes.values() or [0]) or bands == 1 else 3
+        kind = "grayscale" if channels == 1 else "colour"
     u["model.in_channels"] = channels
-    why["model.in_channels"] = (
-        f"{'grayscale' if channels == 1 else 'colour'} images ({_counts(modes)})"
-    )
+    why["model.in_channels"] = f"{kind} images ({_counts(modes)})"
+    intensity = fp.get("intensity_range")
+    if isinstance(intensity, list):
+        bits = images.get("bit_depth_used")
+        u["data.intensity_range"] = intensity
+        why["data.intensity_range"] = (
+            f"{images.get('value_type')} images"
+            + (f" using {bits} bits" if bits else "")
+            + ": their 0.5/99.5 percentiles per band map to 0..255"
+        )
     mean, std = images.get("mean"), images.get("std")
     if mean and std and len(mean) == len(std):
         if len(mean) != channels:

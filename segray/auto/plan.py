@@ -14,6 +14,11 @@ on fewer than `MIN_CV_PIXELS` training pixels (measured on the demo's data in 4 
 of 8 epochs, 7 Mpx each, scored 0.67 test Dice where one 44-epoch trial scored 0.94; on ISBI
 in 15 minutes 5 folds of 73 Mpx each beat one trial): on
 a small budget, a longer search trial beats a weak ensemble.
+
+Fixed work instead of a budget: ``train.epochs=E tune.num_samples=N tune.time_budget_s=null``
+pins the trials and their epochs (ASHA's grace period follows E); the search then runs its N
+trials and the CV its folds whatever the machine's speed, so the same plan scores the same on
+any machine (the demo's accuracy test runs that way).
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ class Plan:
             {
                 "train.epochs": self.epochs,
                 "tune.max_epochs": self.epochs,
-                "tune.grace_period": max(2, self.epochs // 8),
+                "tune.grace_period": min(self.epochs, max(2, self.epochs // 8)),  # <= max_t
                 "tune.num_samples": max(100, 10 * self.expected_trials),  # the budget ends it
                 "tune.startup_trials": max(2, min(10, self.expected_trials // 3)),
                 "tune.time_budget_s": round(self.search_s, 1),
@@ -167,11 +172,14 @@ def make_plan(
     train_images: int,
     val_pixels: float,
     folds: int = 5,
+    epochs: int | None = None,
 ) -> Plan:
     """Epochs, concurrency, the search's share of ``budget_s`` and the folds that fit.
 
     ``train_images``: images of the training split; ``val_pixels``: pixels of the validation
-    split (evaluated at full resolution every epoch).
+    split (evaluated at full resolution every epoch). ``epochs``: the epochs of a full trial
+    when the user pinned them (``train.epochs`` or ``tune.max_epochs``), instead of what the
+    budget holds; ASHA's grace period and the folds' checks then follow the pinned value.
     """
     notes: list[str] = []
     workers = cfg.train.num_workers
@@ -198,29 +206,40 @@ def make_plan(
     k = folds if folds >= 2 else 0
     seen = train_images * d.samples_per_image * d.image_size**2  # training pixels an epoch
 
+    pinned = epochs
+
+    def trial_epochs(k: int) -> int:
+        return pinned if pinned is not None else sized(k)[0]
+
     def too_short(k: int) -> bool:
-        epochs = sized(k)[0]
-        return epochs < MIN_CV_EPOCHS or epochs * seen < MIN_CV_PIXELS
+        e = trial_epochs(k)
+        return e < MIN_CV_EPOCHS or e * seen < MIN_CV_PIXELS
 
     while k >= 2 and too_short(k):
         k -= 1
     if folds >= 2 and k < 2:
-        two = max(sized(2)[0], 0)  # epochs a fold of 2 would train
+        two = max(trial_epochs(2), 0)  # epochs a fold of 2 would train
         notes.append(
             f"no cross-validation: with 2 folds a fold would train {two} epochs "
             f"on {two * seen / 1e6:.0f} Mpx (needs >= {MIN_CV_EPOCHS} epochs and "
-            f"{MIN_CV_PIXELS / 1e6:.0f} Mpx); a larger --time-budget adds it, --folds 0 silences this"
+            f"{MIN_CV_PIXELS / 1e6:.0f} Mpx); "
+            + ("more epochs add it" if pinned is not None else "a larger --time-budget adds it")
+            + ", --folds 0 silences this"
         )
         k = 0
     elif k < folds:
         notes.append(f"{k} folds instead of {folds}: what fits in the budget")
-    epochs, _ = sized(k)
-    if epochs < MIN_EPOCHS:
-        notes.append(
-            f"the budget allows ~{max(epochs, 0)} epochs a trial; training {MIN_EPOCHS}, so "
-            f"fewer trials run (a larger --time-budget searches more)"
-        )
-    epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, epochs))
+    if pinned is not None:
+        epochs = pinned
+        notes.append(f"{pinned} epochs a full trial: pinned by the config, not sized to the budget")
+    else:
+        epochs, _ = sized(k)
+        if epochs < MIN_EPOCHS:
+            notes.append(
+                f"the budget allows ~{max(epochs, 0)} epochs a trial; training {MIN_EPOCHS}, so "
+                f"fewer trials run (a larger --time-budget searches more)"
+            )
+        epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, epochs))
     trial_s = TRIAL_STARTUP_S + epochs * epoch_s
     cv_s = math.ceil(k / concurrency) * trial_s * CV_FOLD_FACTOR if k else 0.0
     search_s = max(budget_s - cv_s, min(budget_s, FULL_TRIALS * trial_s))

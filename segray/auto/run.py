@@ -8,6 +8,7 @@
 
     OUT/fingerprint.json   the dataset's fingerprint
     OUT/config.yaml        the derived config (the search space included)
+    OUT/splits.json        the keys of train, val and test (`segray.data.split`)
     OUT/plan.json          why each setting has its value, the probe and the plan
     OUT/tune/              the search (`segray tune`'s outputs)
     OUT/cv/                the cross-validation and OUT/cv/ensemble (`segray cv`'s outputs)
@@ -27,12 +28,21 @@ import json
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from segray.auto.derive import AutoOptions, Derived, Resources, derive_config, find_layout
 from segray.auto.plan import CV_FOLD_FACTOR, Plan, cluster, make_plan, probe_on_worker
+from segray.auto.progress import (
+    STATE,
+    check_inputs,
+    check_splits,
+    configured,
+    finished_search,
+    load_state,
+    save_state,
+)
 from segray.config import Config, ConfigError, apply_overrides
 
 __all__ = ["AutoResult", "parse_duration", "prepare_auto", "run_auto"]
@@ -88,17 +98,12 @@ def _base_config(data: str, overrides: Sequence[str]) -> Config:
 
 
 def _fingerprint(cfg: Config, options: AutoOptions):
-    """inspect's fingerprint; masks whose values are class indices 0..K-1 with K > 2 get K
-    classes (named class_1 ... unless --classes names them)."""
+    """inspect's fingerprint, as `segray inspect` takes it: ``data.mask_mode: auto`` resolved
+    (`segray.data.inspect.resolve_mask_mode`; masks whose values are class indices 0..K-1
+    with K > 2 get K classes, named class_1 ... unless --classes names them)."""
     from segray.data import inspect_data
 
     prepared, fp = inspect_data(cfg, strict=False)
-    values = sorted(v for v in fp.histogram if v != cfg.data.ignore_index)
-    if fp.error and not options.classes and values and values == list(range(len(values))):
-        k = len(values)
-        if 2 < k <= 64:
-            named = ["background", *(f"class_{i}" for i in range(1, k))]
-            prepared, fp = inspect_data(apply_overrides(cfg, {"data.classes": named}), strict=False)
     fp.raise_if_unusable()
     print(fp.summary(), flush=True)
     return prepared, fp
@@ -130,7 +135,7 @@ def prepare_auto(
     """Fingerprint, derive, probe and plan (what ``--dry-run`` prints); trains nothing."""
     from segray.cluster import ensure_ray
     from segray.data import list_samples
-    from segray.data.split import data_splits
+    from segray.data.split import data_splits, small_split_warning
 
     _base_config(data, overrides)  # a missing folder or a bad data.* override: before Ray starts
     print(f"Ray: {ensure_ray(address)}", flush=True)
@@ -139,8 +144,10 @@ def prepare_auto(
     cfg = apply_overrides(derived.config, list(overrides))  # the user's key=value win
     samples = list_samples(cfg.data, check=False)
     splits = data_splits(samples, cfg.data)
+    check_splits(splits, cfg.data, folds)  # the derived split: before the probe and the search
     sizes = _pixels(fpd)
     probe = probe_on_worker(cfg)
+    given = {o.split("=", 1)[0].strip() for o in overrides}
     plan = make_plan(
         cfg,
         resources,
@@ -149,10 +156,20 @@ def prepare_auto(
         train_images=len(splits["train"]),
         val_pixels=len(splits["val"]) * sizes,
         folds=folds,
+        epochs=_pinned_epochs(cfg, given),
     )
     cfg = plan.apply(cfg)
+    if "tune.num_samples" in given:  # TPE's random start follows the pinned trial count
+        cfg = apply_overrides(cfg, {"tune.startup_trials": None})
     for key in overrides:  # an explicit train.epochs (or other planned key) still wins
         cfg = apply_overrides(cfg, [key])
+    if cfg.tune.time_budget_s is None:
+        plan.notes.append(
+            f"fixed work, no time budget (tune.time_budget_s is null): the search runs "
+            f"{cfg.tune.num_samples} trials"
+            + (f" and the CV its {plan.folds} folds" if plan.folds else "")
+            + ", however long they take"
+        )
     counts = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
     if cfg.data.split_ids:
         derived.reasons.pop("data.split", None)
@@ -160,11 +177,15 @@ def prepare_auto(
     else:
         why = derived.reasons.get("data.split")
         derived.reasons["data.split"] = f"{why + '; ' if why else ''}stable per stem: {counts}"
+    small = small_split_warning(splits, cfg.data)
+    if small:
+        print(f"warning: {small}", flush=True)
+        plan.notes.append(small)
     return AutoResult(str(data), cfg, replace(derived, config=cfg), plan, {"fingerprint": fpd})
 
 
 def run_auto(
-    data: str,
+    data: str | None,
     output: str | Path = "segray-auto",
     *,
     time_budget_s: float = 1800.0,
@@ -175,19 +196,105 @@ def run_auto(
     overrides: Sequence[str] = (),
     dry_run: bool = False,
     address: str | None = None,
+    resume: bool = False,
 ) -> AutoResult:
     """Configure, search, cross-validate, test and segment (module docstring).
 
     ``unlabelled``: folders, globs, tar shards or Parquet files to bulk-segment with the final
     model (``unlabelled_masks``: their ground truth, when some exists, for per-image scores).
+    Override keys, ``unlabelled``, the test split and the folds are checked before Ray starts.
+
+    ``resume=True`` continues the unfinished run in ``output`` with the inputs it started with
+    (`segray.auto.progress`): after the last finished stage, the search and the CV from their
+    own saved state. Interrupted (Ctrl-C), it raises `RunInterrupted`, which says so.
     """
-    from segray.storage import Location
-    from segray.tune_results import read_text, write_json, write_text
+    from segray.cluster import interruptible
+    from segray.tune_results import read_text
+
+    out = str(output) if "://" in str(output) else str(Path(output).resolve())
+    if read_text(f"{out}/{SUMMARY}") is not None:
+        raise FileExistsError(f"{out} holds a finished segray auto run: choose another --output")
+    state = None if dry_run else load_state(out)
+    if resume:
+        if state is None:
+            raise FileNotFoundError(f"--resume {out}: no {STATE}: not a segray auto run")
+        inputs = state["inputs"]
+        print(f"resuming the segray auto run in {out} (data {inputs['data']})", flush=True)
+        data, time_budget_s, folds = inputs["data"], inputs["time_budget_s"], inputs["folds"]
+        unlabelled, unlabelled_masks = inputs["unlabelled"], inputs["unlabelled_masks"]
+        overrides, options = inputs["overrides"], AutoOptions(**inputs["options"])
+    elif state is not None or (not dry_run and read_text(f"{out}/config.yaml") is not None):
+        raise FileExistsError(
+            f"{out} already holds a segray auto run: continue it with segray auto --resume "
+            f"{out}, or choose another --output"
+        )
+    else:
+        if data is None:
+            raise ConfigError("segray auto needs --data (or --resume OUT)")
+        check_inputs(_base_config(data, overrides), overrides, folds, unlabelled)  # before Ray
+        options = options or AutoOptions()
+        inputs = {
+            "data": str(data),
+            "time_budget_s": time_budget_s,
+            "folds": folds,
+            "unlabelled": [str(u) for u in unlabelled],
+            "unlabelled_masks": unlabelled_masks,
+            "overrides": list(overrides),
+            "options": asdict(options),
+        }
+        state = {"inputs": inputs}
+    assert data is not None
+    with interruptible(f"segray auto in {out}", f"segray auto --resume {out}"):
+        if "summary" in state:  # configured before: the config, plan and progress it wrote
+            prep = configured(out, str(data))
+            started = time.time() - sum(state["times"].values())
+            return _stages(
+                prep,
+                out,
+                state,
+                state["summary"],
+                state["times"],
+                started,
+                time_budget_s=time_budget_s,
+                unlabelled=unlabelled,
+                unlabelled_masks=unlabelled_masks,
+                address=address,
+            )
+        return _run_auto(
+            data,
+            out,
+            state,
+            time_budget_s=time_budget_s,
+            unlabelled=unlabelled,
+            unlabelled_masks=unlabelled_masks,
+            folds=folds,
+            options=options,
+            overrides=overrides,
+            dry_run=dry_run,
+            address=address,
+        )
+
+
+def _run_auto(
+    data: str,
+    output: str | Path,
+    state: dict[str, Any],
+    *,
+    time_budget_s: float,
+    unlabelled: Sequence[str],
+    unlabelled_masks: str | None,
+    folds: int,
+    options: AutoOptions | None,
+    overrides: Sequence[str],
+    dry_run: bool,
+    address: str | None,
+) -> AutoResult:
+    """`run_auto` from the start: configure, then `_stages`."""
+    from segray.data.split import write_splits
+    from segray.tune_results import write_json, write_text
 
     started = time.time()
-    out = str(output) if "://" in str(output) else str(Path(output).resolve())
-    if read_text(f"{out}/{SUMMARY}") is not None or read_text(f"{out}/config.yaml") is not None:
-        raise FileExistsError(f"{out} already holds a segray auto run: choose another --output")
+    out = str(output)
     _stage("configure", f"fingerprint {data}, derive the config, probe one batch")
     prep = prepare_auto(
         data,
@@ -204,8 +311,10 @@ def run_auto(
         print("\n# the derived config (segray train/tune --config takes it as it is)")
         print(cfg.to_yaml(), flush=True)
         return prep
+    save_state(out, state)  # the inputs first: from here on, --resume continues the run
     write_text(f"{out}/config.yaml", cfg.to_yaml())
     write_text(f"{out}/fingerprint.json", json.dumps(prep.summary["fingerprint"], indent=2))
+    write_splits(cfg, out)  # splits.json: the keys of train, val and test
     write_json(
         f"{out}/plan.json",
         {
@@ -217,8 +326,41 @@ def run_auto(
     )
     summary: dict[str, Any] = {"output": out, "data": str(data), "plan": plan.to_dict()}
     times: dict[str, float] = {"configure": round(time.time() - started, 1)}
+    save_state(out, {**state, "summary": summary, "times": times})
+    return _stages(
+        prep,
+        out,
+        state,
+        summary,
+        times,
+        started,
+        time_budget_s=time_budget_s,
+        unlabelled=unlabelled,
+        unlabelled_masks=unlabelled_masks,
+        address=address,
+    )
 
-    search = _search(cfg, out, address, times)
+
+def _stages(
+    prep: AutoResult,
+    out: str,
+    state: dict[str, Any],
+    summary: dict[str, Any],
+    times: dict[str, float],
+    started: float,
+    *,
+    time_budget_s: float,
+    unlabelled: Sequence[str],
+    unlabelled_masks: str | None,
+    address: str | None,
+) -> AutoResult:
+    """Search, cross-validate, test and segment; a stage that finished before (``summary``
+    holds it) is not run again, and its progress is saved after each."""
+    from segray.storage import Location
+    from segray.tune_results import write_json
+
+    cfg, plan = prep.config, prep.plan
+    search = _search(cfg, out, address, times, done="search" in summary)
     best = search.summary["best"]
     model, model_kind = search.best, "best trial"
     summary["search"] = {
@@ -228,14 +370,21 @@ def run_auto(
         "best_val": best[cfg.tune.metric],
         "metric": cfg.tune.metric,
     }
-
-    if plan.folds >= 2:
+    save_state(out, {**state, "summary": summary, "times": times})
+    if "cv" in summary and state.get("model"):  # cross-validated before
+        model, model_kind = state["model"]
+    if plan.folds >= 2 and "cv" not in summary:
         # The folds that still fit, from the search's measured trial time: the search may
-        # have ended early (plateau) or late (a trial that overran).
+        # have ended early (plateau) or late (a trial that overran). Fixed work (no time
+        # budget) keeps the planned folds.
         left = time_budget_s - (time.time() - started)
         trial_s = _full_trial_s(search, plan)
         folds = plan.folds
-        while folds >= 2 and _cv_s(folds, trial_s, plan) > left * 1.15 + 30:
+        while (
+            cfg.tune.time_budget_s is not None
+            and folds >= 2
+            and _cv_s(folds, trial_s, plan) > left * 1.15 + 30
+        ):
             folds -= 1
         if folds < 2:
             need = _cv_s(2, trial_s, plan)
@@ -262,6 +411,7 @@ def run_auto(
                 )
             }
 
+    save_state(out, {**state, "summary": summary, "times": times, "model": [model, model_kind]})
     from segray.evaluate import evaluate_checkpoint
 
     _stage("test", f"the {model_kind} on the held-out test split (never searched on)")
@@ -309,20 +459,44 @@ def run_auto(
     return prep
 
 
-def _search(cfg: Config, out: str, address: str | None, times: dict[str, float]):
-    from segray.tune import run_tune
+def _search(
+    cfg: Config, out: str, address: str | None, times: dict[str, float], *, done: bool = False
+):
+    """The search in OUT/tune: read back if it finished before (``done``), resumed from its
+    saved state if it started, else started."""
+    from segray.tune import run_tune, search_exists
 
+    if done:
+        print(f"\n== search: finished before, read from {out}/tune", flush=True)
+        return finished_search(f"{out}/tune")
     _stage(
         "search",
-        f"Optuna TPE + ASHA over {', '.join(cfg.tune.space)} within "
-        f"{cfg.tune.time_budget_s:.0f}s, {cfg.train.num_workers} DDP worker(s) a trial",
+        f"Optuna TPE + ASHA over {', '.join(cfg.tune.space)} "
+        + (
+            f"within {cfg.tune.time_budget_s:.0f}s"
+            if cfg.tune.time_budget_s is not None
+            else f"in {cfg.tune.num_samples} trials"
+        )
+        + f", {cfg.train.num_workers} DDP worker(s) a trial",
     )
     t0 = time.time()
-    search = run_tune(cfg, f"{out}/tune", address=address)
-    times["search"] = round(time.time() - t0, 1)
+    how = f"segray auto --resume {out}"
+    resume = search_exists(f"{out}/tune")
+    search = run_tune(
+        None if resume else cfg, f"{out}/tune", resume=resume, address=address, continue_with=how
+    )
+    times["search"] = round(times.get("search", 0.0) + time.time() - t0, 1)
     if search.best is None:
         raise RuntimeError(f"no trial of the search finished: see {out}/tune/trials.parquet")
     return search
+
+
+def _pinned_epochs(cfg: Config, given: set[str]) -> int | None:
+    """A full trial's epochs when the user's overrides pin them, else None (the plan sizes
+    them to the budget)."""
+    if "tune.max_epochs" in given and cfg.tune.max_epochs is not None:
+        return cfg.tune.max_epochs
+    return cfg.train.epochs if "train.epochs" in given else None
 
 
 def _full_trial_s(search, plan: Plan) -> float:
@@ -351,9 +525,15 @@ def _cv(best: str, out: str, folds: int, address: str | None, times: dict[str, f
     _stage(
         "cross-validate", f"the best config over {folds} folds of train + val, then their ensemble"
     )
+    from segray.tune import search_exists
+
     t0 = time.time()
-    cfg = load_checkpoint_config(fetch_checkpoint(best))
-    cv = run_cv(cfg, f"{out}/cv", folds=folds, address=address)
+    how = f"segray auto --resume {out}"
+    if search_exists(f"{out}/cv"):  # started before: its saved folds and state
+        cv = run_cv(None, f"{out}/cv", resume=True, address=address, continue_with=how)
+    else:
+        cfg = load_checkpoint_config(fetch_checkpoint(best))
+        cv = run_cv(cfg, f"{out}/cv", folds=folds, address=address, continue_with=how)
     times["cv"] = round(time.time() - t0, 1)
     return cv
 

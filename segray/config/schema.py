@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from segray.config.base import ConfigError, Section
 from segray.config.segment import SegmentConfig
+from segray.secrets import scrub
 
 __all__ = [
     "Config",
@@ -67,16 +68,23 @@ class DataConfig(Section):
         description="folder source: mask name = image name + this suffix (e.g. _mask); "
         "x_mask and x_segmentation are matched without it",
     )
-    mask_mode: Literal["auto", "threshold", "index", "values", "trimap"] = Field(
+    mask_mode: Literal["auto", "threshold", "index", "values", "trimap", "colors"] = Field(
         "auto",
-        description="auto: chosen from the dataset's mask values before training (0/1, 0/255, "
-        "0..K-1, Pet trimaps; see `segray inspect`); threshold: value > mask_threshold is "
-        "foreground; index: pixel value is the class index; values: mask_values maps pixel "
-        "values to classes; trimap: Oxford Pet",
+        description="auto: chosen from the dataset's mask values before training (0/1, 0/255 "
+        "and near-binary 0/255 with < 1% in-between edge pixels, 0..K-1, Pet trimaps, "
+        "mask_colors; see `segray inspect`); threshold: value > mask_threshold is foreground; "
+        "index: pixel value is the class index; values: mask_values maps pixel values to "
+        "classes; trimap: Oxford Pet; colors: mask_colors maps colours to classes",
     )
     mask_threshold: int = Field(127, ge=0, le=65534, description="threshold mode cut-off")
     mask_values: dict[int, int] | None = Field(
         None, description="values mode: pixel value -> class index; other values are ignored"
+    )
+    mask_colors: dict[str, int] | None = Field(
+        None,
+        description="colour masks: colour ('#rrggbb' or 'r,g,b') -> class index, e.g. "
+        "{'#000000': 0, '#ff0000': 1}; every colour in a mask must be listed (mask_mode: "
+        "auto or colors)",
     )
     trimap_uncertain: Literal["foreground", "ignore", "random"] = Field(
         "foreground",
@@ -84,9 +92,11 @@ class DataConfig(Section):
     )
     ignore_index: int = Field(255, ge=0, description="target value of pixels that never count")
     split: list[float] = Field(
-        [0.7, 0.15, 0.15], description="train/val/test fractions (stable per file stem)"
+        [0.7, 0.15, 0.15],
+        description="train/val/test fractions: stems (or groups) in a seeded hash order, cut "
+        "exactly at these fractions (`segray.data.split`); every run lists them in splits.json",
     )
-    split_seed: int = Field(0, description="seed of the stem-hash split")
+    split_seed: int = Field(0, description="seed of the stem-hash order of the split")
     split_ids: dict[Literal["train", "val", "test"], list[str]] | None = Field(
         None, description="explicit stems per split; overrides `split` when set"
     )
@@ -102,7 +112,8 @@ class DataConfig(Section):
     group_by: str | None = Field(
         None,
         description="regex over file stems: stems with the same match (its first group if it "
-        "has one) stay in one fold, e.g. '^(case_\\d+)' keeps a volume's slices together",
+        "has one) stay in one split (train, val or test) and one fold, e.g. '^(case_\\d+)' "
+        "keeps a volume's slices together",
     )
     image_size: int = Field(256, ge=32, description="train crop/resize side; eval resize side")
     train_transform: Literal["random_crop", "resize"] = Field(
@@ -117,8 +128,18 @@ class DataConfig(Section):
     vflip: float = Field(0.0, ge=0, le=1, description="p of a vertical flip (train)")
     rotate90: float = Field(0.0, ge=0, le=1, description="p of a random 90-degree rotation")
     brightness_contrast: float = Field(0.2, ge=0, le=1, description="p of brightness/contrast")
+    intensity_range: Literal["auto", "type"] | list[float] | list[list[float]] = Field(
+        "auto",
+        description="how image values map to the network's 0..255 before normalisation: type "
+        "= by the value type's range (16 bits / 257, floats as [0, 1]); [lo, hi] (or one per "
+        "band) = lo..hi linearly, clipped; auto = the dataset's 0.5/99.5 percentiles per band "
+        "when images hold more than 8 bits, else type (resolved from the fingerprint and saved "
+        "with every checkpoint; segray.data.intensity)",
+    )
     mean: list[float] | None = Field(
-        None, description="per-channel normalisation mean in [0, 1]; default ImageNet or 0.5"
+        None,
+        description="per-channel normalisation mean in [0, 1]; default ImageNet for 3 "
+        "channels, 0.5 for 1, ImageNet's channel average (0.449) for N",
     )
     std: list[float] | None = Field(None, description="per-channel normalisation std")
     batch_size: int = Field(8, ge=1, description="training batch size per worker")
@@ -141,6 +162,26 @@ class DataConfig(Section):
             raise ValueError("class names must be unique")
         return v
 
+    @field_validator("mask_colors")
+    @classmethod
+    def _colors(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        if v is None:
+            return v
+        out: dict[str, int] = {}
+        for colour, index in v.items():
+            text = str(colour).strip().strip("()[]")
+            parts = [p for p in re.split(r"[,\s]+", text) if p]
+            if re.fullmatch(r"#?[0-9a-fA-F]{6}", text):
+                name = "#" + text.lstrip("#").lower()
+            elif len(parts) == 3 and all(p.isdigit() and int(p) < 256 for p in parts):
+                name = "#" + "".join(f"{int(p):02x}" for p in parts)
+            else:
+                raise ValueError(f"colour {colour!r}: expected '#rrggbb' or 'r,g,b' (0-255 each)")
+            if name in out:
+                raise ValueError(f"colour {colour!r} is listed twice (as {name})")
+            out[name] = index
+        return out
+
     @field_validator("split")
     @classmethod
     def _split(cls, v: list[float]) -> list[float]:
@@ -151,14 +192,28 @@ class DataConfig(Section):
     @field_validator("mean", "std")
     @classmethod
     def _norm(cls, v: list[float] | None) -> list[float] | None:
-        if v is not None and (len(v) not in (1, 3) or any(x < 0 for x in v)):
-            raise ValueError("need 1 or 3 non-negative values (one per input channel)")
+        if v is not None and (not v or any(x < 0 for x in v)):
+            raise ValueError("need non-negative values: one, or one per input channel")
+        return v
+
+    @field_validator("intensity_range")
+    @classmethod
+    def _intensity_range(cls, v: Any) -> Any:
+        from segray.data.intensity import intensity_ranges
+
+        intensity_ranges(v)  # [lo, hi] with lo < hi, or one such pair per band
         return v
 
     @model_validator(mode="after")
     def _modes(self) -> DataConfig:
         if self.mask_mode == "values" and not self.mask_values:
             raise ValueError("mask_mode 'values' needs data.mask_values (pixel value -> class)")
+        if (self.mask_mode == "colors") != bool(self.mask_colors) and self.mask_mode != "auto":
+            raise ValueError(
+                "data.mask_colors is read by mask_mode 'colors' (or auto) only"
+                if self.mask_colors
+                else "mask_mode 'colors' needs data.mask_colors (colour -> class)"
+            )
         if self.source == "folder" and not self.root:
             raise ValueError("source 'folder' needs data.root (a folder with images/ and masks/)")
         if self.source == "pet" and not self.root:
@@ -180,7 +235,13 @@ class ModelConfig(Section):
     """Which architecture and its hyperparameters (see `segray models`)."""
 
     name: str = Field("resnet_unet", description="registered model name (`segray models`)")
-    in_channels: Literal[1, 3] = Field(3, description="1 = grayscale input, 3 = RGB")
+    in_channels: int = Field(
+        3,
+        ge=1,
+        le=64,
+        description="image bands the model takes: 1 = grayscale, 3 = RGB, N = multi-band "
+        "(derived by `segray auto`; a pretrained RGB stem is adapted, segray.models)",
+    )
     encoder: Literal["resnet18", "resnet34", "resnet50"] = Field(
         "resnet50", description="resnet_unet: torchvision ResNet encoder"
     )
@@ -469,7 +530,9 @@ class Config(Section):
         return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        """The config as written next to every output and printed: credentials scrubbed (the
+        user-info of URIs, `segray.secrets`); the live config keeps them."""
+        return yaml.safe_dump(scrub(self.to_dict()), sort_keys=False, default_flow_style=None)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

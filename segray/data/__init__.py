@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from segray.data.masks import MaskMapper
     from segray.data.pet import download_pet, pet_samples
     from segray.data.remote import Mirror, dataset_root, is_remote, local_root, mirror, root_setting
-    from segray.data.split import assign_folds, assign_split, data_splits, split_samples
+    from segray.data.split import assign_folds, assign_splits, data_splits, split_samples
     from segray.data.synth import generate
     from segray.data.transforms import (
         default_norm,
@@ -87,7 +87,7 @@ _EXPORTS = {
     "masks": ["MaskMapper"],
     "pet": ["download_pet", "pet_samples"],
     "remote": ["Mirror", "dataset_root", "is_remote", "local_root", "mirror", "root_setting"],
-    "split": ["assign_folds", "assign_split", "data_splits", "split_samples"],
+    "split": ["assign_folds", "assign_splits", "data_splits", "split_samples"],
     "synth": ["generate"],
     "transforms": ["default_norm", "eval_transform", "train_transform", "transforms_from_config"],
 }
@@ -114,7 +114,7 @@ __all__ = [
     "Sample",
     "SegmentationDataset",
     "assign_folds",
-    "assign_split",
+    "assign_splits",
     "build_datasets",
     "cache_dir",
     "data_splits",

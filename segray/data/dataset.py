@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from segray.config import Config, DataConfig, apply_overrides
 from segray.data.folder import Sample, find_pairs
 from segray.data.inspect import DEFAULT_SAMPLE, Fingerprint, fingerprint
-from segray.data.io import ImageError, decode_image, image_size, read_mask
+from segray.data.io import ImageError, decode_image, image_size
 from segray.data.masks import MaskMapper
 from segray.data.pet import pet_samples
 from segray.data.remote import cache_dir, dataset_root, is_remote, renamed
@@ -57,9 +57,11 @@ class SegmentationDataset(Dataset):
         mapper: MaskMapper,
         transform: PairFn,
         seed: int | None = None,
+        intensity_range: object = None,
     ) -> None:
         self.samples = list(samples)
         self.channels = channels
+        self.intensity_range = intensity_range  # data.intensity_range (segray.data.intensity)
         self.mapper = mapper
         self.transform = transform
         self.seed = seed
@@ -78,8 +80,10 @@ class SegmentationDataset(Dataset):
         sample = self.samples[i]
         if sample.mask is None:
             raise ImageError(f"{sample.image}: no mask for this image")
-        image = decode_image(sample.image, channels=self.channels)
-        target = self.mapper(read_mask(sample.mask), sample.key, name=sample.mask)
+        image = decode_image(
+            sample.image, channels=self.channels, intensity_range=self.intensity_range
+        )
+        target = self.mapper.read(sample.mask, sample.key, name=sample.mask)
         if image.shape[:2] != target.shape:
             raise ImageError(
                 f"{sample.image}: image is {image.shape[1]}x{image.shape[0]} but its mask "
@@ -122,14 +126,32 @@ def inspect_data(
         generate(root, num=s.num, size=s.size, num_classes=len(data.classes), seed=s.seed)
         updates["data.mask_mode"] = "threshold" if len(data.classes) == 2 else "index"
     prepared = apply_overrides(cfg, updates)
-    fp = fingerprint(prepared.data, sample=sample, root=root)
+    fp = fingerprint(prepared.data, sample=sample, root=root, infer_classes=True)
     if strict:
         fp.raise_if_unusable()
+        _check_bands(fp, cfg.model.in_channels)
     if fp.updates:
         prepared = apply_overrides(prepared, fp.updates)
+    if fp.intensity_range not in ("auto", prepared.data.intensity_range):
+        # high-bit-depth images: auto becomes the dataset's percentiles, saved with the config
+        prepared = apply_overrides(prepared, {"data.intensity_range": fp.intensity_range})
     if echo:
         print(fp.summary(), flush=True)
     return prepared, fp
+
+
+def _check_bands(fp: Fingerprint, in_channels: int) -> None:
+    """A one-line error when the images' data bands cannot feed ``model.in_channels``
+    (gray <-> RGB converts; a 4th band that is data would otherwise be read as alpha)."""
+    from segray.data.folder import DatasetError
+
+    bands = fp.images.get("bands")
+    if bands is None or bands == in_channels or {bands, in_channels} == {1, 3}:
+        return
+    raise DatasetError(
+        f"{fp.root}: images have {bands} data bands but model.in_channels={in_channels}: "
+        f"set model.in_channels={bands} (segray auto derives it)"
+    )
 
 
 def list_samples(data_cfg: DataConfig, *, check: bool = True) -> list[Sample]:
@@ -151,8 +173,8 @@ def list_samples(data_cfg: DataConfig, *, check: bool = True) -> list[Sample]:
 def build_datasets(cfg: Config) -> dict[str, SegmentationDataset]:
     """``{"train", "val", "test"}`` datasets (a split may be empty) of a prepared config.
 
-    Splits come from ``data.split_ids`` if set, else the stable hash split by ``data.split``
-    and ``data.split_seed``, then the cross-validation fold if ``data.fold`` is set; train gets the training augmentation (each image
+    Splits come from ``data.split_ids`` if set, else the exact hash-order cut by ``data.split``,
+    ``data.split_seed`` and ``data.group_by`` (`segray.data.split`), then the cross-validation fold if ``data.fold`` is set; train gets the training augmentation (each image
     ``data.samples_per_image`` times an epoch), val and test the eval one.
     """
     data = cfg.data
@@ -167,6 +189,7 @@ def build_datasets(cfg: Config) -> dict[str, SegmentationDataset]:
             mapper=mapper,
             transform=train_fn if name == "train" else eval_fn,
             seed=cfg.train.seed if name == "train" else None,
+            intensity_range=data.intensity_range,
         )
         for name, split in splits.items()
     }

@@ -26,10 +26,26 @@ import numpy as np
 
 from segray.config import DataConfig
 from segray.data.folder import Problems, Sample, pair_files
-from segray.data.io import Header, ImageError, decode_image, read_header, read_mask
+from segray.data.intensity import (
+    band_stats,
+    mapped_mean_std,
+    read_bands,
+    resolve_intensity_range,
+    to_uint8,
+)
+from segray.data.intensity import summarise_bands as _summarise_bands
+from segray.data.io import Header, ImageError, read_header, read_mask
+from segray.data.mask_mode import (
+    choose,
+    no_foreground,
+    resolve_mask_mode,
+    value_name,
+    values_text,
+)
 from segray.data.masks import MaskMapper
 from segray.data.pet import pet_samples
 from segray.data.remote import dataset_root, is_remote, renamed
+from segray.data.split import slice_groups_hint
 
 __all__ = ["DEFAULT_SAMPLE", "Fingerprint", "fingerprint", "resolve_mask_mode"]
 
@@ -49,6 +65,7 @@ class _Pair:
     mean: list[float] | None = None  # image, per channel, in [0, 1]
     std: list[float] | None = None
     constant: int | None = None  # the image's only value, if it has one
+    bands: dict[str, Any] | None = None  # segray.data.intensity.band_stats of the image
     error: str | None = None  # why a file could not be used, without its name
     error_path: str | None = None
 
@@ -73,6 +90,8 @@ class Fingerprint:
     class_fraction: dict[str, float]
     suspicious: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None
+    warning: str | None = None  # a mask reading chosen with a caveat (near-binary masks)
+    intensity_range: Any = "auto"  # data.intensity_range, ``auto`` resolved (from images)
 
     @property
     def foreground_fraction(self) -> float | None:
@@ -109,12 +128,12 @@ class Fingerprint:
             "images": self.images,
             "masks": self.masks,
             "sampled_pairs": self.sampled,
-            "mask_histogram": {str(v): c for v, c in self.histogram.items()},
+            "mask_histogram": {value_name(v): c for v, c in self.histogram.items()},
             "mask_mode": self.mask_mode,
             "mask_mode_auto": self.auto,
             "mask_settings": self.updates,
             "mask_mode_reason": self.reason,
-            "mapping": {str(v): c for v, c in self.mapping.items()},
+            "mapping": {value_name(v): c for v, c in self.mapping.items()},
             "class_fraction": self.class_fraction,
             "foreground_fraction": self.foreground_fraction,
             "suspicious": {
@@ -122,6 +141,8 @@ class Fingerprint:
                 "first": [text for _, text in self.suspicious[:_KEPT]],
             },
             "error": self.error,
+            "warning": self.warning,
+            "intensity_range": self.intensity_range,
         }
 
     def to_json(self) -> str:
@@ -141,14 +162,21 @@ class Fingerprint:
         im = self.images
         size = f"{_size(im, 'median')}" if im.get("count") else "?"
         modes = "/".join(im.get("modes", {})) or "?"
+        if im.get("bands") not in (None, 1, 3):
+            modes += f", {im['bands']} bands"
+        if isinstance(self.intensity_range, list):
+            bits = im.get("bit_depth_used")
+            depth = f"{bits}-bit" if bits else str(im.get("value_type"))
+            modes += f", {depth}: intensity_range {self.intensity_range}"
         fg = self.foreground_fraction
         fg_text = f"{fg:.1%}" if fg is not None else "?"
         how = "auto" if self.auto else "set"
-        mapping = ", ".join(f"{v}->{c}" for v, c in list(self.mapping.items())[:6])
+        mapping = ", ".join(f"{v}->{c}" for v, c in _ranges(self.mapping)[:6])
+        warning = f"; warning: {self.warning}" if self.warning else ""
         return (
             f"data: {self.pairs} pairs in {self.root} ({size} median, {modes}); masks "
-            f"{_values(self.histogram)}: mask_mode {self.mask_mode} ({how}; {mapping}); "
-            f"foreground {fg_text} of {self.sampled} sampled masks"
+            f"{values_text(self.histogram)}: mask_mode {self.mask_mode} ({how}; {mapping}); "
+            f"foreground {fg_text} of {self.sampled} sampled masks{warning}"
         )
 
     def table(self) -> str:
@@ -169,11 +197,12 @@ class Fingerprint:
             if info.get("mean"):
                 mean, std = (", ".join(f"{x:.3f}" for x in info[k]) for k in ("mean", "std"))
                 rows.append(("  mean / std", f"[{mean}] / [{std}]"))
+            rows += _band_rows(info, self.intensity_range)
         rows += [
             ("sampled pairs", f"{self.sampled} (pixels read)"),
-            ("mask values", _values(self.histogram, limit=12)),
+            ("mask values", values_text(self.histogram, limit=12)),
             ("mask_mode", f"{self.mask_mode} ({'auto: ' if self.auto else 'set: '}{self.reason})"),
-            ("mapping", ", ".join(f"{v} -> {c}" for v, c in self.mapping.items()) or "-"),
+            ("mapping", ", ".join(f"{v} -> {c}" for v, c in _ranges(self.mapping)) or "-"),
             ("class balance", ", ".join(f"{c} {f:.1%}" for c, f in self.class_fraction.items())),
         ]
         fg = self.foreground_fraction
@@ -189,6 +218,8 @@ class Fingerprint:
                 lines += [f"  {t}" for t in items[:_LISTED]]
                 if len(items) > _LISTED:
                     lines.append(f"  ... and {len(items) - _LISTED} more")
+        if self.warning:
+            lines.append(f"warning: {self.warning}")
         if self.error:
             lines.append(f"error: {self.error}")
         return "\n".join(lines)
@@ -201,6 +232,7 @@ def fingerprint(
     sample: int = DEFAULT_SAMPLE,
     workers: int | None = None,
     root: Path | None = None,
+    infer_classes: bool = False,
 ) -> Fingerprint:
     """The fingerprint of ``data_cfg``'s dataset (``data.root`` must be set; a URI is read from
     its local mirror, `segray.data.remote.dataset_root`, or from ``root`` when the caller has
@@ -209,6 +241,8 @@ def fingerprint(
     Problems (unmatched, unreadable, size-mismatched files) and a mapping that cannot be
     chosen or finds no foreground are recorded, not raised (`Fingerprint.raise_if_unusable`).
     With no foreground in the sample, the remaining masks are read until one has some.
+    ``infer_classes``: index masks 0..K-1 give K classes when ``data.classes`` is the default
+    (`resolve_mask_mode`; `segray.data.inspect_data` asks for it, a checkpoint's config not).
     """
     if not data_cfg.root:
         raise ValueError("fingerprint needs data.root (run prepare_data first)")
@@ -221,22 +255,28 @@ def fingerprint(
         images, masks, bad = _headers(pool, samples, problems)
         readable = [s for s in samples if s.image not in bad and s.mask not in bad]
         order = [readable[i] for i in _spread(len(readable))]
-        pairs = list(pool.map(_read_pair, order[:sample]))
+        colors = bool(data_cfg.mask_colors)
+        pairs = list(pool.map(lambda s: _read_pair(s, colors=colors), order[:sample]))
         rest = order[sample:]
         while True:
             histogram = _histogram(pairs)
-            resolved = resolve_mask_mode(data_cfg, histogram)
+            resolved = resolve_mask_mode(
+                data_cfg, histogram, masks=masks, infer_classes=infer_classes
+            )
             mapper, mode, updates, reason, error = resolved
-            fractions, empty = _balance(pairs, mapper, data_cfg) if mapper else ({}, [])
+            resolved_cfg = data_cfg.model_copy(
+                update={k.split(".")[1]: v for k, v in updates.items()}
+            )
+            fractions, empty = _balance(pairs, mapper, resolved_cfg) if mapper else ({}, [])
             found = any(f > 0 for f in list(fractions.values())[1:])
-            if (mapper is None and not _no_foreground(histogram, data_cfg)) or found or not rest:
+            if (mapper is None and not no_foreground(histogram, data_cfg)) or found or not rest:
                 break
             more, rest = rest[: max(sample, 1)], rest[max(sample, 1) :]
-            pairs += pool.map(lambda s: _read_pair(s, image=False), more)
+            pairs += pool.map(lambda s: _read_pair(s, image=False, colors=colors), more)
     if error is None and mapper is not None and not found and pairs:
         error = (
             f"{shown}: no mask has foreground under data.mask_mode={mode} ({reason}); mask "
-            f"values {_values(histogram)} over {len(pairs)} masks: {_choose(data_cfg)}"
+            f"values {values_text(histogram)} over {len(pairs)} masks: {choose(data_cfg)}"
         )
     for p in pairs:
         if p.error is not None and p.error_path is not None:
@@ -250,10 +290,16 @@ def fingerprint(
         for p in pairs
         if p.constant is not None
     ]
+    if data_cfg.group_by is None and data_cfg.split_ids is None:  # slices of one volume leak
+        slices = slice_groups_hint([s.key for s in samples])
+        suspicious[:0] = [("slices of volumes", f"warning: {slices}")] if slices else []
     if is_remote(data_cfg.root):  # name the URI, not its mirror in the cache
         problems.label = str(problems.root).replace(str(root), shown, 1)
         problems.items = [(kind, text.replace(str(root), shown)) for kind, text in problems.items]
     images.update(_intensity(pairs))
+    images.update(_summarise_bands([p.bands for p in pairs if p.bands]))
+    intensity_range = resolve_intensity_range(data_cfg.intensity_range, images)
+    images.update(mapped_mean_std([p.bands for p in pairs if p.bands], intensity_range))
     return Fingerprint(
         root=shown,
         source=data_cfg.source,
@@ -267,93 +313,34 @@ def fingerprint(
         auto=data_cfg.mask_mode == "auto",
         updates=updates,
         reason=reason,
-        mapping=_mapping(mapper, histogram, data_cfg) if mapper else {},
+        mapping=_mapping(mapper, histogram, resolved_cfg) if mapper else {},
         class_fraction=fractions,
         suspicious=suspicious,
         error=error,
+        warning=_warning(mode, updates, reason),
+        intensity_range=intensity_range,
     )
 
 
-# --------------------------------------------------------------------------- mask mode
-Resolved = tuple[MaskMapper | None, str | None, dict[str, Any], str, str | None]
+def _band_rows(info: dict[str, Any], intensity_range: Any) -> list[tuple[str, str]]:
+    """The table's rows on the sampled images' bands, alpha and intensities."""
+    if "bands" not in info:
+        return []
+    alpha = ", ".join(f"{kind} ({n})" for kind, n in info["alpha"].items())
+    rows = [("  data bands", f"{info['bands']}" + (f"; last band: {alpha}" if alpha else ""))]
+    bits = info.get("bit_depth_used")
+    used = f", {bits} bits used" if bits is not None else ""
+    pct = "; ".join(f"{lo:g}..{hi:g}" for lo, hi in info["percentiles"])
+    rows.append(("  values", f"{info['value_type']}{used}; 0.5..99.5 percentiles {pct}"))
+    rows.append(("  intensity_range", str(intensity_range)))
+    return rows
 
 
-def resolve_mask_mode(data_cfg: DataConfig, histogram: dict[int, int]) -> Resolved:
-    """``(mapper, mode, config updates, reason, error)`` for the mask values in ``histogram``.
-
-    An explicit ``data.mask_mode`` is kept (its mapper must accept the values); ``auto`` picks:
-    Pet trimaps {1, 2, 3} (``source: pet``) -> trimap; {0..K-1} (plus ``ignore_index``) ->
-    index (0/1 masks, palettes); binary {0, v} (0/255, 0/65535, ...) -> threshold at v // 2.
-    Anything else is an error naming the values and the settings to choose from.
-    """
-    k = len(data_cfg.classes)
-    values = set(histogram)
-    ignore = data_cfg.ignore_index
-    root = data_cfg.root
-    if data_cfg.mask_mode != "auto":
-        mode = data_cfg.mask_mode
-        mapper = MaskMapper.from_config(data_cfg)
-        try:
-            mapper(np.array([sorted(values)], dtype=np.int64), "k")
-        except ImageError as e:
-            return None, mode, {}, "explicit", f"{root}: data.mask_mode={mode}: {e}"
-        reason = {
-            "threshold": f"value > {data_cfg.mask_threshold} is foreground",
-            "index": "values are class indices",
-            "values": "data.mask_values",
-            "trimap": f"Pet trimap, border -> {data_cfg.trimap_uncertain}",
-        }[mode]
-        return mapper, mode, {}, reason, None
-    if not values:
-        return None, None, {}, "", f"{root}: no readable mask to choose data.mask_mode from"
-    updates: dict[str, Any]
-    if data_cfg.source == "pet" and values <= {1, 2, 3}:
-        updates, reason = {"data.mask_mode": "trimap"}, "Pet trimap {1, 2, 3}"
-    elif values <= set(range(k)) | {ignore} and values - {0, ignore}:
-        ignored = f", {ignore} ignored" if ignore in values else ""
-        updates, reason = {"data.mask_mode": "index"}, f"values in 0..{k - 1}{ignored}"
-    elif k == 2 and len(values) == 2 and 0 in values and max(values) > 1:
-        top = max(values)
-        updates = {"data.mask_mode": "threshold", "data.mask_threshold": top // 2}
-        reason = f"binary 0/{top}, value > {top // 2} is foreground"
-    else:
-        if _no_foreground(histogram, data_cfg):
-            problem = "no foreground: every sampled mask is background"
-        else:
-            problem = "cannot choose data.mask_mode"
-        return (
-            None,
-            None,
-            {},
-            "",
-            (
-                f"{root}: {problem}; mask values {_values(histogram)} for {k} classes "
-                f"{data_cfg.classes}: {_choose(data_cfg, sorted(values))}"
-            ),
-        )
-    cfg = data_cfg.model_copy(update={k_.split(".")[1]: v for k_, v in updates.items()})
-    return MaskMapper.from_config(cfg), updates["data.mask_mode"], updates, reason, None
-
-
-def _no_foreground(histogram: dict[int, int], data_cfg: DataConfig) -> bool:
-    return bool(histogram) and set(histogram) <= {0, data_cfg.ignore_index}
-
-
-def _choose(data_cfg: DataConfig, values: Sequence[int] = ()) -> str:
-    """The settings a user chooses from, as one phrase."""
-    k = len(data_cfg.classes)
-    options = [
-        "data.mask_mode=threshold data.mask_threshold=T (binary: value > T is foreground)",
-        f"data.mask_mode=index (values are class indices 0..{k - 1})",
-    ]
-    if len(values) == k:
-        pairs = ",".join(f"{v}:{i}" for i, v in enumerate(values))
-        options.append(f"data.mask_mode=values 'data.mask_values={{{pairs}}}'")
-    else:
-        options.append("data.mask_mode=values 'data.mask_values={value:class,...}'")
-    if values and set(values) <= {1, 2, 3} and k == 2:
-        options.insert(0, "data.mask_mode=trimap (Oxford Pet: 1 pet, 2 background, 3 border)")
-    return "set one of " + "; ".join(options)
+def _warning(mode: str | None, updates: dict[str, Any], reason: str) -> str | None:
+    """What ``auto`` chose that a user should know of: in-between mask values read as binary."""
+    if mode == "threshold" and updates and reason.startswith("near-binary"):
+        return f"masks are {reason}; set data.mask_mode and data.mask_threshold to choose"
+    return None
 
 
 def _mapping(mapper: MaskMapper, histogram: dict[int, int], data_cfg: DataConfig) -> dict:
@@ -456,15 +443,19 @@ def _header_stats(headers: Iterable[Header]) -> dict[str, Any]:
     return out
 
 
-def _read_pair(sample: Sample, image: bool = True) -> _Pair:
-    """Mask value counts (and, with ``image``, intensity statistics) of one pair."""
+def _read_pair(sample: Sample, image: bool = True, colors: bool = False) -> _Pair:
+    """Mask value counts (and, with ``image``, intensity statistics) of one pair; ``colors``:
+    a colour mask's values are its packed colours (`read_mask`)."""
     pair = _Pair(sample)
     try:
         if sample.mask is not None:
-            pair.values, pair.counts = np.unique(read_mask(sample.mask), return_counts=True)
+            raw = read_mask(sample.mask, colors=colors)
+            pair.values, pair.counts = np.unique(raw, return_counts=True)
         if image:
-            mode = read_header(sample.image).mode
-            pixels = decode_image(sample.image, channels=1 if mode in _GRAY_MODES else 3)
+            bands = read_bands(sample.image)
+            pair.bands = band_stats(bands)
+            channels = 1 if bands.mode in _GRAY_MODES else pair.bands["bands"]
+            pixels = to_uint8(bands, channels=channels, name=str(sample.image))
             flat = pixels.reshape(-1, pixels.shape[-1]).astype(np.float64) / 255.0
             pair.mean, pair.std = flat.mean(0).tolist(), flat.std(0).tolist()
             lo, hi = int(pixels.min()), int(pixels.max())
@@ -528,11 +519,17 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} ({v})" if len(counts) > 1 else str(k) for k, v in counts.items())
 
 
-def _values(histogram: dict[int, int], limit: int = 8) -> str:
-    """``{0: 91.2%, 255: 8.8%}`` (pixel share of each value), the most frequent first if more
-    than ``limit``."""
-    total = sum(histogram.values()) or 1
-    shown = sorted(histogram.items(), key=lambda vc: -vc[1])[:limit]
-    text = ", ".join(f"{v}: {c / total:.1%}" for v, c in sorted(shown))
-    more = f", ... {len(histogram)} values" if len(histogram) > limit else ""
-    return "{" + text + more + "}"
+def _ranges(mapping: dict[int, str]) -> list[tuple[str, str]]:
+    """``(values, class)`` with runs of three or more values (in order) of one class joined:
+    ``0..126`` for the values from 0 to 126 that the masks hold."""
+    out: list[tuple[str, str]] = []
+    run: list[int] = []
+    items = list(mapping.items())
+    for i, (value, cls) in enumerate(items):
+        run.append(value)
+        nxt = items[i + 1] if i + 1 < len(items) else None
+        if nxt is None or nxt[1] != cls:
+            shown = value_name(run[0]) if len(run) < 3 else f"{run[0]}..{run[-1]}"
+            out += [(value_name(v), cls) for v in run] if len(run) == 2 else [(shown, cls)]
+            run = []
+    return out

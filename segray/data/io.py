@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError, features
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "COLOR_BASE",
     "Header",
     "ImageError",
+    "color_name",
     "decode_image",
     "encode_png",
     "image_size",
@@ -33,7 +35,12 @@ __all__ = [
     "read_mask",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+# The file extensions read as images. Pillow reads them all (.jpe and .jfif are JPEG);
+# JPEG 2000 (.jp2, .j2k) only where Pillow was built with OpenJPEG, as its wheels are.
+IMAGE_EXTENSIONS = (
+    ".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".bmp", ".gif", ".webp",
+    *((".jp2", ".j2k") if features.check("jpg_2000") else ()),
+)  # fmt: skip
 
 # 16-bit modes, scaled by the full range of their type (value / 257).
 _MODES_16 = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -46,6 +53,7 @@ _BLOCK_PIXELS = 1 << 16
 _SWAPS_AXES = {5, 6, 7, 8}
 _EXIF_ERRORS = (OSError, ValueError, SyntaxError, KeyError, TypeError)
 Source = bytes | str | Path
+COLOR_BASE = 1 << 24  # read_mask(colors=True): COLOR_BASE + rgb, above any gray value
 
 
 class ImageError(ValueError):
@@ -53,23 +61,38 @@ class ImageError(ValueError):
 
 
 def decode_image(
-    source: Source, *, channels: int, max_pixels: int | None = None, name: str | None = None
+    source: Source,
+    *,
+    channels: int,
+    max_pixels: int | None = None,
+    name: str | None = None,
+    intensity_range: object = None,
 ) -> np.ndarray:
     """Decode an image file or its bytes to ``(H, W, channels)`` uint8.
 
     EXIF orientation is applied. Any PIL mode is accepted: palette and bilevel images keep their
-    colours, alpha is composited on black, 16-bit and 32-bit integers are scaled by the full
-    range of their type (``value / 257`` for 16 bits) and float (``F``) images are taken as
-    intensities in [0, 1]. ``channels`` is 1 (grayscale, ITU-R 601 luma) or 3 (RGB).
+    colours, alpha is composited on black (kept as a band when ``channels`` counts it),
+    16-bit and 32-bit integers are scaled by the full range of their type (``value / 257``
+    for 16 bits) and float (``F``) images are taken as intensities in [0, 1], unless
+    ``intensity_range`` (``data.intensity_range``: ``[lo, hi]`` or one per band) maps
+    ``lo..hi`` onto 0..255 instead. ``channels`` is 1 (grayscale, ITU-R 601 luma), 3 (RGB)
+    or the image's own band count (a 4th PNG band, multi-band TIFFs through ``tifffile``);
+    `segray.data.intensity` has the rules.
 
     ``max_pixels`` (``segment.max_pixels``) is checked from the header, before any pixel is
     decoded, and replaces Pillow's process-wide ``PIL.Image.MAX_IMAGE_PIXELS`` for this call
     (that setting is never changed). ``None`` leaves Pillow's own check in force: its
     decompression-bomb error becomes an ImageError.
     """
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    from segray.data.intensity import intensity_ranges, own_reader, read_bands, to_uint8
+
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+        raise ValueError(f"channels must be an int >= 1, got {channels!r}")
     label = _label(source, name)
+    ranges = intensity_ranges(intensity_range)
+    if channels not in (1, 3) or ranges is not None or own_reader(source) is not None:
+        bands = read_bands(source, max_pixels=max_pixels, name=label)
+        return to_uint8(bands, channels=channels, intensity_range=ranges, name=label)
     img = _open(source, label, max_pixels)
     try:
         rgb = _to_8bit(img)
@@ -80,19 +103,31 @@ def decode_image(
 
 
 def read_mask(
-    source: Source, *, max_pixels: int | None = None, name: str | None = None
+    source: Source,
+    *,
+    max_pixels: int | None = None,
+    name: str | None = None,
+    colors: bool = False,
 ) -> np.ndarray:
     """Decode a mask to ``(H, W)`` int64 holding its RAW values (no class mapping).
 
     Palette images (``P``, ``PA``) keep their palette indices, grayscale and 16-bit images
     their values, bilevel images become 0/255. Gray stored as colour (``LA``, or ``RGB`` /
     ``RGBA`` whose three channels are equal everywhere) gives its gray value; alpha is
-    ignored. A real colour mask is an ImageError naming the file and its first colours.
-    ``max_pixels`` works as in `decode_image`.
+    ignored. A real colour mask is an ImageError naming the file, its first colours and
+    ``data.mask_colors``. With ``colors`` every pixel is its colour instead, packed as
+    ``COLOR_BASE + (r << 16 | g << 8 | b)`` (palettes as their colours, gray as gray),
+    above any gray value (`color_name` shows one). ``max_pixels`` works as in `decode_image`.
     """
     label = _label(source, name)
     img = _open(source, label, max_pixels)
     mode = img.mode
+    if colors:
+        try:
+            rgb = np.asarray(img if mode == "RGB" else img.convert("RGB")).astype(np.int64)
+        except (OSError, ValueError) as e:
+            raise ImageError(f"{label}: cannot convert mask mode {mode} ({e})") from None
+        return COLOR_BASE + (rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2])
     try:
         if mode in ("PA", "LA"):
             img = img.getchannel(0)
@@ -114,15 +149,21 @@ def _gray_of_colour(rgb: np.ndarray, label: str, mode: str) -> np.ndarray:
     coloured = (rgb[..., 1] != red) | (rgb[..., 2] != red)
     if not coloured.any():
         return red.astype(np.int64)
-    packed = np.unique(rgb[coloured].astype(np.int64) @ np.array([1 << 16, 1 << 8, 1]))
+    weights = np.array([1 << 16, 1 << 8, 1])
+    packed = np.unique(rgb[coloured].astype(np.int64) @ weights)
     shown = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255})" for c in packed[:4].tolist())
     more = f" and {len(packed) - 4} more" if len(packed) > 4 else ""
+    every = np.unique(rgb.reshape(-1, 3).astype(np.int64) @ weights)[:4].tolist()
+    example = ", ".join(f'"{color_name(COLOR_BASE + c)}": {i}' for i, c in enumerate(every))
     raise ImageError(
-        f"{label}: colour mask (mode {mode}; colours {shown}{more}): segray reads gray or "
-        "palette masks: save it as a palette PNG (mode P, palette index = class) or as gray "
-        "class values, then use data.mask_mode=index or data.mask_mode=values with "
-        "data.mask_values={value: class}"
+        f"{label}: colour mask (mode {mode}; colours {shown}{more}): set data.mask_colors to "
+        f"each colour's class, e.g. 'data.mask_colors={{{example}}}'"
     )
+
+
+def color_name(value: int) -> str:
+    """``#rrggbb`` of a packed colour (`read_mask` with ``colors``)."""
+    return f"#{value - COLOR_BASE:06x}"
 
 
 @dataclass(frozen=True)
@@ -139,7 +180,16 @@ class Header:
 
 def read_header(path: str | Path) -> Header:
     """The `Header` of an image file, read lazily: no pixel is decoded."""
+    from segray.data.intensity import own_reader, read_bands, tiff_header
+
     label = str(path)
+    reader = own_reader(path)
+    if reader == "tiff":
+        return Header(*tiff_header(path), "TIFF")
+    if reader == "png16":
+        bands = read_bands(path)  # OpenCV has no header-only read; these files are rare
+        h, w, count = bands.array.shape
+        return Header(w, h, bands.mode, count, 16, "PNG")
     with _pillow_limit_lifted(True):  # no pixel is decoded: no limit applies
         img = _open_header(path, label, None, pillow_check=False)
     with img:

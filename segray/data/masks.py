@@ -4,7 +4,7 @@
 `segray.data.prepare_data` (from the dataset's mask values, see `segray.data.inspect`):
 
 mapper = MaskMapper.from_config(prepare_data(cfg).data)
-target = mapper(read_mask(path), key="a/1")   # (H, W) int64: 0..K-1 or ignore_index
+target = mapper.read(path, key="a/1")   # (H, W) int64: 0..K-1 or ignore_index
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from segray.config import DataConfig
-from segray.data.io import ImageError
+from segray.data.io import COLOR_BASE, ImageError, Source, color_name, read_mask
 from segray.data.split import unit_hash
 
-__all__ = ["MASK_MODES", "MaskMapper"]
+__all__ = ["COLOR_BASE", "MASK_MODES", "MaskMapper", "color_name"]
 
-MASK_MODES = ("threshold", "index", "values", "trimap")
+MASK_MODES = ("threshold", "index", "values", "trimap", "colors")
 _TRIMAP_UNCERTAIN = ("foreground", "ignore", "random")
 # Oxford-IIIT Pet trimaps: 1 = pet, 2 = background, 3 = border (uncertain).
 _PET, _BACKGROUND, _BORDER = 1, 2, 3
@@ -36,6 +36,8 @@ class MaskMapper:
     - ``trimap``: Oxford Pet, 1 (pet) -> 1, 2 (background) -> 0, 3 (border) -> 1
       (``foreground``), ``ignore_index`` (``ignore``) or, for ``random``, 0 or 1 for the whole
       border of an image from a coin seeded by (seed, key): the same every epoch.
+    - ``colors``: ``colors`` maps a colour (``#rrggbb``) to its class; the mask is read with
+      its colours (`read`, ``read_mask(colors=True)``) and a colour not listed is an error.
 
     ``num_classes`` is the total class count including background (2 for binary).
     """
@@ -44,6 +46,7 @@ class MaskMapper:
     num_classes: int
     threshold: int = 127
     values: dict[int, int] | None = None
+    colors: dict[str, int] | None = None
     trimap_uncertain: str = "foreground"
     ignore_index: int = 255
     seed: int = 0
@@ -65,17 +68,19 @@ class MaskMapper:
                 f"unknown trimap_uncertain {self.trimap_uncertain!r}; "
                 f"valid: {', '.join(_TRIMAP_UNCERTAIN)}"
             )
-        if self.mode == "values":
-            if not self.values:
-                raise ValueError("mask mode 'values' needs values (pixel value -> class)")
+        if self.mode in ("values", "colors"):
+            table = self.values if self.mode == "values" else self.colors
+            if not table:
+                what = "values (pixel value" if self.mode == "values" else "colors (colour"
+                raise ValueError(f"mask mode {self.mode!r} needs {what} -> class)")
             bad = sorted(
                 c
-                for c in self.values.values()
+                for c in table.values()
                 if not 0 <= c < self.num_classes and c != self.ignore_index
             )
             if bad:
                 raise ValueError(
-                    f"mask values map to {bad}, not a class 0..{self.num_classes - 1} "
+                    f"mask {self.mode} map to {bad}, not a class 0..{self.num_classes - 1} "
                     f"or ignore_index {self.ignore_index}"
                 )
 
@@ -87,10 +92,24 @@ class MaskMapper:
             num_classes=len(data_cfg.classes),
             threshold=data_cfg.mask_threshold,
             values=data_cfg.mask_values,
+            colors=data_cfg.mask_colors,
             trimap_uncertain=data_cfg.trimap_uncertain,
             ignore_index=data_cfg.ignore_index,
             seed=data_cfg.split_seed,
         )
+
+    def read(
+        self,
+        source: Source,
+        key: str = "",
+        *,
+        name: str | None = None,
+        max_pixels: int | None = None,
+    ) -> np.ndarray:
+        """Decode the mask ``source`` (`read_mask`, with its colours in ``colors`` mode) and
+        map it; errors name ``name`` (default: the file)."""
+        raw = read_mask(source, colors=self.mode == "colors", max_pixels=max_pixels, name=name)
+        return self(raw, key, name=name or (str(source) if not isinstance(source, bytes) else None))
 
     def __call__(self, raw: np.ndarray, key: str = "", *, name: str | None = None) -> np.ndarray:
         """``(H, W)`` raw values -> ``(H, W)`` int64 class indices or ``ignore_index``.
@@ -115,6 +134,8 @@ class MaskMapper:
             for value, cls in self.values.items():
                 out[raw == value] = cls
             return out
+        if self.mode == "colors":
+            return self._colors(raw, label)
         expected = (
             "trimap values 1 (pet), 2 (background), 3 (border); other masks need another mask_mode"
         )
@@ -123,6 +144,25 @@ class MaskMapper:
         if self.trimap_uncertain != "foreground":
             out[raw == _BORDER] = self._border_class(key)
         return out
+
+    def _colors(self, raw: np.ndarray, label: str) -> np.ndarray:
+        assert self.colors is not None  # checked in __post_init__
+        if raw.size and int(raw.min()) < COLOR_BASE:
+            raise ImageError(
+                f"{label}: a mask read without its colours under data.mask_mode=colors "
+                "(read it with MaskMapper.read or read_mask(colors=True))"
+            )
+        table = {COLOR_BASE + int(c.lstrip("#"), 16): cls for c, cls in self.colors.items()}
+        found, inverse = np.unique(raw, return_inverse=True)
+        classes = np.array([table.get(int(v), -1) for v in found], dtype=np.int64)
+        if (classes < 0).any():
+            bad = [color_name(int(v)) for v in found[classes < 0]]
+            shown = ", ".join(bad[:8]) + (", ..." if len(bad) > 8 else "")
+            raise ImageError(
+                f"{label}: mask colours {shown} are not in data.mask_colors "
+                f"({', '.join(self.colors)}): add them with their class"
+            )
+        return classes[inverse].reshape(raw.shape)
 
     def _border_class(self, key: str) -> int:
         if self.trimap_uncertain == "ignore":

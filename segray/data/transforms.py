@@ -40,12 +40,19 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 def default_norm(channels: int) -> tuple[list[float], list[float]]:
-    """Normalisation (mean, std) in [0, 1] units: ImageNet for 3 channels, 0.5/0.5 for 1."""
+    """Normalisation (mean, std) in [0, 1] units: ImageNet for 3 channels, 0.5/0.5 for 1, and
+    for N bands ImageNet's channel average (0.449 / 0.226) on each: the rule that adapts a
+    pretrained RGB stem to N bands (`segray.models.weights.adapt_input_weight`) expects
+    every band scaled like an average RGB channel."""
     if channels == 3:
         return list(IMAGENET_MEAN), list(IMAGENET_STD)
     if channels == 1:
         return [0.5], [0.5]
-    raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if channels < 1:
+        raise ValueError(f"channels must be >= 1, got {channels}")
+    mean = round(sum(IMAGENET_MEAN) / 3, 3)
+    std = round(sum(IMAGENET_STD) / 3, 3)
+    return [mean] * channels, [std] * channels
 
 
 class PairTransform:

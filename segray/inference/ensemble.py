@@ -118,6 +118,11 @@ def write_ensemble(
                     f"{member}: classes {cfg.data.classes} / in_channels {cfg.model.in_channels} "
                     f"differ from the first member's ({first.data.classes} / {first.model.in_channels})"
                 )
+            if cfg.data.intensity_range != first.data.intensity_range:  # images decode once
+                raise CheckpointError(
+                    f"{member}: data.intensity_range {cfg.data.intensity_range} differs from "
+                    f"the first member's ({first.data.intensity_range})"
+                )
         overrides: dict[str, Any] = {f"segment.{k}": v for k, v in settings.items()}
         # Fold models of a cross-validation: the ensemble trained on every fold, so none of
         # them is its validation split (its test split is still held out).

@@ -6,10 +6,12 @@ Each architecture lives in its own module and registers its class under a name w
     from segray.models import create_model, list_models
     model = create_model("resnet_unet", encoder="resnet34", num_classes=1)
 
-Every model takes ``in_channels`` (1 or 3), ``num_classes`` (1 = binary, one logit channel),
-``pretrained`` and ``weights_path``, maps (N, in_channels, H, W) to logits
-(N, num_classes, H, W) for any H, W >= 32, and reports the hyperparameters it was actually
-built with through ``applied_hparams()``.
+Every model takes ``in_channels`` (any N >= 1: 1 grayscale, 3 RGB, N bands), ``num_classes``
+(1 = binary, one logit channel), ``pretrained`` and ``weights_path``, maps
+(N, in_channels, H, W) to logits (N, num_classes, H, W) for any H, W >= 32, and reports the
+hyperparameters it was actually built with through ``applied_hparams()``. Pretrained RGB
+stems are adapted to ``in_channels`` by timm's rule (`segray.models.weights.adapt_input_weight`:
+1 channel sums the RGB filters; N channels repeat them R, G, B, R, ... scaled by 3/N).
 """
 
 from __future__ import annotations

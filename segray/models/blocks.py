@@ -126,13 +126,16 @@ def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def single_channel_conv(conv: nn.Conv2d) -> nn.Conv2d:
-    """A copy of ``conv``'s geometry that takes 1 input channel (for grayscale models).
+def input_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """``conv`` itself when it already takes ``in_channels``, else a copy of its geometry that
+    takes ``in_channels`` (1 for grayscale, N for multi-band images).
 
-    Pretrained RGB filters are folded into it at load time (see ``weights.load_pretrained``).
+    Pretrained RGB filters are adapted to it at load time (``weights.adapt_input_weight``).
     """
+    if conv.in_channels == in_channels:
+        return conv
     return nn.Conv2d(
-        1,
+        in_channels,
         conv.out_channels,
         kernel_size=conv.kernel_size,
         stride=conv.stride,
@@ -150,14 +153,15 @@ class SegmentationModel(nn.Module):
     implement :meth:`applied_hparams`.
 
     Args:
-        in_channels: image channels the model takes, 1 (grayscale) or 3 (RGB).
+        in_channels: image channels (bands) the model takes: 1 (grayscale), 3 (RGB) or any
+            N >= 1 (multi-band imagery).
         num_classes: logit channels; 1 = binary (sigmoid), K > 1 = K classes (softmax).
     """
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
-        if in_channels not in (1, 3) or isinstance(in_channels, bool):
-            raise ValueError(f"in_channels must be 1 or 3, got {in_channels!r}")
+        if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
+            raise ValueError(f"in_channels must be an int >= 1, got {in_channels!r}")
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise ValueError(
                 f"num_classes must be an int >= 1 (1 = binary with one logit), got {num_classes!r}"

@@ -16,7 +16,7 @@ from torch import nn
 from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights, deeplabv3_resnet50
 
 from segray.models import register_model
-from segray.models.blocks import SegmentationModel, single_channel_conv
+from segray.models.blocks import SegmentationModel, input_conv
 from segray.models.weights import check_pretrained_args, load_pretrained
 
 
@@ -27,7 +27,8 @@ class DeepLabV3(SegmentationModel):
     """DeepLabV3-ResNet50 returning plain logits.
 
     Args:
-        in_channels: image channels, 1 or 3 (1 replaces ``backbone.conv1``).
+        in_channels: image channels (bands), any N >= 1 (other than 3 replaces
+            ``backbone.conv1``).
         num_classes: logit channels (1 = binary); replaces ``classifier[4]``.
         pretrained: load the COCO (VOC labels) weights of the whole network; the classifier
             conv keeps its random init unless num_classes is 21.
@@ -46,8 +47,7 @@ class DeepLabV3(SegmentationModel):
         check_pretrained_args("deeplabv3", pretrained, weights_path)
         self.net = deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=False)
         self.net.classifier[4] = nn.Conv2d(256, num_classes, kernel_size=1)
-        if in_channels == 1:
-            self.net.backbone.conv1 = single_channel_conv(self.net.backbone.conv1)
+        self.net.backbone.conv1 = input_conv(self.net.backbone.conv1, in_channels)
         if pretrained:
             load_pretrained(
                 self.net,

@@ -30,8 +30,8 @@ from segray.models.blocks import (
     AtrousBlock,
     ConvBNReLU,
     SegmentationModel,
+    input_conv,
     resize_to,
-    single_channel_conv,
 )
 from segray.models.weights import check_pretrained_args, load_pretrained
 
@@ -82,14 +82,15 @@ class ResNetEncoder(nn.Module):
 
     Args:
         name: one of :data:`ENCODERS`.
-        in_channels: 1 replaces ``conv1`` by a single-channel conv of the same geometry.
+        in_channels: other than 3 replaces ``conv1`` by a conv of the same geometry taking
+            that many channels.
     """
 
     def __init__(self, name: str, in_channels: int) -> None:
         super().__init__()
         spec = ENCODERS[name]
         resnet = spec.builder(weights=None)
-        self.conv1 = resnet.conv1 if in_channels == 3 else single_channel_conv(resnet.conv1)
+        self.conv1 = input_conv(resnet.conv1, in_channels)
         self.bn1 = resnet.bn1
         self.relu = resnet.relu
         self.maxpool = resnet.maxpool
@@ -144,7 +145,7 @@ class ResNetUNet(SegmentationModel):
     """ResNet-encoder U-Net with atrous decoder blocks (seed 000; ResNet34-U-Net of seed 001).
 
     Args:
-        in_channels: image channels, 1 or 3.
+        in_channels: image channels (bands), any N >= 1.
         num_classes: logit channels (1 = binary).
         encoder: torchvision ResNet used as encoder: resnet18, resnet34 or resnet50.
         dilation_rates: one dilation rate (>= 1) per atrous branch.

@@ -56,7 +56,7 @@ class UNet(SegmentationModel):
     """The classic U-Net with BatchNorm.
 
     Args:
-        in_channels: image channels, 1 or 3.
+        in_channels: image channels (bands), any N >= 1.
         num_classes: logit channels (1 = binary).
         base_width: channels of the first level; level i has ``base_width * 2**i``.
         pretrained: must stay False: the U-Net has no pretrained encoder.

@@ -76,6 +76,27 @@ def fetch_state_dict(weights: WeightsEnum, weights_path: str | None) -> dict[str
         ) from err
 
 
+def adapt_input_weight(rgb: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Pretrained RGB filters ``(O, 3, k, k)`` -> filters ``(O, in_channels, k, k)``.
+
+    timm's rule (``timm.models._manipulate.adapt_input_conv``): 1 channel takes the sum of the
+    three RGB filters (a gray image then gives the response an RGB image of that gray gave);
+    N channels take the RGB filters repeated in order (R, G, B, R, G, ...) and scaled by 3/N,
+    so the first three bands of an RGB + NIR image keep their colour filters and the
+    activations keep their scale (exactly so for N a multiple of 3).
+    """
+    if rgb.ndim != 4 or rgb.shape[1] != 3:
+        raise ValueError(f"expected RGB conv filters (O, 3, k, k), got shape {tuple(rgb.shape)}")
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    if in_channels == 1:
+        return rgb.sum(dim=1, keepdim=True)
+    if in_channels == 3:
+        return rgb.clone()
+    repeats = -(-in_channels // 3)
+    return rgb.repeat(1, repeats, 1, 1)[:, :in_channels] * (3.0 / in_channels)
+
+
 def load_pretrained(
     module: nn.Module,
     weights: WeightsEnum,
@@ -92,7 +113,8 @@ def load_pretrained(
         weights: torchvision weights entry to download when ``weights_path`` is None.
         weights_path: local file to load instead of downloading.
         input_conv: key of the first conv's weight (e.g. ``"conv1.weight"``). When ``module``
-            takes 1 input channel there, the pretrained RGB filters are summed into one.
+            takes N != 3 input channels there, the pretrained RGB filters are adapted to N
+            (`adapt_input_weight`).
         ignore_prefixes: keys of the file to drop (a classifier ``module`` no longer has).
         skip_mismatched: keep ``module``'s own initialisation for keys whose shapes differ
             (a replaced classifier); when False any difference is an error.
@@ -108,8 +130,10 @@ def load_pretrained(
     }
     target = module.state_dict()
     rgb = state.get(input_conv)
-    if rgb is not None and rgb.ndim == 4 and target[input_conv].shape[1] == 1:
-        state[input_conv] = rgb.sum(dim=1, keepdim=True)
+    if rgb is not None and rgb.ndim == 4 and input_conv in target:
+        wanted = target[input_conv].shape[1]
+        if rgb.shape[1] == 3 and wanted != 3:
+            state[input_conv] = adapt_input_weight(rgb, wanted)
 
     mismatched = sorted(
         key for key in state.keys() & target.keys() if state[key].shape != target[key].shape

@@ -350,9 +350,12 @@ def _tile(
         return None
     try:
         pred = read_mask(mask)
-        picture = decode_image(image, channels=3) if image is not None else None
     except ImageError:
         return None
+    try:
+        picture = decode_image(image, channels=3) if image is not None else None
+    except ImageError:  # e.g. a multi-band image: the mask on grey
+        picture = None
     if picture is None or picture.shape[:2] != pred.shape:
         picture = np.full((*pred.shape, 3), 32, np.uint8)  # no image: the mask on grey
     usable_gt = gt is not None and gt.shape == pred.shape
@@ -378,13 +381,13 @@ def _shrink(array: np.ndarray, side: int, *, nearest: bool = False) -> np.ndarra
 
 
 def _ground_truth(uri: str | None, mapper: Any) -> np.ndarray | None:
-    from segray.data.io import ImageError, read_mask
+    from segray.data.io import ImageError
 
     if uri is None or mapper is None:
         return None
     try:
-        raw = read_mask(with_retries(Location.parse(uri).read_bytes, what="read mask"))
-        return mapper(raw, key=PurePosixPath(uri).stem, name=uri)
+        data = with_retries(Location.parse(uri).read_bytes, what="read mask")
+        return mapper.read(data, PurePosixPath(uri).stem, name=uri)
     except (ImageError, OSError, ValueError):
         return None
 

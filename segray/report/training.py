@@ -10,6 +10,7 @@ two distinct colours (`segray.report.overlay.ERROR_COLOURS`).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -45,7 +46,7 @@ _PER_CLASS = ("dice", "iou", "precision", "recall", "f1", "specificity", "roc_au
 def training_section(run: RunDir, page: html.Page, *, anchor: str = "training") -> None:
     """Add a training run's section to ``page``."""
     history = run.parquet("history.parquet")
-    best = run.maybe_json("checkpoints/best/metrics.json") or {}
+    best = _best_metrics(run)
     parts = []
     if not history.empty and "val_dice" in history:
         i = int(history["val_dice"].astype(float).idxmax())
@@ -124,6 +125,7 @@ def evaluation_section(run: RunDir, page: html.Page, *, anchor: str = "evaluatio
         parts += [
             html.heading("Per-image scores"),
             html.note("click a column header to sort"),
+            *_boundary_note(metrics),
             html.table(rows, columns, table_id="per-image"),
         ]
     page.section(anchor, "Evaluation", parts)
@@ -143,6 +145,21 @@ def _per_class(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _boundary_note(metrics: dict[str, Any]) -> list[str]:
+    """How many images the boundary means penalised or left out (`segray.structure`)."""
+    penalised = metrics.get("num_images_boundary_penalised")
+    if penalised is None:
+        return []
+    return [
+        html.note(
+            f"boundary metrics: {penalised} images with foreground in only one of target and "
+            "prediction scored the worst case (hd95 = msd = the image diagonal, boundary_f1 0) "
+            f"and count in the means; {metrics.get('num_images_boundary_empty', 0)} with "
+            "foreground in neither are undefined and left out"
+        )
+    ]
+
+
 def _num(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
@@ -153,3 +170,13 @@ def _num(value: Any) -> Any:
     if value is pd.NA:
         return None
     return value
+
+
+def _best_metrics(run: RunDir) -> dict[str, Any]:
+    """``checkpoints/best/metrics.json``; on object storage, of the version its pointer names."""
+    from segray.storage import resolve_published, with_retries
+
+    loc = resolve_published(run.loc.join("checkpoints", "best")).join("metrics.json")
+    if not with_retries(loc.exists, what="stat"):
+        return {}
+    return json.loads(with_retries(loc.read_bytes, what="read report input"))

@@ -88,7 +88,7 @@ def resolve_mask_mode(cfg: Config, index: MaskIndex, sample: int = 32) -> Config
     override) chosen from the values of up to ``sample`` ground-truth masks spread over the
     folder, as training chooses it. Masks with only background (a legitimate evaluation set)
     map 0 to background whatever the encoding."""
-    from segray.data.inspect import resolve_mask_mode
+    from segray.data.mask_mode import resolve_mask_mode
 
     rels = sorted(index.by_rel.values())
     picked = rels[:: max(1, len(rels) // sample)][:sample]
@@ -98,7 +98,12 @@ def resolve_mask_mode(cfg: Config, index: MaskIndex, sample: int = 32) -> Config
         try:
             with index.root.fs.open_input_file(path) as f:
                 values, counts = np.unique(
-                    read_mask(f.read(), name=path, max_pixels=cfg.segment.max_pixels),
+                    read_mask(
+                        f.read(),
+                        name=path,
+                        max_pixels=cfg.segment.max_pixels,
+                        colors=bool(cfg.data.mask_colors),
+                    ),
                     return_counts=True,
                 )
         except (ImageError, OSError):

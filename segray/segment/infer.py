@@ -26,7 +26,7 @@ from ray.data import ActorPoolStrategy
 from segray import __version__
 from segray.cluster import heap_env, onednn_cache_env
 from segray.config import Config, SegmentConfig
-from segray.data.io import ImageError, decode_image, read_mask
+from segray.data.io import ImageError, decode_image
 from segray.data.masks import MaskMapper
 from segray.segment.read import IMAGE_ROW
 from segray.segment.schema import OUTPUT_SCHEMA, empty_row
@@ -71,9 +71,15 @@ STAGE_SCHEMA = pa.schema(
 
 
 def decode(
-    batch: pa.Table, *, channels: int, max_pixels: int, mapper: MaskMapper | None
+    batch: pa.Table,
+    *,
+    channels: int,
+    max_pixels: int,
+    mapper: MaskMapper | None,
+    intensity_range: object = None,
 ) -> pa.Table:
-    """Raw bytes -> (H, W, channels) uint8 pixels (bytes + size); ground truth -> classes."""
+    """Raw bytes -> (H, W, channels) uint8 pixels (bytes + size), values mapped by the
+    checkpoint's ``data.intensity_range`` as in training; ground truth -> classes."""
     out = []
     for row in batch.to_pylist():
         rec = {k: row.get(k) for k in DECODED_SCHEMA.names}
@@ -81,7 +87,11 @@ def decode(
         if row["_total"] == IMAGE_ROW and rec["error"] is None:
             try:
                 image = decode_image(
-                    row["data"], channels=channels, max_pixels=max_pixels, name=row["image_id"]
+                    row["data"],
+                    channels=channels,
+                    max_pixels=max_pixels,
+                    name=row["image_id"],
+                    intensity_range=intensity_range,
                 )
                 rec["height"], rec["width"] = image.shape[:2]
                 rec["pixels"] = image.tobytes()
@@ -100,8 +110,7 @@ def _target(row: dict[str, Any], shape: tuple[int, ...], mapper: MaskMapper, max
     if row["gt_data"] is None:
         return None, f"{name}: cannot read ground-truth mask"
     try:
-        raw = read_mask(row["gt_data"], name=name, max_pixels=max_pixels)
-        target = mapper(raw, key=Path(name).stem, name=name)
+        target = mapper.read(row["gt_data"], Path(name).stem, name=name, max_pixels=max_pixels)
     except ImageError as e:
         return None, str(e)
     if target.shape != tuple(shape):
@@ -254,24 +263,40 @@ class SegmentActor:
         return res
 
 
-def actor_precision(seg: SegmentConfig) -> dict[str, Any]:
-    """The precision the actors resolve (`segray.precision`), as the driver sees their device.
+def actor_precision(seg: SegmentConfig, *, on_worker: bool = False) -> dict[str, Any]:
+    """The precision the actors resolve (`segray.precision`): ``precision`` (never ``auto``
+    once resolved), ``channels_last`` and a line for the log (``describe``).
 
-    A GPU actor's ``auto`` is decided on its GPU (bf16 where native, else fp16); a driver
-    without that GPU says so instead of guessing.
+    A GPU actor's ``auto`` is decided on its GPU (bf16 where native, else fp16). A driver
+    without such a GPU resolves it with one tiny task on a GPU worker (``on_worker``, Ray
+    running); else it returns the setting unresolved, with ``unresolved: True``.
     """
+    device = "cuda" if seg.gpus_per_actor > 0 else "cpu"
+    if device == "cuda" and not _cuda_here():
+        if not on_worker:
+            return {
+                "precision": seg.precision,
+                "channels_last": seg.channels_last,
+                "unresolved": True,
+                "describe": f"{seg.precision} on the actors' GPUs",
+            }
+        import ray
+
+        probe = ray.remote(num_gpus=seg.gpus_per_actor, num_cpus=0)(_resolved_precision)
+        return ray.get(probe.remote(seg.precision, device, seg.channels_last))
+    return _resolved_precision(seg.precision, device, seg.channels_last)
+
+
+def _cuda_here() -> bool:
     import torch
 
+    return torch.cuda.is_available()
+
+
+def _resolved_precision(precision: str, device: str, channels_last: Any) -> dict[str, Any]:
     from segray.precision import resolve_precision
 
-    device = "cuda" if seg.gpus_per_actor > 0 else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        return {
-            "precision": seg.precision,
-            "channels_last": seg.channels_last,
-            "describe": f"{seg.precision} on the actors' GPUs (auto: bf16 where native, else fp16)",
-        }
-    resolved = resolve_precision(seg.precision, device, seg.channels_last)
+    resolved = resolve_precision(precision, device, channels_last)
     return {**resolved.record(), "describe": f"{resolved.describe()} on the actors' {device}"}
 
 

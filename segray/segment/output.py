@@ -1,7 +1,8 @@
 """The output folder: staging, the shard commit, resume and the final validation.
 
     OUTPUT/parquet/part-<shard>.parquet   one file per input shard, complete or absent
-    OUTPUT/summary.json                   counts, aggregate metrics, images/s: written last
+    OUTPUT/summary.json                   counts, aggregate metrics, images/s, files not read
+                                          (by extension, ignored_files): written last
     OUTPUT/config.yaml                    the resolved config
     OUTPUT/_segray/run.json               model id and settings of the output (resume checks)
     OUTPUT/_staging/<shard>/*.parquet     rows of shards not committed yet (readers skip "_")

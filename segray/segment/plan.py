@@ -26,7 +26,8 @@ import os
 import posixpath
 import re
 import zlib
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
@@ -112,9 +113,12 @@ def plan_inputs(
     shard_size: int,
     image_column: str = "image",
     id_column: str | None = None,
+    ignored: Counter[str] | None = None,
 ) -> Iterator[Shard]:
     """Shards of every image of ``inputs`` (folders, recursive; globs; tar and Parquet files,
-    given or found in folders), in a deterministic order. Hidden files are left out.
+    given or found in folders), in a deterministic order. Hidden files are left out; other
+    files that are not images, tar or Parquet are counted in ``ignored`` by their lower-case
+    extension (``""`` for none).
 
     Raises:
         InputError: an input that does not exist or holds nothing to segment, two inputs whose
@@ -125,7 +129,7 @@ def plan_inputs(
     several = len(inputs) > 1
     namespaces: dict[str, str] = {}  # the id prefix of each input -> the input
     for where in inputs:
-        root, rels, is_folder = _expand(str(where))
+        root, rels, is_folder = _expand(str(where), ignored)
         space = posixpath.basename(root.path) if is_folder else None
         prefix = space if several and is_folder else ""
         if space is not None and several:
@@ -135,7 +139,9 @@ def plan_inputs(
         names: list[str] = []
         for rel in rels:
             kind = kind_of(rel)
-            if kind is None:
+            if kind is None:  # a single file given by name
+                if ignored is not None:
+                    ignored[_extension(rel)] += 1
                 continue
             found += 1
             if space is None:  # a single file given: its name is its id
@@ -161,6 +167,11 @@ def plan_inputs(
             image_column=image_column,
             id_column=id_column,
         )
+
+
+def _extension(rel: str) -> str:
+    """``.jp2`` of ``a/b.JP2``; ``""`` for a name without one."""
+    return posixpath.splitext(posixpath.basename(rel))[1].lower()
 
 
 def _claim(namespaces: dict[str, str], space: str, where: str) -> None:
@@ -272,18 +283,26 @@ def _row_group_shards(
         yield tuple(groups), first, rows
 
 
-def _expand(where: str) -> tuple[Location, Iterator[str], bool]:
-    """An input -> (root, its files' relative paths in a deterministic order, is-a-folder)."""
+def _expand(
+    where: str, ignored: Counter[str] | None = None
+) -> tuple[Location, Iterator[str], bool]:
+    """An input -> (root, its files' relative paths in a deterministic order, is-a-folder).
+    Files it holds (a glob: that match it) of no kind segment reads are counted in
+    ``ignored`` by extension."""
     if _GLOB_CHARS.search(where):
         base, pattern = glob_root(where)
         root = Location.parse(base)
         regex = glob_regex(pattern)
         show_hidden = hidden(pattern)
-        rels = (
-            rel
-            for rel in _walk(root, hidden_too=show_hidden)
-            if regex.match(rel) and (show_hidden or not hidden(rel))
-        )
+
+        def matches(rel: str) -> bool:
+            return bool(regex.match(rel)) and (show_hidden or not hidden(rel))
+
+        def skip(rel: str) -> None:
+            if ignored is not None and matches(rel):
+                ignored[_extension(rel)] += 1
+
+        rels = (rel for rel in _walk(root, hidden_too=show_hidden, skip=skip) if matches(rel))
         return root, rels, True
     loc = Location.parse(where)
     info = with_retries(loc.info, what="stat input")
@@ -292,29 +311,37 @@ def _expand(where: str) -> tuple[Location, Iterator[str], bool]:
     if info.type == pafs.FileType.File:
         parent, name = posixpath.split(loc.path)
         return Location(loc.fs, parent, posixpath.dirname(loc.uri)), iter([name]), False
-    return loc, _walk(loc), True
+    count = (lambda rel: ignored.update((_extension(rel),))) if ignored is not None else None
+    return loc, _walk(loc, skip=count), True
 
 
-def _walk(root: Location, *, hidden_too: bool = False) -> Iterator[str]:
-    """Relative paths of the files under ``root`` that could be inputs, sorted per folder.
+def _walk(
+    root: Location, *, hidden_too: bool = False, skip: Callable[[str], None] | None = None
+) -> Iterator[str]:
+    """Relative paths of the files under ``root`` that could be inputs, sorted per folder;
+    ``skip`` is called with each other (not hidden) file's relative path.
 
     Local folders are walked one directory at a time (only the names of candidate files are
     held); other filesystems are listed once (pyarrow returns the whole listing)."""
     if root.is_local:
-        yield from _walk_local(root.path, "", hidden_too)
+        yield from _walk_local(root.path, "", hidden_too, skip)
         return
     infos = with_retries(root.list, what="list input")
-    rels = sorted(
-        rel
-        for info in infos
-        if info.type == pafs.FileType.File
-        and kind_of(rel := posixpath.relpath(info.path, root.path)) is not None
-        and (hidden_too or not hidden(rel))
-    )
-    yield from rels
+    rels = []
+    for info in infos:
+        rel = posixpath.relpath(info.path, root.path)
+        if info.type != pafs.FileType.File or not (hidden_too or not hidden(rel)):
+            continue
+        if kind_of(rel) is not None:
+            rels.append(rel)
+        elif skip is not None:
+            skip(rel)
+    yield from sorted(rels)
 
 
-def _walk_local(folder: str, prefix: str, hidden_too: bool) -> Iterator[str]:
+def _walk_local(
+    folder: str, prefix: str, hidden_too: bool, skip: Callable[[str], None] | None = None
+) -> Iterator[str]:
     files: list[str] = []
     dirs: list[str] = []
     try:
@@ -326,6 +353,8 @@ def _walk_local(folder: str, prefix: str, hidden_too: bool) -> Iterator[str]:
                     dirs.append(e.name)
                 elif kind_of(e.name) is not None and e.is_file():
                     files.append(e.name)
+                elif skip is not None and e.is_file():
+                    skip(prefix + e.name)
     except FileNotFoundError:
         return
     files.sort()
@@ -337,7 +366,9 @@ def _walk_local(folder: str, prefix: str, hidden_too: bool) -> Iterator[str]:
             yield prefix + files[i]
             i += 1
         else:
-            yield from _walk_local(os.path.join(folder, dirs[j]), f"{prefix}{dirs[j]}/", hidden_too)
+            yield from _walk_local(
+                os.path.join(folder, dirs[j]), f"{prefix}{dirs[j]}/", hidden_too, skip
+            )
             j += 1
 
 

@@ -55,21 +55,27 @@ class ShardUnreadable(Exception):
 
 # --------------------------------------------------------------------------- ground truth
 class MaskIndex:
-    """Ground-truth masks under a folder, matched to image ids by relative path or stem.
+    """Ground-truth masks under a folder, matched to images by their path relative to the input.
 
-    For ``a/b/c.png`` the candidates are the mask paths (without extension) ``a/b/c``, ``b/c``,
-    ``c``, then the file stem ``c`` anywhere under the folder when only one mask has it.
+    An image ``a/b/c.png`` (its id, or its path inside its input: an id without the input's
+    name, a tar or Parquet file's member) takes the mask ``a/b/c.*``; never one in another
+    folder. Only a flat masks folder (no subfolders) matches by file stem, ``c.*``, and only
+    an image that no other image shares the stem with (`check`). Two masks for one path
+    (``c.png`` and ``c.tif``) are refused when the index is built.
     """
 
     def __init__(self, root: Location, rels: Iterable[str]) -> None:
         self.root = root
         self.by_rel: dict[str, str] = {}
-        stems: dict[str, list[str]] = {}
         for rel in sorted(rels):
             noext = posixpath.splitext(rel)[0]
-            self.by_rel.setdefault(noext, rel)
-            stems.setdefault(posixpath.basename(noext), []).append(rel)
-        self.by_stem = {stem: paths[0] for stem, paths in stems.items() if len(paths) == 1}
+            if noext in self.by_rel:
+                raise InputError(
+                    f"--masks {root.uri}: {self.by_rel[noext]} and {rel} are both the mask of "
+                    f"{noext}: keep one"
+                )
+            self.by_rel[noext] = rel
+        self.flat = all("/" not in key for key in self.by_rel)
 
     @classmethod
     def build(cls, where: str) -> MaskIndex:
@@ -90,15 +96,43 @@ class MaskIndex:
     def __len__(self) -> int:
         return len(self.by_rel)
 
-    def find(self, image_id: str) -> str | None:
-        """The matched mask's path (in ``root.fs``), or None."""
-        parts = posixpath.splitext(image_id)[0].split("/")
-        for i in range(len(parts)):
-            rel = self.by_rel.get("/".join(parts[i:]))
-            if rel is not None:
-                return posixpath.join(self.root.path, rel)
-        rel = self.by_stem.get(parts[-1])
-        return posixpath.join(self.root.path, rel) if rel is not None else None
+    def find(self, image_id: str, rel: str | None = None) -> str | None:
+        """The mask (a path in ``root.fs``) of the image ``image_id``, whose path relative to
+        its input is ``rel`` (default: the id), or None."""
+        for path in dict.fromkeys((image_id, rel or image_id)):
+            found = self.by_rel.get(posixpath.splitext(path)[0])
+            if found is not None:
+                return posixpath.join(self.root.path, found)
+        if not self.flat:
+            return None
+        stem = posixpath.splitext(posixpath.basename(rel or image_id))[0]
+        found = self.by_rel.get(stem)
+        return posixpath.join(self.root.path, found) if found is not None else None
+
+    def check(self, shards: Iterable[Shard]) -> None:
+        """Refuse (one line) a flat masks folder whose stem match would give one mask to two
+        images of the planned folder chunks (``a/s2.png`` and ``b/s2.png``)."""
+        if not self.flat:
+            return
+        owner: dict[str, str] = {}
+        for shard in shards:
+            if shard.kind != "files" or not shard.names:
+                continue
+            for name in shard.names.split("\n"):
+                image_id = f"{shard.id_prefix}/{name}" if shard.id_prefix else name
+                key = posixpath.splitext(name)[0]
+                if posixpath.splitext(image_id)[0] in self.by_rel or key in self.by_rel:
+                    continue  # matched by its path
+                stem = posixpath.basename(key)
+                if stem not in self.by_rel:
+                    continue
+                if stem in owner:
+                    raise InputError(
+                        f"--masks {self.root.uri}: {owner[stem]} and {image_id} would both take "
+                        f"{self.by_rel[stem]} (a flat masks folder matches by file name): "
+                        "give the masks the images' folder tree"
+                    )
+                owner[stem] = image_id
 
 
 # --------------------------------------------------------------------------- reading
@@ -169,7 +203,9 @@ def _row(
         "gt_data": None,
     }
     if masks is not None and error is None:
-        path = masks.find(image_id)
+        prefix = shard.id_prefix
+        rel = image_id[len(prefix) + 1 :] if prefix and image_id.startswith(prefix + "/") else None
+        path = masks.find(image_id, rel)
         if path is not None:
             row["gt_mask"] = masks.root.uri + path[len(masks.root.path) :]
             try:

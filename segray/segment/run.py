@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -112,33 +112,48 @@ def run_segment(
     if mask_index is not None and cfg.data.mask_mode == "auto":
         cfg = resolve_mask_mode(cfg, mask_index)
     seg = cfg.segment
-    precision = actor_precision(seg)  # printed below, recorded in summary.json
+    precision = actor_precision(seg)  # printed below, recorded in run.json and summary.json
+    where = None
+    if precision.pop("unresolved", False):  # GPU actors, no GPU here: a GPU worker says
+        where = ensure_ray(address)
+        check_resources(seg)
+        precision = actor_precision(seg, on_worker=True)
     out = Output(Location.parse(output))
     png = Location.parse(write_png) if write_png else None
     settings = {
         "model_id": model_id(ckpt),
         **{k: getattr(seg, k) for k in ROW_SETTINGS},
+        # What the rows were computed with, resolved on this hardware (auto: bf16 where
+        # native, ...): a resume elsewhere must not mix bf16 and fp32 rows in one output.
+        "precision": precision["precision"],
+        "channels_last": precision["channels_last"],
+        "compile": seg.compile,
         "masks": Location.parse(masks).uri if masks else None,
         "mask_mapping": mask_mapping(cfg) if masks else None,
     }
     inputs = [str(i) for i in inputs]
+    ignored: Counter[str] = Counter()
     shards = list(
         plan_inputs(
             inputs,
             shard_size=seg.shard_size,
             image_column=seg.image_column,
             id_column=seg.id_column,
+            ignored=ignored,
         )
     )
+    if ignored:
+        _say(progress, f"segment: not read (not an image, tar or Parquet): {_counts(ignored)}")
     keys = {s.key for s in shards}
     # Everything that can refuse the run happens before the output folder is touched.
+    if mask_index is not None:
+        mask_index.check(shards)  # a flat masks folder's name match must be one to one
     previous = out.check(settings, keys, inputs, overwrite=overwrite)
     pending, kept = (
         (shards, {})
         if overwrite or not previous
         else out.resume_plan(shards, retry_errors=retry_errors)
     )
-    where = None
     if pending:
         where = ensure_ray(address)
         check_resources(seg)
@@ -198,6 +213,7 @@ def run_segment(
         write_png=png.uri if png else None,
         ray=where,
         **{k: v for k, v in precision.items() if k != "describe"},
+        ignored_files=dict(sorted(ignored.items())),
     )
     with_retries(out.summary.write, json.dumps(summary, indent=2).encode(), what="summary")
     # Every shard is committed and checked: whatever is still staged is garbage (a part
@@ -212,6 +228,14 @@ def summary_line(summary: dict[str, Any]) -> str:
         f"segmented {summary['processed']} images at {summary['images_per_s']:.1f} images/s: "
         f"{summary['ok']} ok, {summary['error']} error, {summary['skipped']} skipped "
         f"(already done) -> {summary['parquet']}"
+    )
+
+
+def _counts(by_extension: Counter[str]) -> str:
+    """``3 .jp2, 1 .txt, 2 without an extension``, most frequent first."""
+    return ", ".join(
+        f"{n} {ext}" if ext else f"{n} without an extension"
+        for ext, n in by_extension.most_common()
     )
 
 
@@ -486,6 +510,7 @@ def _stream(
         fn_kwargs={
             "channels": cfg.model.in_channels,
             "max_pixels": seg.max_pixels,
+            "intensity_range": cfg.data.intensity_range,
             "mapper": MaskMapper.from_config(cfg.data) if masks is not None else None,
         },
     )

@@ -111,16 +111,16 @@ _COLUMNS: list[tuple[str, pa.DataType, bool, str]] = [
         pa.float32(),
         True,
         "`--masks`: 95th-percentile Hausdorff distance between the predicted and true "
-        "boundaries, in pixels (`segray.structure`; multi-class: as dice); 0 where neither has "
-        "foreground, null where only one has",
+        "boundaries, in pixels (`segray.structure`; multi-class: as dice); the worst case, the "
+        "image diagonal, where only one has foreground; null where neither has (as dice)",
     ),
     ("msd", pa.float32(), True, "`--masks`: mean surface distance in pixels, as hd95"),
     (
         "boundary_f1",
         pa.float32(),
         True,
-        "`--masks`: F1 of boundary pixels matched within 2 pixels (1 where neither has "
-        "foreground, 0 where only one has)",
+        "`--masks`: F1 of boundary pixels matched within 2 pixels (0 where only one has "
+        "foreground, null where neither has)",
     ),
     (
         "model_id",

@@ -40,10 +40,11 @@ from segray.cluster import check_cuda, check_fits, ensure_ray, heap_env
 from segray.config import Config, ConfigError, load_config
 from segray.data import build_datasets, inspect_data
 from segray.data.folder import DatasetError
+from segray.data.split import write_splits
 from segray.engine import (
     NonFiniteLossError,
 )
-from segray.storage import Location, with_retries
+from segray.storage import Location, publish_folder, with_retries
 from segray.tracking import (
     CLIENT_ENV,
     Tracker,
@@ -104,25 +105,32 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resume_config(saved: Config, cfg: Config, where: str | Path) -> None:
+def check_resume_config(
+    saved: Config,
+    cfg: Config,
+    where: str | Path,
+    *,
+    mutable: tuple[str, ...] = RESUME_MUTABLE,
+    what: str = "run",
+) -> list[str]:
     """Refuse, in one line, settings that would bend a resumed run's trajectory.
 
-    Every key outside `RESUME_MUTABLE` (epochs, lr, schedule, batch size, data, model, loss,
-    seed, worker count...) must equal the run's saved ``config.yaml``.
+    Every key outside ``mutable`` (default `RESUME_MUTABLE`: epochs, lr, schedule, batch size,
+    data, model, loss, seed, worker count... may not change) must equal the run's saved
+    ``config.yaml``. Returns the changed keys that ``mutable`` allows, as ``key (old -> new)``.
     """
     old, new = _flat(saved.to_dict()), _flat(cfg.to_dict())
-    changed = sorted(
-        k
-        for k in old.keys() | new.keys()
-        if old.get(k) != new.get(k) and not k.startswith(RESUME_MUTABLE)
-    )
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    changed = [k for k in differ if not k.startswith(mutable)]
     if changed:
         shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in changed[:4])
         more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
         raise ConfigError(
-            f"--resume {where}: cannot change {shown}{more}: they change the run's trajectory "
-            f"(a resumed run may change only {', '.join(k.rstrip('.') for k in RESUME_MUTABLE)})"
+            f"--resume {where}: cannot change {shown}{more}: they change the {what}'s "
+            f"trajectory (a resumed {what} may change only "
+            f"{', '.join(k.rstrip('.') + ('.*' if k.endswith('.') else '') for k in mutable)})"
         )
+    return [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in differ]
 
 
 def worker_resources(cfg: Config) -> dict[str, float]:
@@ -210,7 +218,7 @@ def run_training(
     """Train ``cfg`` with DDP on Ray Train.
 
     ``output`` (a local folder or a URI: ``s3://bucket/runs/a``) receives ``config.yaml``,
-    ``fingerprint.json``, ``history.parquet`` and ``checkpoints/{last,best}`` (best by
+    ``fingerprint.json``, ``splits.json``, ``history.parquet`` and ``checkpoints/{last,best}`` (best by
     ``monitor``, default val Dice); Ray's run state lives in ``storage_path`` (default
     ``output/ray``, on the same storage). Running again with the same storage and ``name``
     continues from the latest checkpoint; ``resume=False`` refuses to do so silently.
@@ -269,6 +277,7 @@ def run_training(
         with_retries(
             out.join("fingerprint.json").write, fingerprint.to_json().encode(), what="write"
         )
+        write_splits(cfg, out.uri)  # splits.json: the keys of train, val and test
 
     if own and out is not None:
         tracker = _open_train_run(settings, cfg, out, resume)
@@ -379,19 +388,12 @@ def _checkpoint_history(ckpt: ray.train.Checkpoint) -> list[dict[str, Any]]:
 
 
 def _publish_checkpoint(ckpt: ray.train.Checkpoint, dst: Location) -> Path | str:
-    """Copy a Ray checkpoint to ``dst`` (local: atomically replaced; object storage: every
-    file one PUT, the folder's stale files removed). Returns where it is."""
+    """Copy a Ray checkpoint to ``dst`` (local: atomically replaced; object storage: a fresh
+    version behind a pointer written last, `segray.storage.publish_folder`). Returns where
+    it is."""
     if dst.is_local and isinstance(ckpt.filesystem, pafs.LocalFileSystem):
         return copy_checkpoint(ckpt.path, dst.path)
     if dst.is_local:
         with ckpt.as_directory() as directory:
             return copy_checkpoint(directory, dst.path)
-    src = Location(ckpt.filesystem, ckpt.path, ckpt.path)
-    names = [rel for rel, _ in with_retries(src.list_files, what="list checkpoint")]
-    for rel in names:
-        data = with_retries(src.join(rel).read_bytes, what="read checkpoint")
-        with_retries(dst.join(rel).write, data, what="write checkpoint")
-    for rel, info in with_retries(dst.list_files, what="list checkpoint"):
-        if rel not in names:
-            with_retries(dst.fs.delete_file, info.path, what="delete stale file")
-    return dst.uri
+    return publish_folder(Location(ckpt.filesystem, ckpt.path, ckpt.path), dst)

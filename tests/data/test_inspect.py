@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -288,3 +289,203 @@ def test_pet_trimaps_in_a_plain_folder_suggest_trimap(tmp_path):
     msg = str(e.value)
     assert "cannot choose data.mask_mode; mask values {1: 12.5%, 2: 83.3%, 3: 4.2%}" in msg
     assert "set one of data.mask_mode=trimap (Oxford Pet" in msg
+
+
+def test_slices_of_volumes_without_group_by_are_a_warning(tmp_path, capsys):
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for v in range(3):
+        for z in range(4):
+            image(4 * v + z).save(root / "images" / f"vol{v}_z{z:03d}.png")
+            mask_image("0/255").save(root / "masks" / f"vol{v}_z{z:03d}.png")
+    out = tmp_path / "out"
+    assert main(["inspect", str(root), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "12 of 12 stems look like slices of 3 volumes" in printed
+    assert r"data.group_by='^(vol\d+)'" in printed
+    fp = json.loads((out / "fingerprint.json").read_text())
+    assert fp["suspicious"]["counts"] == {"slices of volumes": 1}
+    grouped = tmp_path / "grouped"
+    assert main(["inspect", str(root), r"data.group_by=^(vol\d+)", "-o", str(grouped)]) == 0
+    assert "look like slices" not in capsys.readouterr().out
+    assert json.loads((grouped / "fingerprint.json").read_text())["suspicious"]["counts"] == {}
+
+
+# --------------------------------------------------------------------------- mask encodings
+def disc_mask(size: int, seed: int = 0) -> np.ndarray:
+    """A 0/255 disc on (size, size), off-centre by ``seed``."""
+    y, x = np.mgrid[:size, :size]
+    cx, cy, r = size * (0.45 + 0.02 * seed), size * 0.5, size * 0.22
+    return (((x - cx) ** 2 + (y - cy) ** 2) < r * r).astype(np.uint8) * 255
+
+
+def anti_aliased(size: int, seed: int = 0) -> np.ndarray:
+    """A binary mask resized with bilinear interpolation: 0/255 plus in-between edge values."""
+    big = Image.fromarray(disc_mask(int(size * 1.37), seed))
+    return np.asarray(big.resize((size, size), Image.Resampling.BILINEAR))
+
+
+def write_set(root: Path, masks: list[Image.Image], ext: str = "png", **save) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i, mask in enumerate(masks):
+        w, h = mask.size
+        rgb = np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(root / "images" / f"{i:02d}.png")
+        mask.save(root / "masks" / f"{i:02d}.{ext}", **save)
+    return root
+
+
+def test_anti_aliased_masks_are_threshold_with_a_warning(tmp_path, capsys):
+    masks = [anti_aliased(256, i) for i in range(4)]
+    share = np.mean([((m > 31) & (m < 224)).mean() for m in masks])
+    assert 0.001 < share < 0.01 and len(np.unique(masks[0])) > 20  # edges, as a resize makes
+    root = write_set(tmp_path / "data", [Image.fromarray(m) for m in masks])
+    out = tmp_path / "out"
+    assert main(["inspect", str(root), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    fp = json.loads((out / "fingerprint.json").read_text())
+    assert fp["mask_mode"] == "threshold" and fp["error"] is None
+    assert fp["mask_settings"] == {"data.mask_mode": "threshold", "data.mask_threshold": 127}
+    assert fp["warning"].startswith(f"masks are near-binary 0/255: {share:.2%} of the pixels ")
+    assert "anti-aliased edges" in fp["warning"]
+    assert "warning: masks are near-binary 0/255" in printed
+    assert re.search(r"0\.\.12\d -> background, 1[23]\d\.\.255 -> foreground", printed)
+    # train and tune read them so: the training target is the thresholded mask
+    cfg = load_config(None, ["data.source=folder", f"data.root={root}", "data.split=[0.5,0.5,0]"])
+    prepared = prepare_data(cfg)
+    assert prepared.data.mask_mode == "threshold" and prepared.data.mask_threshold == 127
+    ds = build_datasets(prepared.model_copy(update={}))
+    pairs = [*ds["train"].samples, *ds["val"].samples]
+    target = ds["train"].mapper.read(pairs[0].mask)
+    expected = (np.asarray(Image.open(pairs[0].mask)) > 127).astype(np.int64)
+    assert target.tolist() == expected.tolist()
+
+
+def test_jpeg_masks_are_threshold_with_a_warning_naming_jpeg(tmp_path):
+    masks = [Image.fromarray(disc_mask(96, i)) for i in range(4)]
+    root = write_set(tmp_path / "data", masks, ext="jpg", quality=75)
+    raw = np.asarray(Image.open(root / "masks" / "00.jpg"))
+    assert ((raw > 0) & (raw < 255)).mean() > 0.01  # JPEG ringing: more than 1% off 0/255
+    fp = fingerprint(load_config(None, ["data.source=folder", f"data.root={root}"]).data)
+    assert fp.error is None and fp.mask_mode == "threshold"
+    assert fp.updates["data.mask_threshold"] == 127
+    assert fp.warning is not None and "JPEG artefacts" in fp.warning
+    assert "JPEG artefacts" in fp.summary()  # the line train and tune print
+
+
+def test_heavily_anti_aliased_masks_are_refused_naming_the_encoding_and_setting(tmp_path):
+    root = write_set(tmp_path / "data", [Image.fromarray(anti_aliased(24, i)) for i in range(4)])
+    with pytest.raises(DatasetError) as e:
+        prepare_data(load_config(None, ["data.source=folder", f"data.root={root}"]))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{root}: cannot choose data.mask_mode; mask values")
+    assert "binary masks with anti-aliased edges" in msg
+    assert msg.endswith("set data.mask_mode=threshold data.mask_threshold=127")
+
+
+def test_index_and_palette_masks_with_stray_values_are_still_refused(tmp_path):
+    lab = labels("0/1")
+    stray = lab.copy()
+    stray[10, :4] = [5, 7, 9, 11]  # stray values in 0/1 index masks
+    root = write_set(tmp_path / "index", [Image.fromarray(stray)] * 4)
+    with pytest.raises(DatasetError, match="cannot choose data.mask_mode; mask values"):
+        prepare_data(load_config(None, ["data.source=folder", f"data.root={root}"]))
+    pal = (lab * 200).astype(np.uint8)
+    pal[10, :5] = [20, 60, 90, 120, 150]  # palette indices between 0 and 200: not anti-aliasing
+    img = Image.fromarray(pal, mode="P")
+    img.putpalette([v for i in range(256) for v in (i, i, i)])
+    root = write_set(tmp_path / "palette", [img] * 4)
+    with pytest.raises(DatasetError) as e:
+        prepare_data(load_config(None, ["data.source=folder", f"data.root={root}"]))
+    assert "cannot choose data.mask_mode" in str(e.value) and "anti-aliased" not in str(e.value)
+
+
+def test_index_masks_0_to_3_give_4_classes_in_inspect_as_in_auto(tmp_path, capsys):
+    lab = np.zeros((H, W), np.uint8)
+    lab[:, 4:8], lab[:, 8:12], lab[:, 12:] = 1, 2, 3
+    root = write_set(tmp_path / "data", [Image.fromarray(lab)] * 4)
+    out = tmp_path / "out"
+    assert main(["inspect", str(root), "-o", str(out)]) == 0
+    names = ["background", "class_1", "class_2", "class_3"]
+    fp = json.loads((out / "fingerprint.json").read_text())
+    assert fp["mask_mode"] == "index" and list(fp["class_fraction"]) == names
+    assert fp["mapping"] == dict(zip("0123", names, strict=True))
+    printed = capsys.readouterr().out
+    assert f"train and tune will use: data.mask_mode=index data.classes={names}" in printed
+    prepared = prepare_data(load_config(None, ["data.source=folder", f"data.root={root}"]))
+    assert prepared.data.classes == names and prepared.num_classes == 4  # train and tune
+    # two classes set explicitly: refused, naming the encoding and the setting
+    two = ["data.source=folder", f"data.root={root}", "data.classes=[bg,fg]"]
+    with pytest.raises(DatasetError) as e:
+        prepare_data(load_config(None, two))
+    assert "index masks with 4 classes (values 0..3): set data.classes=[background,class_1," in (
+        str(e.value)
+    )
+
+
+def test_colour_masks_map_through_mask_colors(tmp_path, capsys):
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[CLASS1] = (255, 0, 0)
+    rgb[CLASS2] = (0, 255, 0)
+    root = write_set(tmp_path / "data", [Image.fromarray(rgb)] * 4)
+    base = ["data.source=folder", f"data.root={root}"]
+    with pytest.raises(DatasetError) as e:  # without the setting: the colours and the setting
+        prepare_data(load_config(None, base))
+    assert "colour mask (mode RGB; colours (0, 255, 0), (255, 0, 0))" in str(e.value)
+    assert (
+        """set data.mask_colors to each colour's class, e.g. 'data.mask_colors={"#000000": 0"""
+        in (str(e.value))
+    )
+    colors = 'data.mask_colors={"#000000": 0, "255,0,0": 1, "#00FF00": 2}'
+    out = tmp_path / "out"
+    assert main(["inspect", str(root), colors, "-o", str(out)]) == 0
+    fp = json.loads((out / "fingerprint.json").read_text())
+    assert fp["mask_mode"] == "colors"
+    assert fp["mapping"] == {"#000000": "background", "#00ff00": "class_2", "#ff0000": "class_1"}
+    assert fp["class_fraction"] == {
+        "background": 120 / 192,
+        "class_1": 24 / 192,
+        "class_2": 48 / 192,
+    }
+    prepared = prepare_data(load_config(None, [*base, colors]))
+    assert prepared.data.mask_mode == "colors" and prepared.data.classes[1:] == [
+        "class_1",
+        "class_2",
+    ]
+    ds = build_datasets(prepared)["train"]
+    expected = labels("palette").astype(np.int64)
+    assert ds.mapper.read(ds.samples[0].mask).tolist() == expected.tolist()
+    missing = [*base, 'data.mask_colors={"#000000": 0, "#ff0000": 1}']  # green not listed
+    with pytest.raises(DatasetError, match=r"mask colours #00ff00 are not in data.mask_colors"):
+        prepare_data(load_config(None, missing))
+
+
+def test_nnunet_layout_pairs_the_0000_channel_with_its_label(tmp_path):
+    root = tmp_path / "Dataset001"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for i in range(4):
+        image(i).save(root / "imagesTr" / f"case_{i:03d}_0000.png")
+        mask_image("0/1").save(root / "labelsTr" / f"case_{i:03d}.png")
+    out = tmp_path / "out"
+    assert main(["inspect", str(root), "-o", str(out)]) == 0  # the folders found by name
+    fp = json.loads((out / "fingerprint.json").read_text())
+    assert fp["pairs"] == 4 and fp["problems"]["counts"] == {} and fp["mask_mode"] == "index"
+    image(9).save(root / "imagesTr" / "case_000_0001.png")  # a second channel: one file a case
+    cfg = load_config(
+        None,
+        ["data.source=folder", f"data.root={root}", "data.images_dir=imagesTr"]
+        + ["data.masks_dir=labelsTr"],
+    )
+    with pytest.raises(DatasetError, match=r"1 multi-channel case\); first: labelsTr/case_000"):
+        prepare_data(cfg)
+
+
+def test_data_pointed_at_the_image_folder_gets_a_hint(tmp_path, capsys):
+    root = make_layout(tmp_path / "data", "0/255")
+    assert main(["inspect", str(root / "images"), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{root}/images/images: image folder not found" in err
+    assert f"{root}/images is the image folder itself: give its parent {root}" in err

@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segray.data.io import ImageError, decode_image, encode_png, image_size, read_mask
+from segray.data.io import (
+    ImageError,
+    color_name,
+    decode_image,
+    encode_png,
+    image_size,
+    read_mask,
+)
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
@@ -169,7 +176,10 @@ def test_read_mask_rejects_a_real_colour_mask_in_one_line(tmp_path):
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"{path}: colour mask (mode RGB; colours ")
     assert "(0, 128, 0), (128, 0, 0)" in msg  # the colours found, sorted
-    assert "palette" in msg and "data.mask_mode=values" in msg
+    # the one setting that reads it, with every colour of the mask as an example
+    assert """'data.mask_colors={"#000000": 0, "#008000": 1, "#800000": 2}'""" in msg
+    packed = read_mask(path, colors=True)
+    assert [color_name(int(v)) for v in packed[:, 0]] == ["#800000", "#000000"]
 
 
 def test_encode_png_round_trips():

@@ -42,8 +42,10 @@ def unnormalise(image: torch.Tensor) -> np.ndarray:
 def test_default_norm():
     assert default_norm(3) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     assert default_norm(1) == ([0.5], [0.5])
+    # N bands: ImageNet's channel average on each (the adapted pretrained stem expects it)
+    assert default_norm(4) == ([0.449] * 4, [0.226] * 4)
     with pytest.raises(ValueError):
-        default_norm(2)
+        default_norm(0)
 
 
 @pytest.mark.parametrize("mode", ["random_crop", "resize"])

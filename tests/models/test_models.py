@@ -6,6 +6,7 @@ import urllib.error
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -17,6 +18,7 @@ from segray.models import (
     model_kwargs,
     register_model,
 )
+from segray.models.weights import adapt_input_weight
 
 SMALL_DECODER = [32, 16, 16, 8]  # keeps resnet_unet cheap; default widths run in the 512 test
 ALL_COMBOS = [(1, 1), (1, 3), (3, 1), (3, 3)]  # (in_channels, num_classes)
@@ -173,8 +175,8 @@ def test_forward_backward(
 
 @pytest.mark.parametrize("name", list_models())
 def test_bad_in_channels_and_num_classes_raise(name: str) -> None:
-    with pytest.raises(ValueError, match="in_channels must be 1 or 3, got 2"):
-        create_model(name, in_channels=2, **_cheap_kwargs(name))
+    with pytest.raises(ValueError, match="in_channels must be an int >= 1, got 0"):
+        create_model(name, in_channels=0, **_cheap_kwargs(name))
     with pytest.raises(ValueError, match="num_classes must be an int >= 1"):
         create_model(name, num_classes=0, **_cheap_kwargs(name))
 
@@ -313,6 +315,64 @@ def test_resnet_unet_loads_weights_path(tmp_path, in_channels: int) -> None:
     assert torch.equal(model.encoder.conv1.weight, expected)
     assert torch.equal(model.encoder.layer4[1].conv2.weight, reference["layer4.1.conv2.weight"])
     assert torch.equal(model.encoder.bn1.running_var, reference["bn1.running_var"])
+
+
+# model name -> (a pretrained file's state dict, its stem key, the stem's parameter in the
+# model). A registered model missing here must refuse pretrained weights.
+PRETRAINED_STEMS = {
+    "resnet_unet": (
+        lambda: torchvision.models.resnet18(weights=None).state_dict(),
+        "conv1.weight",
+        lambda model: model.encoder.conv1.weight,
+    ),
+    "deeplabv3": (
+        lambda: torchvision.models.segmentation.deeplabv3_resnet50(
+            weights=None, weights_backbone=None, aux_loss=True
+        ).state_dict(),
+        "backbone.conv1.weight",
+        lambda model: model.net.backbone.conv1.weight,
+    ),
+}
+
+
+def test_adapt_input_weight_follows_timm_rule() -> None:
+    rgb = torch.randn(8, 3, 3, 3)
+    assert torch.equal(adapt_input_weight(rgb, 1), rgb.sum(dim=1, keepdim=True))
+    assert torch.equal(adapt_input_weight(rgb, 3), rgb)
+    four = adapt_input_weight(rgb, 4)
+    assert four.shape == (8, 4, 3, 3)
+    torch.testing.assert_close(four[:, :3], rgb * 0.75)  # RGB kept, scaled by 3/4
+    torch.testing.assert_close(four[:, 3], rgb[:, 0] * 0.75)  # the 4th band repeats R
+    # With N a multiple of 3, N equal bands give the response three equal RGB bands gave.
+    x = torch.randn(1, 1, 5, 5)
+    for n in (1, 6):
+        adapted = adapt_input_weight(rgb, n)
+        torch.testing.assert_close(
+            F.conv2d(x.expand(1, n, 5, 5), adapted), F.conv2d(x.expand(1, 3, 5, 5), rgb)
+        )
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("in_channels", [4, 2])
+def test_every_model_takes_n_bands_with_an_adapted_pretrained_stem(
+    tmp_path, name: str, in_channels: int
+) -> None:
+    kwargs = _cheap_kwargs(name)
+    model = create_model(name, in_channels=in_channels, num_classes=2, **kwargs).eval()
+    assert model.applied_hparams()["in_channels"] == in_channels
+    with torch.no_grad():
+        assert model(torch.randn(1, in_channels, 64, 64)).shape == (1, 2, 64, 64)
+    if name not in PRETRAINED_STEMS:
+        with pytest.raises(ValueError, match="has no pretrained weights"):
+            create_model(name, in_channels=in_channels, pretrained=True, **kwargs)
+        return
+    state_fn, key, stem = PRETRAINED_STEMS[name]
+    state = state_fn()
+    path = _save(state, tmp_path / "weights.pth")
+    pretrained = create_model(
+        name, in_channels=in_channels, pretrained=True, weights_path=path, **kwargs
+    )
+    assert torch.equal(stem(pretrained), adapt_input_weight(state[key], in_channels))
 
 
 def test_deeplabv3_loads_weights_path_skipping_replaced_layers(tmp_path) -> None:

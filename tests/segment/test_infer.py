@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -51,14 +52,19 @@ def test_ground_truth_metrics_are_null_where_undefined():
         "precision": None,
         "recall": None,
         "accuracy": 1.0,
-        "hd95": 0.0,  # boundaries: both empty agree exactly (segray.structure)
-        "msd": 0.0,
-        "boundary_f1": 1.0,
+        "hd95": None,  # boundaries: undefined too, never a perfect 0 / 1.0 (segray.structure)
+        "msd": None,
+        "boundary_f1": None,
     }
     missed = ground_truth_metrics(none, some.astype(np.int32), num_classes=1, ignore_index=255)
     assert missed["gt_foreground_fraction"] == pytest.approx(4 / 15)
     assert (missed["dice"], missed["recall"], missed["precision"]) == (0.0, 0.0, None)
-    assert (missed["hd95"], missed["msd"], missed["boundary_f1"]) == (None, None, 0.0)
+    # missed entirely: the worst case, the image diagonal (4 x 4) and F1 0
+    assert (missed["hd95"], missed["msd"], missed["boundary_f1"]) == (
+        pytest.approx(math.hypot(4, 4)),
+        pytest.approx(math.hypot(4, 4)),
+        0.0,
+    )
     hit = ground_truth_metrics(
         some.clip(0, 1), some.astype(np.int32), num_classes=1, ignore_index=255
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -124,3 +125,16 @@ def test_unreadable_parquet_footer_is_a_shard_its_read_reports(tmp_path: Path):
     (shard,) = _plan(tmp_path / "cut.parquet")
     assert shard.row_groups is None and shard.rows is None and shard.needs_index
     assert dataclasses.replace(shard, skip=frozenset({"x"})).key == shard.key
+
+
+def test_files_of_no_input_kind_are_counted_by_extension(tmp_path: Path):
+    root = tmp_path / "photos"
+    (root / "sub").mkdir(parents=True)
+    for name in ("a.png", "b.jfif", "c.txt", "sub/d.TXT", "sub/README", ".e.txt", "f.xyz"):
+        (root / name).write_bytes(png())
+    ignored: Counter[str] = Counter()
+    assert _ids(_plan(root, ignored=ignored)) == ["a.png", "b.jfif"]
+    assert ignored == {".txt": 2, ".xyz": 1, "": 1}  # hidden files are not inputs at all
+    ignored.clear()  # a glob counts only the files it matches
+    assert _ids(_plan(f"{root}/*.*", ignored=ignored)) == ["a.png", "b.jfif"]
+    assert ignored == {".txt": 1, ".xyz": 1}

@@ -212,17 +212,39 @@ def test_missing_file_is_an_error_row(tmp_path: Path):
     assert "b.png: cannot read file" in out[1]["read_error"] and out[-1]["_total"] == 2
 
 
-def test_mask_index_matches_relative_path_then_stem(tmp_path: Path):
+def test_mask_index_matches_the_relative_path_and_never_another_folder(tmp_path: Path):
     for rel in ("sub/a.png", "b.png", "x/dup.png", "y/dup.png", ".hidden/z.png"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(png())
     index = MaskIndex.build(str(tmp_path))
-    assert len(index) == 4
-    assert index.find("photos/sub/a.jpg") == str(tmp_path / "sub" / "a.png")
-    assert index.find("deep/b.jpg") == str(tmp_path / "b.png")
-    assert index.find("dup.png") is None  # ambiguous stem
+    assert len(index) == 4 and not index.flat
+    # the path inside the input (an id without the input's name) or the id itself
+    assert index.find("photos/sub/a.jpg", "sub/a.jpg") == str(tmp_path / "sub" / "a.png")
+    assert index.find("sub/a.jpg") == str(tmp_path / "sub" / "a.png")
+    assert index.find("photos/sub/a.jpg") is None  # no dropping of folders: another tree
+    assert index.find("deep/b.jpg") is None  # a nested masks tree: no match by name
     assert index.find("x/dup.png") == str(tmp_path / "x" / "dup.png")
+    assert index.find("z/dup.png") is None and index.find("dup.png") is None
     assert index.find("z.png") is None
+
+
+def test_a_flat_masks_folder_matches_by_name_one_to_one(tmp_path: Path):
+    from segray.segment.plan import InputError, plan_inputs
+
+    masks, images = tmp_path / "masks", tmp_path / "images"
+    for rel in ("masks/s1.png", "masks/s2.png", "images/a/s1.png", "images/b/s2.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(png())
+    index = MaskIndex.build(str(masks))
+    assert index.flat and index.find("b/s2.png") == str(masks / "s2.png")
+    index.check(plan_inputs([str(images)], shard_size=4))  # one image per mask
+    (images / "c").mkdir()
+    (images / "c" / "s2.png").write_bytes(png())
+    with pytest.raises(InputError, match=r"b/s2\.png and c/s2\.png would both take s2\.png"):
+        index.check(plan_inputs([str(images)], shard_size=4))
+    (masks / "s1.tif").write_bytes(png())
+    with pytest.raises(InputError, match=r"s1\.png and s1\.tif are both the mask of s1: keep one$"):
+        MaskIndex.build(str(masks))
 
 
 @pytest.fixture(autouse=True)
