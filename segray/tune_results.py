@@ -76,7 +76,11 @@ def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def write_json(uri: str, data: Any) -> None:
-    write_text(uri, json.dumps(data, indent=2, default=str))
+    """Publish ``data`` as JSON, credentials scrubbed (`segray.secrets.scrub`): plan.json,
+    summaries and markers are outputs that get shared."""
+    from segray.secrets import scrub
+
+    write_text(uri, json.dumps(scrub(data), indent=2, default=str))
 
 
 def read_json(uri: str) -> Any | None:

@@ -105,6 +105,25 @@ def test_params_warnings_and_tracking_json_hold_no_user_info(tmp_path: Path):
     assert saved_run_id(str(tmp_path), live.settings) == "abc"  # a resume still reattaches
 
 
+def test_run_summaries_and_plans_hold_no_credential(tmp_path: Path, monkeypatch):
+    """plan.json, auto_summary.json and the search's summaries go through one JSON writer;
+    an input URI with user-info or an environment credential copied into a value is dropped."""
+    from segray.tune_results import write_json
+
+    for name, value in ENV_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    data = {
+        "data": f"s3://tokenuser:{URI_SECRET}@bucket/cells",
+        "reasons": {"x": f"copied {ENV_SECRETS['AWS_SECRET_ACCESS_KEY']} by mistake"},
+        "plan": {"epochs": 12, "folds": None, "notes": ["ok"]},
+    }
+    write_json(str(tmp_path / "plan.json"), data)
+    text = (tmp_path / "plan.json").read_text()
+    saved = json.loads(text)
+    assert not _leaks(text) and saved["data"] == "s3://bucket/cells"
+    assert saved["plan"] == data["plan"]
+
+
 # --------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def secret_env(request) -> Iterator[None]:

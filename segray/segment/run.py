@@ -37,6 +37,7 @@ from segray.config import (
     SegmentConfig,
 )
 from segray.data.masks import MaskMapper
+from segray.secrets import scrub
 from segray.segment.checks import (
     ROW_SETTINGS,
     check_resources,
@@ -215,7 +216,8 @@ def run_segment(
         **{k: v for k, v in precision.items() if k != "describe"},
         ignored_files=dict(sorted(ignored.items())),
     )
-    with_retries(out.summary.write, json.dumps(summary, indent=2).encode(), what="summary")
+    text = json.dumps(scrub(summary), indent=2)  # inputs' URIs without their credentials
+    with_retries(out.summary.write, text.encode(), what="summary")
     # Every shard is committed and checked: whatever is still staged is garbage (a part
     # rewritten by a Ray task retried after a node loss, a killed write's temporary).
     with_retries(out.staging.delete, what="delete staging")
