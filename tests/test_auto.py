@@ -357,7 +357,7 @@ def test_auto_on_tiny_data_within_its_budget(ray_local, tmp_path, capsys, monkey
     # The same output again: one line naming it, nothing overwritten.
     assert main(["auto", "--data", str(data), "--output", str(out), "--time-budget", "2m"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("segray: error: ") and "already holds a segray auto run" in err
+    assert err.startswith("segray: error: ") and "holds a finished segray auto run" in err
 
 
 def test_small_splits_are_exact_and_warned_of(ray_local, tmp_path, capsys):
