@@ -11,7 +11,6 @@ Without the token (or with a wrong one) `ray job submit` is refused and runs not
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from tests.test_cluster import (
     _images,
     _job_status,
     _submitted_id,
+    running_head,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
@@ -35,14 +35,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def head(ray_exclusive, tmp_path_factory) -> Iterator[Head]:
-    head = Head(tmp_path_factory.mktemp("auth-head"))
-    try:
-        head.wait_ready()
+    with running_head(tmp_path_factory.mktemp("auth-head")) as head:
         yield head
-    finally:
-        left = head.stop()
-        shutil.rmtree(head.temp_dir, ignore_errors=True)
-        assert not left, f"processes of the head survived its stop: {left}"
 
 
 @pytest.fixture(scope="module")
@@ -81,23 +75,18 @@ def test_a_submit_without_the_token_is_refused_and_runs_nothing(head: Head, tmp_
     assert not marker.exists()  # ... and nothing ran
 
 
+def _segment_on(head: Head, work: Path, out: Path) -> list[str]:
+    """`segray segment --address` of the work folder's images, joining the head from outside."""
+    return [
+        *(str(BIN / "segray"), "segment", "--checkpoint", str(work / "ckpt")),
+        *("--input", str(work / "images"), "--output", str(out)),
+        *("--address", f"127.0.0.1:{head.gcs_port}"),
+    ]
+
+
 def test_segray_address_without_the_token_cannot_join(head: Head, work: Path, tmp_path: Path):
     out = tmp_path / "seg"
-    rc, text = _run(
-        [
-            str(BIN / "segray"),
-            "segment",
-            "--checkpoint",
-            str(work / "ckpt"),
-            "--input",
-            str(work / "images"),
-            "--output",
-            str(out),
-            "--address",
-            f"127.0.0.1:{head.gcs_port}",
-        ],
-        _without_token(head),
-    )
+    rc, text = _run(_segment_on(head, work, out), _without_token(head))
     assert rc != 0, text[-3000:]
     assert "InvalidAuthToken" in text and "RAY_AUTH_TOKEN" in text, text[-3000:]
     assert not (out / "parquet").exists()
@@ -133,19 +122,7 @@ def test_with_the_token_a_job_and_segray_address_run(head: Head, work: Path, tmp
     # segray --address from a process outside the cluster, the token in its environment.
     cli_out = tmp_path / "cli"
     rc, text = _run(
-        [
-            str(BIN / "segray"),
-            "segment",
-            "--checkpoint",
-            str(work / "ckpt"),
-            "--input",
-            str(work / "images"),
-            "--output",
-            str(cli_out),
-            "--address",
-            f"127.0.0.1:{head.gcs_port}",
-            "segment.batch_size=2",
-        ],
+        [*_segment_on(head, work, cli_out), "segment.batch_size=2"],
         {**head.client_env, "PYTHONPATH": str(ROOT)},
     )
     assert rc == 0, text[-4000:]

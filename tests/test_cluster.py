@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -241,9 +242,10 @@ def _job_status(head: Head, job_id: str) -> str:
     return match.group(1) if match else f"unknown ({out.strip()[-300:]})"
 
 
-@pytest.fixture(scope="class")
-def head(ray_exclusive, tmp_path_factory) -> Iterator[Head]:
-    head = Head(tmp_path_factory.mktemp("head"))
+@contextmanager
+def running_head(folder: Path) -> Iterator[Head]:
+    """A ready head; stopped after, its temp dir removed, and none of its processes left."""
+    head = Head(folder)
     try:
         head.wait_ready()
         yield head
@@ -251,6 +253,12 @@ def head(ray_exclusive, tmp_path_factory) -> Iterator[Head]:
         left = head.stop()
         shutil.rmtree(head.temp_dir, ignore_errors=True)
         assert not left, f"processes of the head survived its stop: {left}"
+
+
+@pytest.fixture(scope="class")
+def head(ray_exclusive, tmp_path_factory) -> Iterator[Head]:
+    with running_head(tmp_path_factory.mktemp("head")) as head:
+        yield head
 
 
 class TestJobSubmit:
