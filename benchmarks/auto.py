@@ -103,7 +103,7 @@ def synthetic(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from segray.data.synth import generate
     from segray.evaluate import evaluate_checkpoint
     from segray.train import run_training
-    from segray.tune import run_tune
+    from segray.search.run import run_tune
 
     data = generate(work / "synth", **SYNTH)
     t0 = time.time()

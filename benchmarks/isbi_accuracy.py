@@ -71,7 +71,7 @@ def _scores(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
-    from segray.cv import run_cv
+    from segray.search.cv import run_cv
     from segray.evaluate import evaluate_checkpoint
     from segray.inference.ensemble import write_ensemble
 

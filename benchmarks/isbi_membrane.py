@@ -235,7 +235,7 @@ def precision_parity(checkpoint: Path, cfg: Config) -> dict[str, Any]:
     """The best checkpoint's masks on the val slices in fp32 and in bf16 (channels_last):
     the fraction of equal pixels and each one's foreground Dice (pooled over the slices)."""
     from segray.data import MaskMapper, data_splits, list_samples, read_mask
-    from segray.predict import load_segmenter
+    from segray.inference.segmenter import load_segmenter
 
     samples = data_splits(list_samples(cfg.data, check=False), cfg.data)["val"]
     mapper = MaskMapper.from_config(cfg.data)

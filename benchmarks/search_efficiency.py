@@ -13,7 +13,7 @@ large objects need long-range context), generated in a temporary folder, split 7
 train/val, four augmented passes over each training image an epoch (so that one epoch already
 trains far enough to rank a configuration); a ResNet18-U-Net with a
 small atrous decoder ([64, 32, 16, 8]), Adam with a cosine schedule over ``--epochs``, batch 4.
-Every trial is one segray training (``segray.tune.run_tune``, Ray Train inside Ray Tune), one
+Every trial is one segray training (``segray.search.run.run_tune``, Ray Train inside Ray Tune), one
 trial at a time (``--workers`` 1 worker x 2 CPUs by default, or 2 gloo workers x 1 CPU), so
 trials never compete for the cores and their start-up costs can be read off cleanly.
 
@@ -354,7 +354,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             from segray.cluster import ensure_ray
             from segray.config import apply_overrides
-            from segray.tune import run_tune
+            from segray.search.run import run_tune
 
             t0 = time.time()
             where = ensure_ray()

@@ -66,7 +66,7 @@ from _common import publish, ray_lock  # noqa: E402
 from segray.checkpoint import build_model, save_checkpoint  # noqa: E402
 from segray.config import load_config  # noqa: E402
 from segray.data.io import decode_image  # noqa: E402
-from segray.predict import load_segmenter  # noqa: E402
+from segray.inference.segmenter import load_segmenter  # noqa: E402
 from segray.segment.infer import encode_mask_png, mask_stats  # noqa: E402
 
 FOLDER = 200  # images per generated sub-folder; a run over N images takes the first N / FOLDER

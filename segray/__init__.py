@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from segray.predict import load_segmenter
+    from segray.inference.segmenter import load_segmenter
 
 __version__ = "0.1.0"
 
@@ -15,7 +15,7 @@ __all__ = ["__version__", "load_segmenter"]
 def __getattr__(name: str) -> Any:
     """``segray.load_segmenter``, imported on first use so ``import segray`` stays light."""
     if name == "load_segmenter":
-        from segray.predict import load_segmenter
+        from segray.inference.segmenter import load_segmenter
 
         return load_segmenter
     raise AttributeError(f"module 'segray' has no attribute {name!r}")

@@ -155,7 +155,7 @@ def load_model(
     if (directory / ENSEMBLE_FILE).is_file():
         raise CheckpointError(
             f"{directory}: an ensemble checkpoint ({ENSEMBLE_FILE}); load it with "
-            "segray.predict.load_segmenter, or load_model one of its members/"
+            "segray.inference.segmenter.load_segmenter, or load_model one of its members/"
         )
     cfg = load_checkpoint_config(directory)
     model = build_model(cfg, pretrained=False)  # the weights come from the file, not the network

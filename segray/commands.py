@@ -62,7 +62,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_config_show(args: argparse.Namespace) -> int:
     """Print the resolved config as YAML (a ``tune.space`` is checked too)."""
-    from segray.search_space import parse_space
+    from segray.search.space import parse_space
 
     cfg = _load(args)
     if cfg.tune.space:
@@ -188,7 +188,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _resume_or_start(args: argparse.Namespace, what: str) -> None:
     """``--resume-or-start``: continue the search in ``--output`` if it holds one."""
-    from segray.tune import search_exists
+    from segray.search.run import search_exists
 
     if args.resume_or_start and not args.resume and search_exists(args.output):
         print(f"resuming the {what} in {args.output} (--resume-or-start)")
@@ -215,7 +215,7 @@ _STOPPED_BY = (("stopped_by_budget", "time budget"), ("stopped_by_plateau", "pla
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Hyperparameter search: Tune + Optuna + ASHA, each trial a DDP training."""
-    from segray.tune import run_tune
+    from segray.search.run import run_tune
 
     _resume_or_start(args, "search")
     # run_tune checks tune.space (and, resuming, what may change) before a trial starts
@@ -241,7 +241,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     )
     if args.then_cv:
         from segray.checkpoint import fetch_checkpoint, load_checkpoint_config
-        from segray.cv import run_cv
+        from segray.search.cv import run_cv
 
         best = load_checkpoint_config(fetch_checkpoint(result.best))
         cv = run_cv(best, f"{result.output}/cv", folds=args.then_cv, address=args.address)
@@ -251,7 +251,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_cv(args: argparse.Namespace) -> int:
     """K-fold cross-validation: one DDP trial per fold, then the fold ensemble."""
-    from segray.cv import run_cv
+    from segray.search.cv import run_cv
 
     _resume_or_start(args, "cross-validation")
     cfg = _resume_config(args) if args.resume else _load(args)

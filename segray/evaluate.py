@@ -3,7 +3,7 @@
     metrics = evaluate_checkpoint("runs/train/checkpoints/best", data="data/new", split="all",
                                   output="reports/best")
 
-Every image goes through a `segray.predict.Segmenter` at its own size (so large images are
+Every image goes through a `segray.inference.segmenter.Segmenter` at its own size (so large images are
 tiled exactly as in production); its probabilities feed one `SegMetrics` accumulator (metrics
 from counts over all pixels, never an average of per-image scores), and its mask the
 per-image scores. Written into ``output/``:
@@ -69,7 +69,7 @@ from segray.data import (
     prepare_data,
 )
 from segray.metrics import SegMetrics, per_image_metrics
-from segray.predict import load_segmenter
+from segray.inference.segmenter import load_segmenter
 from segray.report.overlay import ERROR_LEGEND, error_rgba
 from segray.storage import Location, published
 from segray.structure import DEFAULT_TOL, em_metrics, one_sided, surface_metrics

@@ -6,7 +6,7 @@
     probs = model.probabilities(torch.from_numpy(image))        # (K, H, W) float32
 
 TorchScript: `MaskModel`, scripted around the traced network, does what
-`segray.predict.Segmenter.predict` does, in float32: channel conversion ((H, W), alpha dropped,
+`segray.inference.segmenter.Segmenter.predict` does, in float32: channel conversion ((H, W), alpha dropped,
 gray <-> RGB with PIL's luma), edge padding of sides under the models' 32-pixel minimum,
 sliding-window tiles with Hann blending above ``segment.tile_size``, every ensemble member under
 every TTA transform (averaged in probability space), the per-class thresholds and the
@@ -28,7 +28,7 @@ the exporter cannot express: such a checkpoint is refused with an `ExportError` 
 export TorchScript. The TorchScript-based exporter with dynamic axes needs only the ``onnx``
 package.
 
-Either way the artifact is loaded back and checked against `segray.predict.load_segmenter` in
+Either way the artifact is loaded back and checked against `segray.inference.segmenter.load_segmenter` in
 fp32 on random images of `CHECK_SIZES` (another aspect ratio, odd sides, one under the 32-pixel
 minimum): probabilities within `TOLERANCE`, and masks equal but for at most `MASK_TOLERANCE` of
 the pixels (a probability within float error of a threshold may fall either side); otherwise
@@ -55,7 +55,7 @@ from segray.inference.network import Preprocess, ProbabilityModel
 from segray.inference.postprocess import postprocess_torch, threshold_torch
 from segray.inference.tta import TTA_MODES
 from segray.models.blocks import MIN_INPUT_SIZE
-from segray.predict import Segmenter, load_segmenter
+from segray.inference.segmenter import Segmenter, load_segmenter
 from segray.storage import Location, published_file
 
 __all__ = [
@@ -89,7 +89,7 @@ class ExportError(RuntimeError):
 
 @dataclass(frozen=True)
 class ExportReport:
-    """What `export_model` wrote and how closely it matches `segray.predict.load_segmenter`.
+    """What `export_model` wrote and how closely it matches `segray.inference.segmenter.load_segmenter`.
 
     ``max_abs_diff`` maps each checked size ``"HxW"`` to the largest absolute difference of
     the artifact's probabilities from the Segmenter's on the same images; ``mask_mismatch``
@@ -159,7 +159,7 @@ class MaskModel(nn.Module):
         return self._forward(x.unsqueeze(0))[0]
 
     def _channels(self, image: torch.Tensor) -> torch.Tensor:
-        """`segray.predict.Segmenter.to_array` of a uint8 array, in torch."""
+        """`segray.inference.segmenter.Segmenter.to_array` of a uint8 array, in torch."""
         if image.dtype != torch.uint8:
             raise ValueError("the image must be a uint8 tensor (H, W) or (H, W, C)")
         if image.dim() == 2:
@@ -213,7 +213,7 @@ class MaskModel(nn.Module):
 
 
 def _starts(length: int, tile: int, stride: int) -> list[int]:
-    """`segray.predict._starts` (scriptable)."""
+    """`segray.inference.segmenter._starts` (scriptable)."""
     if length <= tile:
         return [0]
     out = list(range(0, length - tile, stride))
@@ -222,7 +222,7 @@ def _starts(length: int, tile: int, stride: int) -> list[int]:
 
 
 def _hann(n: int) -> torch.Tensor:
-    """`segray.predict._hann` (scriptable)."""
+    """`segray.inference.segmenter._hann` (scriptable)."""
     i = torch.arange(n, dtype=torch.float64)
     return torch.sin(math.pi * (i + 0.5) / n).square().float()
 

@@ -18,7 +18,7 @@ from segray.auto.plan import Probe, probe_step
 from segray.auto.run import _base_config, derive_for
 from segray.config import Config, DataConfig
 from segray.data.inspect import fingerprint
-from segray.searcher import BestPlateauStopper
+from segray.search.searcher import BestPlateauStopper
 
 LAPTOP = Resources(cpus=2)
 
@@ -279,7 +279,7 @@ def test_auto_on_tiny_data_within_its_budget(ray_local, tmp_path, capsys, monkey
     from segray.data import list_samples
     from segray.data.split import data_splits
     from segray.data.synth import generate
-    from segray.tune_results import config_from_yaml
+    from segray.search.results import config_from_yaml
 
     data = generate(tmp_path / "data", num=40, size=32, seed=3)
     out = tmp_path / "auto"

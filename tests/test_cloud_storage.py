@@ -84,7 +84,7 @@ def test_search_on_s3_resumes_and_its_best_checkpoint_serves_from_s3(
     best = set(_files(resolve_published(f"{out}/best").uri))
     assert {"model.pt", "config.yaml", "metrics.json"} <= best and "train_state.pt" not in best
 
-    from segray.predict import load_segmenter
+    from segray.inference.segmenter import load_segmenter
 
     segmenter = load_segmenter(f"{out}/best", device="cpu")
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)

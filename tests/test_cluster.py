@@ -420,7 +420,7 @@ class TestTwoNodes:
         suggestion: a node that joins mid-search adds a trial slot (no number frozen at start)."""
         from ray.tune.search import Searcher
 
-        from segray.searcher import ClusterSizedLimiter
+        from segray.search.searcher import ClusterSizedLimiter
 
         class One(Searcher):
             def suggest(self, trial_id: str) -> dict[str, int]:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from segray.config import ConfigError, load_config
-from segray.cv import cv_config
+from segray.search.cv import cv_config
 from segray.data.folder import DatasetError, Sample
 from segray.data.split import assign_folds, data_splits, group_key, split_samples
 from tests.conftest import TINY
@@ -105,7 +105,7 @@ CV = [
 
 @pytest.fixture(scope="module")
 def cv_run(ray_local, tmp_path_factory):
-    from segray.cv import run_cv
+    from segray.search.cv import run_cv
 
     out = tmp_path_factory.mktemp("cv") / "cv"
     return run_cv(load_config(None, CV), out, folds=2)
@@ -149,7 +149,7 @@ def test_cv_trains_every_fold_and_predicts_every_pooled_image_once(cv_run):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_the_cv_ensemble_loads_and_averages_its_fold_models(cv_run):
-    from segray.predict import load_segmenter
+    from segray.inference.segmenter import load_segmenter
 
     ensemble = load_segmenter(cv_run.ensemble, device="cpu", precision="fp32")
     members = [

@@ -13,7 +13,7 @@ import torch
 from segray.checkpoint import build_model, model_id, save_checkpoint
 from segray.config import load_config
 from segray.export import CHECK_SIZES, MASK_TOLERANCE, TOLERANCE, ExportError, export_model
-from segray.predict import load_segmenter
+from segray.inference.segmenter import load_segmenter
 
 SMALL_RESNET = [
     "model.name=resnet_unet",

@@ -57,7 +57,7 @@ def test_nccl_ddp_epoch_with_amp(ray_local, tmp_path: Path):
 
 
 def test_cuda_forward_equals_cpu_forward(tmp_path: Path):
-    from segray.predict import load_segmenter
+    from segray.inference.segmenter import load_segmenter
 
     ckpt = _checkpoint(tmp_path / "ckpt")
     image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)

@@ -1,4 +1,4 @@
-"""Tests of segray.inference through segray.predict: TTA, ensembles, thresholds and
+"""Tests of segray.inference through segray.inference.segmenter: TTA, ensembles, thresholds and
 post-processing, and choosing them on held-out predictions."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from segray.checkpoint import (
 from segray.config import ConfigError, load_config
 from segray.inference import PostProcess, choose_postprocessing, transforms, write_ensemble
 from segray.inference.postprocess import postprocess_torch
-from segray.predict import Segmenter, load_segmenter
+from segray.inference.segmenter import Segmenter, load_segmenter
 
 UNET = ["model.name=unet", "model.base_width=8", "segment.tile_size=64"]
 

@@ -15,7 +15,7 @@ from PIL import Image
 from segray.checkpoint import load_model
 from segray.config import load_config
 from segray.data.io import decode_image
-from segray.predict import load_segmenter
+from segray.inference.segmenter import load_segmenter
 from segray.train import run_training
 
 pytestmark = pytest.mark.integration

@@ -32,7 +32,7 @@ def _run(*args: str, log: Path, timeout: float = 900) -> int:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_ctrl_c_stops_a_search_unpublished_and_its_resume_finishes(ray_exclusive, tmp_path):
-    from segray.tune_results import config_from_yaml
+    from segray.search.results import config_from_yaml
 
     out = tmp_path / "search"
     args = [*SEARCH, "tune.num_samples=2", "train.epochs=3", "tune.scheduler=none"]

@@ -12,7 +12,7 @@ from segray.config import ConfigError, load_config
 from segray.data.synth import render
 from segray.engine import StepConfig
 from segray.losses import create_loss
-from segray.predict import Segmenter
+from segray.inference.segmenter import Segmenter
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests of segray.predict: input kinds, shapes, tiling, batching, preprocessing (no Ray)."""
+"""Tests of segray.inference.segmenter: input kinds, shapes, tiling, batching, preprocessing (no Ray)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import segray
 from segray.checkpoint import build_model, model_id, save_checkpoint
 from segray.config import Config, load_config
 from segray.data import default_norm, eval_transform
-from segray.predict import Preprocess, Segmenter, load_segmenter
+from segray.inference.segmenter import Preprocess, Segmenter, load_segmenter
 
 TINY_UNET = ["model.name=unet", "model.base_width=8"]
 THREE_CLASSES = ["data.classes=[bg,a,b]", "data.mask_mode=index", "loss.name=ce"]
@@ -112,7 +112,7 @@ def test_load_segmenter_provenance_and_lazy_package_attribute(binary_ckpt: Path)
 
 
 def test_import_segray_stays_light() -> None:
-    code = "import segray, sys; assert not {'torch', 'segray.predict'} & set(sys.modules)"
+    code = "import segray, sys; assert not {'torch', 'segray.inference.segmenter'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

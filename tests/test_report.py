@@ -3,7 +3,7 @@ grouping, the overlays' error colours, and every kind of report opened in a real
 Chromium (no console errors, every image decoded, the trials table sorts).
 
 The run folders are tiny outputs in the exact formats segray writes (the columns of
-`segray.tune` / `segray.evaluate` / `OUTPUT_SCHEMA`), built here without Ray.
+`segray.search.run` / `segray.evaluate` / `OUTPUT_SCHEMA`), built here without Ray.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import pytest
 
 from segray.cli import main
 from segray.config import Config, ConfigError, load_config
-from segray.search_space import USED_ONLY_WHEN, parse_space, unused_reason
+from segray.search.space import USED_ONLY_WHEN, parse_space, unused_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = load_config(None, ["model.encoder=resnet18"])

@@ -355,7 +355,7 @@ def test_best_on_object_storage_is_published_whole_or_not_at_all(
 ):
     """A publish of best/ cut off after 3 uploads leaves readers the previous best
     whole (never trial B's config.yaml with trial A's model.pt); the next publish replaces it."""
-    from segray.tune_results import _publish
+    from segray.search.results import _publish
 
     out = f"{s3_bucket}/search"
     _publish(_stage(tmp_path / "a", "A"), out)

@@ -17,7 +17,7 @@ from segray.checkpoint import build_model, save_checkpoint
 from segray.config import load_config
 from segray.data import read_mask
 from segray.evaluate import evaluate_checkpoint
-from segray.predict import load_segmenter
+from segray.inference.segmenter import load_segmenter
 from segray.structure import (
     boundary,
     em_metrics,

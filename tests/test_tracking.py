@@ -226,7 +226,7 @@ class TestSearch:
     @pytest.fixture(scope="class")
     @classmethod
     def search(cls, mlflow_server, fail_once, tmp_path_factory):
-        from segray.tune import run_tune
+        from segray.search.run import run_tune
         from tests.test_tune import SEARCH
 
         out = tmp_path_factory.mktemp("tracked-tune") / "search"
@@ -324,7 +324,7 @@ class TestSearch:
         assert set(space) == {"model.dilation_rates", "loss.bce_weight", "optim.lr"}
 
     def test_a_resumed_search_reattaches_to_its_parent_run(self, search, mlflow_server):
-        from segray.tune import run_tune
+        from segray.search.run import run_tune
 
         result, out, _ = search
         parent_id = json.loads((out / "tracking.json").read_text())["run_id"]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from segray.config import ConfigError, load_config
-from segray.tune import run_tune
+from segray.search.run import run_tune
 from tests.conftest import TINY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -85,7 +85,7 @@ def test_best_checkpoint_is_a_train_checkpoint_that_predicts(search):
 def test_optuna_was_told_each_trials_best_epoch_and_which_asha_stopped(search):
     """The searcher's saved study: complete trials carry their best epoch's score (the one
     trials.parquet ranks by), trials ASHA stopped are pruned where it stopped them."""
-    from segray.searcher import RankedOptunaSearch
+    from segray.search.searcher import RankedOptunaSearch
 
     (state,) = Path(search.output, "ray", "tune").glob("searcher-state-*.pkl")
     searcher = RankedOptunaSearch(metric="val_loss", mode="min", sampler=None, max_epochs=3)
@@ -125,7 +125,7 @@ def test_a_value_a_trial_would_ignore_is_refused_before_ray_starts(tmp_path):
 
 def test_trials_pack_by_their_workers_resources(ray_local):
     """The trial driver reserves nothing; as many whole trials run at once as the CPUs hold."""
-    from segray.tune import max_concurrent, trial_resources
+    from segray.search.run import max_concurrent, trial_resources
 
     two = load_config(None, [*SEARCH, "train.num_workers=2", "train.cpus_per_worker=1"])
     assert trial_resources(two) == {"CPU": 2.0}
@@ -156,7 +156,7 @@ def test_an_autoscaling_cluster_is_sized_by_its_largest_shape(ray_local, capsys)
     from ray.tune.search import Searcher
 
     from segray.cluster import ResourceError, check_fits
-    from segray.searcher import ClusterSizedLimiter
+    from segray.search.searcher import ClusterSizedLimiter
 
     config = autoscaler_pb2.ClusterConfig()
     group = config.node_group_configs.add()

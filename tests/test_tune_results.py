@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from segray.searcher import RankedOptunaSearch, best_score, score_key
-from segray.tune_results import _best_kept_epoch, _kept_epochs
+from segray.search.searcher import RankedOptunaSearch, best_score, score_key
+from segray.search.results import _best_kept_epoch, _kept_epochs
 
 
 def _epoch(hist: pd.DataFrame, row) -> int:
@@ -138,7 +138,7 @@ def test_running_trials_are_constant_lies_and_the_state_survives_save_restore(tm
 def test_a_trial_is_labelled_by_what_ended_it(tmp_path: Path):
     """Finished (its training returned), stopped by ASHA (the marker it left), stopped by the
     search's time budget (the search's stop record), else interrupted: never "stopped early"."""
-    from segray.tune_results import ASHA_MARKER, DONE_MARKER, _why_unfinished
+    from segray.search.results import ASHA_MARKER, DONE_MARKER, _why_unfinished
 
     uri = str(tmp_path)
     for name, marker in (("done", DONE_MARKER), ("asha", ASHA_MARKER), ("cut", None)):
@@ -158,10 +158,10 @@ def test_the_search_stop_records_the_time_budget_and_a_resume_reads_it_again(
     import pickle
 
     from segray.config import load_config
-    from segray.tune import SearchStop
+    from segray.search.run import SearchStop
 
     now = [1000.0]
-    monkeypatch.setattr("segray.tune.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("segray.search.run.time.monotonic", lambda: now[0])
     record, config = tmp_path / "stop.json", tmp_path / "config.yaml"
     config.write_text(load_config(None, ["tune.time_budget_s=60"]).to_yaml())
     stop = SearchStop(str(record), None, budget_s=60, config=str(config))
@@ -185,8 +185,8 @@ def test_the_search_stop_records_the_time_budget_and_a_resume_reads_it_again(
 def test_asha_leaves_a_marker_only_where_it_stops_a_trial_at_a_rung(tmp_path: Path):
     from types import SimpleNamespace
 
-    from segray.tune import RecordingASHA
-    from segray.tune_results import ASHA_MARKER
+    from segray.search.run import RecordingASHA
+    from segray.search.results import ASHA_MARKER
 
     asha = RecordingASHA(
         trials_uri=str(tmp_path),

@@ -136,7 +136,7 @@ def configured(out: str, data: str):
     from segray.auto.derive import Derived
     from segray.auto.plan import Plan, Probe
     from segray.auto.run import AutoResult
-    from segray.tune_results import config_from_yaml, read_json, read_text
+    from segray.search.results import config_from_yaml, read_json, read_text
 
     cfg = config_from_yaml(read_text(f"{out}/config.yaml") or "")
     saved = read_json(f"{out}/plan.json") or {}
@@ -148,13 +148,13 @@ def configured(out: str, data: str):
 
 
 def load_state(out: str) -> dict[str, Any] | None:
-    from segray.tune_results import read_json
+    from segray.search.results import read_json
 
     return read_json(f"{out}/{STATE}")
 
 
 def save_state(out: str, state: dict[str, Any]) -> None:
-    from segray.tune_results import write_json
+    from segray.search.results import write_json
 
     write_json(f"{out}/{STATE}", state)
 
@@ -164,8 +164,8 @@ def finished_search(tune_out: str):
     import pandas as pd
 
     from segray.storage import Location
-    from segray.tune import TuneResult
-    from segray.tune_results import read_json
+    from segray.search.run import TuneResult
+    from segray.search.results import read_json
 
     summary = read_json(f"{tune_out}/summary.json")
     if summary is None:

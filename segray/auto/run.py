@@ -209,7 +209,7 @@ def run_auto(
     own saved state. Interrupted (Ctrl-C), it raises `RunInterrupted`, which says so.
     """
     from segray.cluster import interruptible
-    from segray.tune_results import read_text
+    from segray.search.results import read_text
 
     out = str(output) if "://" in str(output) else str(Path(output).resolve())
     if read_text(f"{out}/{SUMMARY}") is not None:
@@ -291,7 +291,7 @@ def _run_auto(
 ) -> AutoResult:
     """`run_auto` from the start: configure, then `_stages`."""
     from segray.data.split import write_splits
-    from segray.tune_results import write_json, write_text
+    from segray.search.results import write_json, write_text
 
     started = time.time()
     out = str(output)
@@ -357,7 +357,7 @@ def _stages(
     """Search, cross-validate, test and segment; a stage that finished before (``summary``
     holds it) is not run again, and its progress is saved after each."""
     from segray.storage import Location
-    from segray.tune_results import write_json
+    from segray.search.results import write_json
 
     cfg, plan = prep.config, prep.plan
     search = _search(cfg, out, address, times, done="search" in summary)
@@ -464,7 +464,7 @@ def _search(
 ):
     """The search in OUT/tune: read back if it finished before (``done``), resumed from its
     saved state if it started, else started."""
-    from segray.tune import run_tune, search_exists
+    from segray.search.run import run_tune, search_exists
 
     if done:
         print(f"\n== search: finished before, read from {out}/tune", flush=True)
@@ -520,12 +520,12 @@ def _cv_s(folds: int, trial_s: float, plan: Plan) -> float:
 
 def _cv(best: str, out: str, folds: int, address: str | None, times: dict[str, float]):
     from segray.checkpoint import fetch_checkpoint, load_checkpoint_config
-    from segray.cv import run_cv
+    from segray.search.cv import run_cv
 
     _stage(
         "cross-validate", f"the best config over {folds} folds of train + val, then their ensemble"
     )
-    from segray.tune import search_exists
+    from segray.search.run import search_exists
 
     t0 = time.time()
     how = f"segray auto --resume {out}"

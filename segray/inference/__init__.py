@@ -1,4 +1,4 @@
-"""The pieces of inference that `segray.predict.Segmenter` joins, one per responsibility.
+"""The pieces of inference that `segray.inference.segmenter.Segmenter` joins, one per responsibility.
 
 network.py      Preprocess and ProbabilityModel: uint8 images -> probabilities (members, TTA)
 tta.py          the flip / dihedral transforms and their exact inverses

@@ -4,7 +4,7 @@
 every member of an ensemble (a single model is an ensemble of one) on its own `Preprocess`,
 under every TTA transform, and averages: first over the transforms per member, then over the
 members (`member_probs` keeps the members apart, for their disagreement). Everything after the
-networks runs in float32. Used eagerly by `segray.predict.Segmenter` and traced into the
+networks runs in float32. Used eagerly by `segray.inference.segmenter.Segmenter` and traced into the
 exported artefacts by `segray.export`.
 """
 

@@ -160,7 +160,7 @@ class SegmentActor:
     def __init__(self, *, checkpoint: str, config: dict[str, Any], model: str, run_id: str) -> None:
         import torch
 
-        from segray.predict import load_segmenter
+        from segray.inference.segmenter import load_segmenter
 
         cfg = Config.from_dict(config)
         seg = cfg.segment

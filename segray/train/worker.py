@@ -122,14 +122,14 @@ def _same(a: Any, b: Any) -> bool:
 def check_applied(expected: Mapping[str, Any], applied: Mapping[str, Any], cfg: Config) -> None:
     """Fail loudly unless every sampled value is what the worker actually built and uses.
 
-    A key the resolved config ignores (`segray.search_space.unused_reason`: ``loss.bce_weight``
+    A key the resolved config ignores (`segray.search.space.unused_reason`: ``loss.bce_weight``
     without bce_dice, ``optim.momentum`` without SGD, dilation rates of a plain decoder) is a
     mismatch. Keys the live objects report (``applied``: read back from the built modules,
     optimizer and loss) are compared with what they report; other keys, which have no physical
     read-back, with the worker's resolved config. Catches the classic HPO bug where every trial
     silently trains the same model.
     """
-    from segray.search_space import unused_reason
+    from segray.search.space import unused_reason
 
     resolved = cfg.to_dict()
     problems = []

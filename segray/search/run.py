@@ -15,7 +15,7 @@ reported ``epoch`` (monotone across retries), not on Tune's iteration count.
     OUT/summary.json, OUT/plots/{optimization_history,param_importances}.png
     OUT/tracking.json          the MLflow parent run (``cfg.tracking``), which a resume reattaches to
 
-(the tables, best/, summary and plots: `segray.tune_results`).
+(the tables, best/, summary and plots: `segray.search.results`).
 
 With MLflow tracking on, the search is a parent run (the config and search space, at the end
 the summary, tables, plots and best checkpoint) and every trial a nested run whose params are
@@ -48,8 +48,8 @@ from segray.cluster import ResourceError, RunInterrupted, check_fits, ensure_ray
 from segray.config import Config, apply_overrides
 from segray.data import inspect_data
 from segray.data.split import write_splits
-from segray.search_space import SearchSpace, parse_space
-from segray.searcher import BestPlateauStopper, ClusterSizedLimiter, RankedOptunaSearch
+from segray.search.space import SearchSpace, parse_space
+from segray.search.searcher import BestPlateauStopper, ClusterSizedLimiter, RankedOptunaSearch
 from segray.storage import Location
 from segray.tracking import (
     TRIAL_TAG,
@@ -60,7 +60,7 @@ from segray.tracking import (
     settings_from_config,
 )
 from segray.train import run_training, worker_resources
-from segray.tune_results import (
+from segray.search.results import (
     ASHA_MARKER,
     DONE_MARKER,
     SEARCH_STOP,

@@ -77,13 +77,13 @@ def run_cv(
 
     ``resume=True`` continues an interrupted run in ``output`` with its saved config; folds
     that finished are not trained again; a config given then may change only what a resumed
-    search may (`segray.tune.SEARCH_RESUME_MUTABLE`). Interrupted (Ctrl-C), it publishes
+    search may (`segray.search.run.SEARCH_RESUME_MUTABLE`). Interrupted (Ctrl-C), it publishes
     nothing and raises `RunInterrupted`, whose message ends with ``continue_with`` (default
     ``segray cv --resume OUT``).
     """
     from segray.data import list_samples, prepare_data
     from segray.data.split import data_splits
-    from segray.tune import run_tune
+    from segray.search.run import run_tune
 
     started = time.time()
     out = str(output) if "://" in str(output) else str(Path(output).resolve())
@@ -142,7 +142,7 @@ def _predict_fold(checkpoint: str) -> list[dict[str, Any]]:
     """(key, fold, float16 probabilities, target) of every validation image of a fold model."""
     from segray.data import MaskMapper, list_samples, prepare_data
     from segray.data.split import data_splits
-    from segray.predict import load_segmenter
+    from segray.inference.segmenter import load_segmenter
 
     segmenter = load_segmenter(checkpoint)
     cfg = prepare_data(segmenter.config)
@@ -256,7 +256,7 @@ def _nan_mean(values: pd.Series) -> float:
 
 
 def _saved_config(out: str) -> Config:
-    from segray.tune_results import config_from_yaml, read_text
+    from segray.search.results import config_from_yaml, read_text
 
     text = read_text(f"{out}/config.yaml")
     if text is None:
