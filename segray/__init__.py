@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from segray.inference.segmenter import load_segmenter
 
-__version__ = "0.1.0"
+from segray.version import __version__
 
 __all__ = ["__version__", "load_segmenter"]
 

@@ -12,7 +12,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from segray import __version__
 from segray.commands import (
     cmd_auto,
     cmd_config_show,
@@ -28,6 +27,7 @@ from segray.commands import (
     cmd_train,
     cmd_tune,
 )
+from segray.version import __version__
 
 
 def _add_config_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:

@@ -68,9 +68,9 @@ from segray.data import (
     local_root,
     prepare_data,
 )
-from segray.metrics import SegMetrics, per_image_metrics
 from segray.inference.segmenter import load_segmenter
-from segray.report.overlay import ERROR_LEGEND, error_rgba
+from segray.metrics import SegMetrics, per_image_metrics
+from segray.overlay import ERROR_LEGEND, error_rgba
 from segray.storage import Location, published
 from segray.structure import DEFAULT_TOL, em_metrics, one_sided, surface_metrics
 

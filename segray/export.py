@@ -53,9 +53,9 @@ from torch import nn
 from segray.checkpoint import fetch_checkpoint
 from segray.inference.network import Preprocess, ProbabilityModel
 from segray.inference.postprocess import postprocess_torch, threshold_torch
+from segray.inference.segmenter import Segmenter, load_segmenter
 from segray.inference.tta import TTA_MODES
 from segray.models.blocks import MIN_INPUT_SIZE
-from segray.inference.segmenter import Segmenter, load_segmenter
 from segray.storage import Location, published_file
 
 __all__ = [

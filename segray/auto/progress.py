@@ -163,9 +163,9 @@ def finished_search(tune_out: str):
     """The `TuneResult` of the finished search in ``tune_out``, read from its outputs."""
     import pandas as pd
 
-    from segray.storage import Location
-    from segray.search.run import TuneResult
     from segray.search.results import read_json
+    from segray.search.run import TuneResult
+    from segray.storage import Location
 
     summary = read_json(f"{tune_out}/summary.json")
     if summary is None:

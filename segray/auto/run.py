@@ -356,8 +356,8 @@ def _stages(
 ) -> AutoResult:
     """Search, cross-validate, test and segment; a stage that finished before (``summary``
     holds it) is not run again, and its progress is saved after each."""
-    from segray.storage import Location
     from segray.search.results import write_json
+    from segray.storage import Location
 
     cfg, plan = prep.config, prep.plan
     search = _search(cfg, out, address, times, done="search" in summary)

@@ -114,7 +114,7 @@ class Fingerprint:
             raise DatasetError(self.error)
 
     def to_dict(self) -> dict[str, Any]:
-        from segray import __version__
+        from segray.version import __version__
 
         return {
             "segray_version": __version__,

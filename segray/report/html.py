@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from segray import __version__
+from segray.version import __version__
 
 __all__ = [
     "Page",

@@ -29,8 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from segray.report import html
-from segray.report.overlay import (
+from segray.overlay import (
     ERROR_LEGEND,
     IGNORED,
     PREDICTED,
@@ -39,6 +38,7 @@ from segray.report.overlay import (
     side_by_side,
     to_png,
 )
+from segray.report import html
 from segray.report.plots import histograms
 from segray.report.rundir import RunDir, log
 from segray.storage import Location, with_retries

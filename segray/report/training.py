@@ -5,7 +5,7 @@ A training run: learning curves, the per-epoch metrics table and the best epoch'
 (``history.parquet``, ``checkpoints/best/metrics.json``; never the weights).
 An evaluation: the metrics (overall and per class), ROC and PR curves, the per-image scores
 and the overlays of the worst images, whose false positives and false negatives are drawn in
-two distinct colours (`segray.report.overlay.ERROR_COLOURS`).
+two distinct colours (`segray.overlay.ERROR_COLOURS`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from segray.overlay import ERROR_LEGEND, IGNORED
 from segray.report import html
-from segray.report.overlay import ERROR_LEGEND, IGNORED
 from segray.report.plots import curves
 from segray.report.rundir import RunDir
 

@@ -35,8 +35,8 @@ from segray.checkpoint import (
 )
 from segray.cluster import RunInterrupted
 from segray.config import Config, load_config
-from segray.search.space import SearchSpace
 from segray.search.searcher import score_key
+from segray.search.space import SearchSpace
 from segray.storage import Location, publish_folder, with_retries
 from segray.tracking import Tracker, metric_values
 

@@ -48,18 +48,6 @@ from segray.cluster import ResourceError, RunInterrupted, check_fits, ensure_ray
 from segray.config import Config, apply_overrides
 from segray.data import inspect_data
 from segray.data.split import write_splits
-from segray.search.space import SearchSpace, parse_space
-from segray.search.searcher import BestPlateauStopper, ClusterSizedLimiter, RankedOptunaSearch
-from segray.storage import Location
-from segray.tracking import (
-    TRIAL_TAG,
-    Tracker,
-    flatten_params,
-    save_run_id,
-    saved_run_id,
-    settings_from_config,
-)
-from segray.train import run_training, worker_resources
 from segray.search.results import (
     ASHA_MARKER,
     DONE_MARKER,
@@ -72,6 +60,18 @@ from segray.search.results import (
     write_json,
     write_text,
 )
+from segray.search.searcher import BestPlateauStopper, ClusterSizedLimiter, RankedOptunaSearch
+from segray.search.space import SearchSpace, parse_space
+from segray.storage import Location
+from segray.tracking import (
+    TRIAL_TAG,
+    Tracker,
+    flatten_params,
+    save_run_id,
+    saved_run_id,
+    settings_from_config,
+)
+from segray.train import run_training, worker_resources
 
 __all__ = ["TuneResult", "run_tune"]
 

@@ -23,13 +23,13 @@ import pyarrow as pa
 from PIL import Image
 from ray.data import ActorPoolStrategy
 
-from segray import __version__
 from segray.cluster import heap_env, onednn_cache_env
 from segray.config import Config, SegmentConfig
 from segray.data.io import ImageError, decode_image
 from segray.data.masks import MaskMapper
 from segray.segment.read import IMAGE_ROW
 from segray.segment.schema import OUTPUT_SCHEMA, empty_row
+from segray.version import __version__
 
 __all__ = [
     "DECODED_SCHEMA",

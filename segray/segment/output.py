@@ -30,11 +30,11 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from segray import __version__
 from segray.segment.plan import InputError, Shard
 from segray.segment.read import INDEX_FILE
 from segray.segment.schema import METRIC_COLUMNS, OUTPUT_SCHEMA
 from segray.storage import Location, with_retries
+from segray.version import __version__
 
 __all__ = [
     "Output",

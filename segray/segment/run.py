@@ -30,7 +30,6 @@ from ray.data import DataContext
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from segray import __version__
 from segray.cluster import ensure_ray
 from segray.config import (
     Config,
@@ -58,6 +57,7 @@ from segray.segment.plan import Shard, plan_inputs
 from segray.segment.read import IMAGE_ROW, READ_SCHEMA, MaskIndex, read_shard
 from segray.segment.schema import OUTPUT_SCHEMA
 from segray.storage import Location, with_retries
+from segray.version import __version__
 
 __all__ = ["run_segment", "summary_line"]
 
