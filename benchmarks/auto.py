@@ -102,8 +102,8 @@ def synthetic(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from segray.config import apply_overrides
     from segray.data.synth import generate
     from segray.evaluate import evaluate_checkpoint
-    from segray.train import run_training
     from segray.search.run import run_tune
+    from segray.train import run_training
 
     data = generate(work / "synth", **SYNTH)
     t0 = time.time()

@@ -71,9 +71,9 @@ def _scores(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
-    from segray.search.cv import run_cv
     from segray.evaluate import evaluate_checkpoint
     from segray.inference.ensemble import write_ensemble
+    from segray.search.cv import run_cv
 
     started = time.time()
     cv = run_cv(seed_config(args.data, seed, args.epochs), work / "cv", folds=args.folds)

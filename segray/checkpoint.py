@@ -22,8 +22,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +31,7 @@ import torch
 from torch import nn
 
 from segray.config import Config, load_config
+from segray.storage import POINTER, is_uri, resolve_published, with_retries
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.yaml"
@@ -41,18 +40,15 @@ STATE_FILE = "train_state.pt"
 HISTORY_FILE = "history.json"  # the per-epoch table, small: read without the optimizer state
 INFERENCE_FILES = (MODEL_FILE, CONFIG_FILE, METRICS_FILE)  # what predicting needs
 ENSEMBLE_FILE = "ensemble.json"  # marks an ensemble checkpoint directory
-POINTER = "current.json"  # segray.storage.POINTER: a folder published on an object store
 
 __all__ = [
     "CheckpointError",
     "build_model",
-    "copy_checkpoint",
     "download_checkpoint",
     "ensemble_members",
     "fetch_checkpoint",
     "load_history",
     "load_checkpoint_config",
-    "load_metrics",
     "load_model",
     "load_train_state",
     "model_id",
@@ -164,11 +160,6 @@ def load_model(
     return model.to(device).eval(), cfg
 
 
-def load_metrics(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / METRICS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def load_train_state(directory: str | Path) -> dict[str, Any] | None:
     path = Path(directory) / STATE_FILE
     if not path.is_file():
@@ -190,14 +181,12 @@ def fetch_checkpoint(where: str | Path, names: Sequence[str] = INFERENCE_FILES) 
     reads): a local path as it is; from object storage only ``names`` are downloaded, once per
     process (the optimizer state that a training checkpoint also holds is left where it is)."""
     text = str(where)
-    if "://" not in text or text.startswith("file://"):
-        local = Path(text.removeprefix("file://"))
-        if (local / POINTER).is_file():  # a folder published on an object store, copied here
-            from segray.storage import resolve_published
-
-            return Path(resolve_published(local).path)
-        return local
-    return _fetch(text.rstrip("/"), tuple(names))
+    if is_uri(text):
+        return _fetch(text.rstrip("/"), tuple(names))
+    local = Path(text.removeprefix("file://"))
+    if (local / POINTER).is_file():  # a folder published on an object store, copied here
+        return Path(resolve_published(local).path)
+    return local
 
 
 @functools.cache
@@ -212,8 +201,6 @@ def download_checkpoint(where: str | Path, dst: Path, names: Sequence[str]) -> P
     An ensemble checkpoint (no model.pt, an ensemble.json) is copied whole: its manifest,
     config and metrics, and ``names`` of every member. A folder published on an object store
     (`segray.storage.publish_folder`) is read from the version its pointer names."""
-    from segray.storage import resolve_published, with_retries
-
     src = resolve_published(where)
     dst.mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -233,8 +220,6 @@ def download_checkpoint(where: str | Path, dst: Path, names: Sequence[str]) -> P
 
 def _download_ensemble(src: Any, where: str | Path, dst: Path, names: Sequence[str]) -> bool:
     """`download_checkpoint` of an ensemble: False when ``src`` is not one."""
-    from segray.storage import with_retries
-
     try:
         manifest = with_retries(src.join(ENSEMBLE_FILE).read_bytes, what="read checkpoint")
     except FileNotFoundError:
@@ -271,21 +256,6 @@ def model_id(directory: str | Path) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
-
-
-def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
-    """Replace ``dst`` by a copy of ``src`` atomically (a reader never sees half a checkpoint)."""
-    src, dst = _check(src), Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
-    shutil.copytree(src, tmp, dirs_exist_ok=True)
-    old = dst.with_name(f".{dst.name}-old")
-    if dst.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-    os.replace(tmp, dst)
-    shutil.rmtree(old, ignore_errors=True)
-    return dst
 
 
 def _jsonable(obj: Any) -> Any:

@@ -13,11 +13,14 @@ import fcntl
 import logging
 import os
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import ray
+
+from segray.errors import UserError
 
 __all__ = [
     "HEAP_REUSE_ENV",
@@ -31,12 +34,18 @@ __all__ = [
     "heap_env",
     "interruptible",
     "local_ray_lock",
+    "map_remote",
+    "max_resources",
     "onednn_cache_env",
+    "run_remote",
     "start_local",
+    "total_resources",
+    "train_report_logger",
     "worker_soft_limit",
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # glibc malloc settings for CPU-heavy Ray workers (``train.heap_reuse``, ``segment.heap_reuse``):
 # never mmap large blocks, keep up to 256 MiB of freed heap, grow it 64 MiB at a time. Without
@@ -135,7 +144,7 @@ def worker_soft_limit(num_cpus: int) -> int:
     return num_cpus + 16
 
 
-class ResourceError(RuntimeError):
+class ResourceError(UserError, RuntimeError):
     """A request that this cluster can never satisfy (instead of waiting forever for it)."""
 
 
@@ -169,14 +178,17 @@ def interruptible(what: str, how: str) -> Iterator[None]:
 _WORKER_GROUP_START_TIMEOUT = ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
 
 
-def start_local(num_cpus: int) -> None:
-    """Start this process's private single-node Ray (local mode; the tests' Ray too)."""
+def start_local(num_cpus: int, *, runtime_env: Mapping[str, Any] | None = None) -> None:
+    """Start this process's private single-node Ray (local mode; the tests' Ray too).
+    ``runtime_env``: the job's, which every worker process inherits (tests register their
+    hooks in the workers through it)."""
     os.environ.setdefault(*_WORKER_GROUP_START_TIMEOUT)  # inherited by Ray's processes
     ray.init(
         address="local",  # never a cluster that `ray start` recorded on this machine
         num_cpus=num_cpus,
         include_dashboard=True,  # Train V2 polls the State API
         log_to_driver=True,
+        runtime_env=dict(runtime_env) if runtime_env else None,
         _system_config={"num_workers_soft_limit": worker_soft_limit(num_cpus)},
     )
 
@@ -218,26 +230,82 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> st
             ray.init(address=address, log_to_driver=True)
         else:
             start_local(num_cpus or os.cpu_count() or 1)
-    res = ray.cluster_resources()
+    res = total_resources()
     where = "cluster" if (address or os.environ.get("RAY_ADDRESS")) else "local Ray"
     return f"{where}: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs, {len(ray.nodes())} node(s)"
 
 
+def total_resources() -> dict[str, float]:
+    """The resources of the connected cluster now (its live nodes, summed)."""
+    return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def max_resources() -> dict[str, float]:
+    """The largest resources the connected cluster has: on an autoscaling cluster, the size
+    its configuration allows (nodes not started yet count), else what it has now."""
+    limits = autoscaling_limits()
+    return limits[0] if limits is not None else total_resources()
+
+
+# --------------------------------------------------------------------------- private Ray APIs
+# Each private Ray name segray uses is read in exactly one function below;
+# tests/test_cluster_private_api.py imports the same names, so a Ray that moves one fails there.
 def autoscaling_limits() -> tuple[dict[str, float], list[dict[str, float]]] | None:
     """``(the largest total resources, the node shapes)`` of a cluster whose autoscaler
     published its configuration (KubeRay with ``enableInTreeAutoscaling``, ``ray up``), else
-    None. Read from the GCS as Ray Train itself reads it."""
+    None. Read from the GCS as Ray Train itself reads it (``ray._private.state``)."""
     try:
-        from ray._private import state as ray_state
+        from ray._private.state import state
 
-        config = ray_state.state.get_cluster_config()
+        config = state.get_cluster_config()
         if config is None or not config.node_group_configs:
             return None
-        total = ray_state.state.get_max_resources_from_cluster_config() or {}
+        total = state.get_max_resources_from_cluster_config() or {}
     except Exception:  # noqa: BLE001 - an older or newer Ray without it: a static cluster
         return None
     shapes = [dict(g.resources) for g in config.node_group_configs if g.max_count != 0]
     return {k: float(v) for k, v in total.items()}, shapes
+
+
+def train_report_logger() -> logging.Logger | None:
+    """The logger Ray Train logs every ``ray.train.report`` to (at INFO, on every worker), or
+    None on a Ray without it. It is named after its private module's file
+    (``ray.train.v2._internal.execution.context``), not after the module."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout
+        return None
+    return logging.getLogger(context.__file__)
+
+
+# --------------------------------------------------------------------------- remote calls
+def map_remote(
+    fn: Callable[..., T],
+    calls: Iterable[tuple[Any, ...]],
+    *,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    max_retries: int | None = None,
+) -> list[T]:
+    """``fn(*args)`` for every ``args`` of ``calls``, each a Ray task holding ``num_cpus``
+    and ``num_gpus``, all at once as the cluster allows; the results in order. A task that
+    fails raises here; ``max_retries`` None keeps Ray's default."""
+    options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+    if max_retries is not None:
+        options["max_retries"] = max_retries
+    task = ray.remote(fn).options(**options)
+    return ray.get([task.remote(*args) for args in calls])
+
+
+def run_remote(
+    fn: Callable[..., T],
+    *args: Any,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    max_retries: int | None = None,
+) -> T:
+    """``fn(*args)`` as one Ray task holding ``num_cpus`` and ``num_gpus`` (`map_remote`)."""
+    return map_remote(fn, [args], num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)[0]
 
 
 def check_fits(bundle: Mapping[str, float], count: int, what: str) -> None:
@@ -255,7 +323,7 @@ def check_fits(bundle: Mapping[str, float], count: int, what: str) -> None:
         )
         scope = "the cluster can grow to"
     else:
-        total = ray.cluster_resources()
+        total = total_resources()
         per_node = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         scope = "the cluster has"
     for key, amount in bundle.items():
@@ -278,8 +346,7 @@ def check_cuda(gpus: float, message: str) -> None:
     advertises a GPU resource but runs a CPU-only torch or has no CUDA driver would otherwise
     run the work on its CPUs, silently and slowly. Runs one tiny task on a GPU node (call it
     after `check_fits`, which refuses a cluster without any GPU); ``message`` is the error."""
-    probe = ray.remote(num_gpus=gpus, num_cpus=0)(_cuda_available)
-    if not ray.get(probe.remote()):
+    if not run_remote(_cuda_available, num_cpus=0, num_gpus=gpus):
         raise ResourceError(message)
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from segray.config import OptimConfig, TrainConfig
+from segray.errors import UserError
 from segray.losses import SegLoss
 from segray.metrics import SegMetrics
 from segray.precision import Precision, resolve_precision
@@ -283,7 +284,7 @@ def _accumulate(
         sums[key] += float(v) * n
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """A training loss that is NaN or infinite (raised on every rank alike)."""
 
 

@@ -54,7 +54,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from tqdm import tqdm
 
-from segray.config import Config, apply_overrides
+from segray.config import Config, DataConfig, apply_overrides
 from segray.data import (
     DatasetError,
     ImageError,
@@ -68,8 +68,8 @@ from segray.data import (
     local_root,
     prepare_data,
 )
-from segray.inference.segmenter import load_segmenter
-from segray.metrics import SegMetrics, per_image_metrics
+from segray.inference.segmenter import Segmenter, load_segmenter
+from segray.metrics import SegMetrics, confusion_counts, per_image_metrics
 from segray.overlay import ERROR_LEGEND, error_rgba
 from segray.storage import Location, published
 from segray.structure import DEFAULT_TOL, em_metrics, one_sided, surface_metrics
@@ -160,57 +160,16 @@ def _evaluate(
     config, source = _dataset_config(segmenter.config, data)
     samples = _samples(config, data, split, source)
     (output / "overlays").mkdir(parents=True, exist_ok=True)
-
-    mapper = MaskMapper.from_config(config.data)
-    classes, ignore = config.data.classes, config.data.ignore_index
-    metrics = SegMetrics(
-        segmenter.num_classes,
-        class_names=classes,
-        threshold=segmenter.threshold,
-        ignore_index=ignore,
-    )
-    # The headline scores come from the confusion of the final masks (per-class thresholds
-    # and post-processing applied, as segment and export apply them); the curves from the
-    # probabilities.
-    n_conf = metrics.confusion.shape[0]
-    final_confusion = np.zeros((n_conf, n_conf), dtype=np.int64)
-    rows: list[dict[str, Any]] = []
-    worst: list[tuple[float, int, Sample, np.ndarray, np.ndarray]] = []  # heap, see below
+    tally = _Tally(segmenter, config.data, worst_k, structure)
     with tqdm(total=len(samples), desc="evaluate", unit="img", disable=not progress) as bar:
         for start in range(0, len(samples), segmenter.batch_size):
             chunk = samples[start : start + segmenter.batch_size]
             probas = segmenter.predict_batch_proba([s.image for s in chunk])
             for sample, proba in zip(chunk, probas, strict=True):
-                assert sample.mask is not None  # _samples checked
-                target = mapper.read(sample.mask, sample.key, name=sample.mask)
-                if target.shape != proba.shape[-2:]:
-                    raise ImageError(
-                        f"{sample.image}: image is {proba.shape[-1]}x{proba.shape[-2]} but its "
-                        f"mask {sample.mask} is {target.shape[1]}x{target.shape[0]}"
-                    )
-                probs = torch.from_numpy(proba).reshape(1, -1, *target.shape)
-                metrics.update(probs, torch.from_numpy(target)[None])
-                pred = segmenter.mask_from_proba(proba)
-                valid = target != ignore
-                final_confusion += np.bincount(
-                    target[valid].astype(np.int64) * n_conf + pred[valid],
-                    minlength=n_conf * n_conf,
-                ).reshape(n_conf, n_conf)
-                row = _image_row(sample, pred, target, segmenter.num_classes, ignore, **structure)
-                rows.append(row)
-                # Min-heap on (-dice, -index): its root is the best of the kept worst_k, so a
-                # new image replaces it only if strictly worse (ties keep the earlier image).
-                # An undefined Dice (no foreground in target or prediction) ranks as the best.
-                dice = math.inf if math.isnan(row["dice"]) else row["dice"]
-                entry = (-dice, -len(rows), sample, pred, target)
-                if len(worst) < worst_k:
-                    heapq.heappush(worst, entry)
-                elif worst_k:
-                    heapq.heappushpop(worst, entry)
+                tally.add(sample, proba)
             bar.update(len(chunk))
 
-    metrics.confusion.copy_(torch.from_numpy(final_confusion))
-    result: dict[str, Any] = metrics.compute()
+    result = tally.compute()
     result.update(
         num_images=len(samples),
         split=split,
@@ -218,10 +177,80 @@ def _evaluate(
         checkpoint=Location.parse(checkpoint).uri,  # a local path absolute, a URI as given
         model_id=segmenter.model_id,
     )
-    result.update(_structure_means(rows, structure["tol"]))
+    result.update(_structure_means(tally.rows, structure["tol"]))
     (output / "metrics.json").write_text(json.dumps(_nan_to_none(result), indent=2))
-    pd.DataFrame(rows).to_parquet(output / "per_image.parquet", index=False)
-    _plot_curves(metrics, result, output / "roc_pr.png")
+    pd.DataFrame(tally.rows).to_parquet(output / "per_image.parquet", index=False)
+    _plot_curves(tally.metrics, result, output / "roc_pr.png")
+    _plot_worst(segmenter, tally.worst, config.data, output / "overlays")
+    return result
+
+
+class _Tally:
+    """What evaluation accumulates image by image: the probabilities' `SegMetrics` (curves),
+    the confusion of the final masks (headline scores: per-class thresholds and
+    post-processing applied, as segment and export apply them), one row per image, and the
+    ``worst_k`` images of lowest Dice."""
+
+    def __init__(
+        self, segmenter: Segmenter, data_cfg: DataConfig, worst_k: int, structure: dict[str, Any]
+    ) -> None:
+        self.segmenter, self.worst_k, self.structure = segmenter, worst_k, structure
+        self.mapper = MaskMapper.from_config(data_cfg)
+        self.ignore = data_cfg.ignore_index
+        self.metrics = SegMetrics(
+            segmenter.num_classes,
+            class_names=data_cfg.classes,
+            threshold=segmenter.threshold,
+            ignore_index=self.ignore,
+        )
+        n = self.metrics.confusion.shape[0]
+        self.final_confusion = np.zeros((n, n), dtype=np.int64)
+        self.rows: list[dict[str, Any]] = []
+        self.worst: list[tuple[float, int, Sample, np.ndarray, np.ndarray]] = []  # see _keep
+
+    def add(self, sample: Sample, proba: np.ndarray) -> None:
+        """Score one image's probabilities against its mask."""
+        assert sample.mask is not None  # _samples checked
+        target = self.mapper.read(sample.mask, sample.key, name=sample.mask)
+        if target.shape != proba.shape[-2:]:
+            raise ImageError(
+                f"{sample.image}: image is {proba.shape[-1]}x{proba.shape[-2]} but its "
+                f"mask {sample.mask} is {target.shape[1]}x{target.shape[0]}"
+            )
+        probs = torch.from_numpy(proba).reshape(1, -1, *target.shape)
+        self.metrics.update(probs, torch.from_numpy(target)[None])
+        pred = self.segmenter.mask_from_proba(proba)
+        n = self.final_confusion.shape[0]
+        self.final_confusion += confusion_counts(pred, target, n, self.ignore)
+        num_classes = self.segmenter.num_classes
+        row = _image_row(sample, pred, target, num_classes, self.ignore, **self.structure)
+        self.rows.append(row)
+        self._keep(row["dice"], sample, pred, target)
+
+    def _keep(self, dice: float, sample: Sample, pred: np.ndarray, target: np.ndarray) -> None:
+        """Min-heap on (-dice, -index): its root is the best of the kept worst_k, so a new
+        image replaces it only if strictly worse (ties keep the earlier image). An undefined
+        Dice (no foreground in target or prediction) ranks as the best."""
+        dice = math.inf if math.isnan(dice) else dice
+        entry = (-dice, -len(self.rows), sample, pred, target)
+        if len(self.worst) < self.worst_k:
+            heapq.heappush(self.worst, entry)
+        elif self.worst_k:
+            heapq.heappushpop(self.worst, entry)
+
+    def compute(self) -> dict[str, Any]:
+        """The metrics: headline scores from the final masks, curves from the probabilities."""
+        self.metrics.confusion.copy_(torch.from_numpy(self.final_confusion))
+        return self.metrics.compute()
+
+
+def _plot_worst(
+    segmenter: Segmenter,
+    worst: list[tuple[float, int, Sample, np.ndarray, np.ndarray]],
+    data_cfg: DataConfig,
+    folder: Path,
+) -> None:
+    """One overlay per kept image (`_Tally._keep`), worst first, into ``folder``."""
     for rank, (neg_dice, _, sample, pred, target) in enumerate(sorted(worst, reverse=True)):
         image = segmenter.to_array(sample.image)  # the model's bands, as it saw them
         if image.shape[2] not in (1, 3):  # multi-band: its first three (or one) shown
@@ -229,8 +258,8 @@ def _evaluate(
         name = f"{rank:02d}_{sample.key.replace('/', '__')}.png"
         dice = "n/a (no foreground)" if math.isinf(neg_dice) else f"{-neg_dice:.4f}"
         title = f"{sample.key}  -  Dice {dice}"
-        _plot_overlay(image, target, pred, title, len(classes), ignore, output / "overlays" / name)
-    return result
+        classes, ignore = len(data_cfg.classes), data_cfg.ignore_index
+        _plot_overlay(image, target, pred, title, classes, ignore, folder / name)
 
 
 # --------------------------------------------------------------------------- data

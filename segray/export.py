@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from segray.checkpoint import fetch_checkpoint
+from segray.errors import UserError
 from segray.inference.network import Preprocess, ProbabilityModel
 from segray.inference.postprocess import postprocess_torch, threshold_torch
 from segray.inference.segmenter import Segmenter, load_segmenter
@@ -83,7 +84,7 @@ OPSET = 17
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """An export that cannot be made or does not reproduce eager PyTorch; one-line message."""
 
 

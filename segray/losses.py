@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segray.metrics import probs_from_logits
+from segray.metrics import check_batch, probs_from_logits
 
 __all__ = [
     "BCEDiceLoss",
@@ -82,7 +82,7 @@ class SegLoss(nn.Module):
 
     def compute(self, logits: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The total loss (differentiable) and its unweighted parts (detached 0-d tensors)."""
-        self._check_inputs(logits, target)
+        check_batch(logits, target, self.num_classes)
         target = target.long()
         valid = (
             torch.ones_like(target, dtype=torch.bool)
@@ -100,24 +100,6 @@ class SegLoss(nn.Module):
         self, logits: Tensor, target: Tensor, valid: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
-
-    def _check_inputs(self, logits: Tensor, target: Tensor) -> None:
-        k = self.num_classes
-        if logits.ndim != 4 or logits.shape[1] != k:
-            raise ValueError(
-                f"logits must be (B, {k}, H, W) for num_classes={k}, got {tuple(logits.shape)}"
-            )
-        b, _, h, w = logits.shape
-        if tuple(target.shape) != (b, h, w):
-            raise ValueError(
-                f"target must be (B, H, W) = {(b, h, w)} to match the logits, got "
-                f"{tuple(target.shape)} (squeeze a channel dimension of size 1)"
-            )
-        if target.dtype.is_floating_point or target.dtype.is_complex:
-            raise ValueError(
-                f"target must hold integer class indices (int64), got {target.dtype}; "
-                "convert it with target.long()"
-            )
 
     def _dice(self, logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
         """Soft Dice loss over the batch, averaged over all classes (binary: the foreground).

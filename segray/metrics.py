@@ -64,6 +64,7 @@ from torch import Tensor
 
 __all__ = [
     "SegMetrics",
+    "confusion_counts",
     "confusion_metrics",
     "per_image_metrics",
     "probs_from_logits",
@@ -190,6 +191,27 @@ def _pixel_chunks(values: Tensor, target: Tensor, size: int) -> Iterator[tuple[T
                 yield values[i, :, s : s + size].T, target[i, s : s + size]
 
 
+def check_batch(values: Tensor, target: Tensor, num_classes: int, kind: str = "logits") -> None:
+    """Refuse a batch whose (B, K, H, W) ``values`` and (B, H, W) integer ``target`` disagree, with
+    a message that says which shape or dtype was expected."""
+    k = num_classes
+    if values.ndim != 4 or values.shape[1] != k:
+        raise ValueError(
+            f"{kind} must be (B, {k}, H, W) for num_classes={k}, got {tuple(values.shape)}"
+        )
+    b, _, h, w = values.shape
+    if tuple(target.shape) != (b, h, w):
+        raise ValueError(
+            f"target must be (B, H, W) = {(b, h, w)} to match {kind}, got "
+            f"{tuple(target.shape)} (squeeze a channel dimension of size 1)"
+        )
+    if target.dtype.is_floating_point or target.dtype.is_complex:
+        raise ValueError(
+            f"target must hold integer class indices (int64), got {target.dtype}; "
+            "convert it with target.long()"
+        )
+
+
 class SegMetrics:
     """Streaming per-class confusion counts + log-odds histograms, all-reducible across ranks.
 
@@ -287,17 +309,8 @@ class SegMetrics:
 
     def _update(self, values: Tensor, target: Tensor, kind: str) -> None:
         k, n = self.num_classes, self.confusion.shape[0]
-        if values.ndim != 4 or values.shape[1] != k:
-            raise ValueError(
-                f"{kind} must be (B, {k}, H, W) for num_classes={k}, got {tuple(values.shape)}"
-            )
-        b, _, h, w = values.shape
-        if tuple(target.shape) != (b, h, w):
-            raise ValueError(
-                f"target must be (B, H, W) = {(b, h, w)} to match {kind}, got {tuple(target.shape)}"
-            )
-        if target.dtype.is_floating_point or target.dtype.is_complex:
-            raise ValueError(f"target must hold integer class indices (int64), got {target.dtype}")
+        check_batch(values, target, k, kind)
+        b = values.shape[0]
         # Checked before any count changes, so a bad batch leaves the state as it was.
         foreground, bad = target > 0, (target < 0) | (target >= n)
         if self.ignore_index is not None:
@@ -443,6 +456,15 @@ def _as_numpy(x: np.ndarray | Tensor, what: str) -> np.ndarray:
     return arr.astype(np.int64).reshape(-1)
 
 
+def confusion_counts(
+    pred: np.ndarray, target: np.ndarray, n: int, ignore: int | None = None
+) -> np.ndarray:
+    """``(n, n)`` int64 counts of class maps (0..n-1): rows target, columns prediction."""
+    t, p = np.ravel(target), np.ravel(pred)
+    keep = t != ignore if ignore is not None else slice(None)  # ignored target pixels left out
+    return np.bincount(t[keep].astype(np.int64) * n + p[keep], minlength=n * n).reshape(n, n)
+
+
 def per_image_metrics(
     pred: np.ndarray | Tensor,
     target: np.ndarray | Tensor,
@@ -471,7 +493,7 @@ def per_image_metrics(
     for what, values in (("pred", p), ("target", t)):
         if values.size and (values.min() < 0 or values.max() >= n):
             raise ValueError(f"{what} values must be class indices 0..{n - 1}")
-    counts = confusion_metrics(np.bincount(t * n + p, minlength=n * n).reshape(n, n))
+    counts = confusion_metrics(confusion_counts(p, t, n))
     return {
         key: _headline(counts[key], num_classes == 1)
         for key in ("dice", "iou", "precision", "recall", "accuracy")

@@ -17,6 +17,7 @@ from segray.auto.derive import DILATION_CHOICES, find_layout
 from segray.auto.plan import Probe, probe_step
 from segray.auto.run import _base_config, derive_for
 from segray.config import Config, DataConfig
+from segray.data import DatasetError
 from segray.data.inspect import fingerprint
 from segray.search.searcher import BestPlateauStopper
 
@@ -80,6 +81,25 @@ def test_restrictions_win(tmp_path):
     assert (no_flip.hflip, no_flip.vflip, no_flip.rotate90) == (0.0, 0.0, 0.0)
     rotate = derived_for(root, options=AutoOptions(rotate=True)).config.data
     assert (rotate.hflip, rotate.vflip, rotate.rotate90) == (0.5, 0.5, 0.5)
+
+
+def test_dataset_yaml_hints_decide_orientation_and_class_names(tmp_path):
+    photos = make_set(tmp_path / "photos", n=24)  # colour: up stays up, unless the data says
+    (photos / "dataset.yaml").write_text("orientation: free\nclass_names: [background, cell]\n")
+    d, fpd = derive_for(str(photos), LAPTOP, AutoOptions())
+    assert (d.config.data.vflip, d.config.data.rotate90) == (0.5, 0.5)
+    assert "dataset.yaml" in d.reasons["data.rotate90"]
+    assert d.config.data.classes == ["background", "cell"]
+    assert "dataset.yaml" in d.reasons["data.classes"]
+    assert fpd["hints"]["orientation"] == "free"  # recorded with the fingerprint
+    assert derived_for(photos, options=AutoOptions(rotate=False)).config.data.rotate90 == 0.0
+    gray = make_set(tmp_path / "gray", n=12, mode="L", values=(0, 1))  # rotations, unless ...
+    (gray / "dataset.yaml").write_text("orientation: fixed\n")
+    assert derived_for(gray).config.data.rotate90 == 0.0
+    index = make_set(tmp_path / "index", n=24, values=(0, 1, 2, 3))  # 4 classes, 2 names
+    (index / "dataset.yaml").write_text("class_names: [background, cell]\n")
+    with pytest.raises(DatasetError, match="dataset.yaml: class_names"):
+        derived_for(index)
 
 
 def test_multi_class_index_masks_get_k_classes(tmp_path):
@@ -223,7 +243,7 @@ def test_probe_times_a_real_step():
 def test_cv_folds_are_refit_from_the_measured_full_trials():
     from types import SimpleNamespace
 
-    from segray.auto.run import _cv_s, _full_trial_s
+    from segray.auto.stages import _cv_s, _full_trial_s
 
     plan = plan_for(1800, folds=5)
     trials = pd.DataFrame(
@@ -381,6 +401,21 @@ def test_bad_budget_and_missing_folder_are_one_line(tmp_path, capsys):
     assert "--time-budget 'soon'" in capsys.readouterr().err
     assert main(["auto", "--data", str(tmp_path / "missing"), "--dry-run"]) == 2
     assert "missing: not a folder" in capsys.readouterr().err
+
+
+def test_a_bad_dataset_yaml_is_one_line_before_ray(tmp_path, capsys, monkeypatch):
+    from segray.cli import main
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started before dataset.yaml was checked")
+
+    monkeypatch.setattr("segray.cluster.ensure_ray", no_ray)
+    data = make_set(tmp_path / "data", n=24)
+    (data / "dataset.yaml").write_text("orientation: free\nupright: no\n")
+    assert main(["auto", "--data", str(data), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("segray: error: ") and "\n" not in err
+    assert f"{data / 'dataset.yaml'}: unknown key 'upright'" in err
 
 
 @pytest.mark.parametrize("encoding", ["anti-aliased", "jpeg"])

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from segray.config import ConfigError, load_config
-from segray.search.cv import cv_config
 from segray.data.folder import DatasetError, Sample
 from segray.data.split import assign_folds, data_splits, group_key, split_samples
+from segray.search.cv import cv_config
 from tests.conftest import TINY
 
 

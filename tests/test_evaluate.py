@@ -18,8 +18,8 @@ from segray.checkpoint import build_model, model_id, save_checkpoint
 from segray.config import load_config
 from segray.data import build_datasets, prepare_data, read_mask
 from segray.evaluate import evaluate_checkpoint
-from segray.metrics import SegMetrics
 from segray.inference.segmenter import load_segmenter
+from segray.metrics import SegMetrics
 
 TINY_UNET = ["model.name=unet", "model.base_width=8", "segment.tile_size=64"]
 THREE_CLASSES = ["data.classes=[bg,a,b]", "data.mask_mode=index", "loss.name=ce"]

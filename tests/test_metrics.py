@@ -14,6 +14,7 @@ from sklearn.metrics import (
     accuracy_score,
     auc,
     average_precision_score,
+    confusion_matrix,
     f1_score,
     jaccard_score,
     multilabel_confusion_matrix,
@@ -27,6 +28,7 @@ import segray.metrics
 from segray.metrics import (
     LOGIT_LIMIT,
     SegMetrics,
+    confusion_counts,
     confusion_metrics,
     per_image_metrics,
     probs_from_logits,
@@ -520,3 +522,15 @@ def test_errors_explain_themselves() -> None:
         per_image_metrics(np.full((2, 2), 2), np.zeros((2, 2), dtype=np.int64), num_classes=1)
     with pytest.raises(ValueError, match="integer class map"):
         per_image_metrics(np.zeros((2, 2)), np.zeros((2, 2), dtype=np.int64), num_classes=1)
+
+
+def test_confusion_counts_match_sklearn_and_leave_ignored_pixels_out():
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 3, (2, 16, 16))
+    target[0, :4] = IGNORE
+    pred = rng.integers(0, 3, (2, 16, 16)).astype(np.uint8)
+    got = confusion_counts(pred, target, 3, IGNORE)
+    keep = target != IGNORE
+    assert got.dtype == np.int64 and got.sum() == keep.sum()
+    np.testing.assert_array_equal(got, confusion_matrix(target[keep], pred[keep], labels=[0, 1, 2]))
+    assert confusion_counts(pred, target.clip(0, 2), 3).sum() == target.size  # none ignored

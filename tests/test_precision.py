@@ -11,8 +11,8 @@ from segray.checkpoint import build_model
 from segray.config import ConfigError, load_config
 from segray.data.synth import render
 from segray.engine import StepConfig
-from segray.losses import create_loss
 from segray.inference.segmenter import Segmenter
+from segray.losses import create_loss
 
 
 @pytest.fixture

@@ -112,7 +112,9 @@ def test_load_segmenter_provenance_and_lazy_package_attribute(binary_ckpt: Path)
 
 
 def test_import_segray_stays_light() -> None:
-    code = "import segray, sys; assert not {'torch', 'segray.inference.segmenter'} & set(sys.modules)"
+    code = (
+        "import segray, sys; assert not {'torch', 'segray.inference.segmenter'} & set(sys.modules)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -23,8 +23,8 @@ from PIL import Image
 
 from segray.config import load_config
 from segray.data.io import encode_png
-from segray.report import ReportError, detect_kind, write_report
 from segray.overlay import ERROR_COLOURS, error_rgba
+from segray.report import ReportError, detect_kind, write_report
 from segray.report.rundir import RunDir
 from segray.report.segment import fetch_images, group_errors, pick_gallery, read_masks, read_stats
 from segray.segment.schema import OUTPUT_SCHEMA, empty_row

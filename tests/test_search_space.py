@@ -9,7 +9,8 @@ import pytest
 
 from segray.cli import main
 from segray.config import Config, ConfigError, load_config
-from segray.search.space import USED_ONLY_WHEN, parse_space, unused_reason
+from segray.config.usage import USED_ONLY_WHEN, unused_reason
+from segray.search.space import parse_space
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = load_config(None, ["model.encoder=resnet18"])

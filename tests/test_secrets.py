@@ -108,7 +108,7 @@ def test_params_warnings_and_tracking_json_hold_no_user_info(tmp_path: Path):
 def test_run_summaries_and_plans_hold_no_credential(tmp_path: Path, monkeypatch):
     """plan.json, auto_summary.json and the search's summaries go through one JSON writer;
     an input URI with user-info or an environment credential copied into a value is dropped."""
-    from segray.search.results import write_json
+    from segray.storage import write_json
 
     for name, value in ENV_SECRETS.items():
         monkeypatch.setenv(name, value)

@@ -26,9 +26,9 @@ from segray.checkpoint import save_checkpoint
 from segray.cluster import ResourceError
 from segray.config import ConfigError, apply_overrides, load_config
 from segray.data import MaskMapper, read_mask
+from segray.inference.segmenter import load_segmenter
 from segray.metrics import per_image_metrics
 from segray.models import create_model
-from segray.inference.segmenter import load_segmenter
 from segray.segment import OUTPUT_SCHEMA, InputError, SegmentError, run_segment, summary_line
 from segray.structure import surface_metrics
 

@@ -145,6 +145,55 @@ def test_glob_skips_hidden_unless_named(tmp_path: Path):
     assert [rel for rel, _ in glob(f"{tmp_path}/**/.c.png")[1]] == ["d/.c.png"]
 
 
+# --------------------------------------------------------------------------- files
+def test_is_uri_and_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """One URI test: a scheme makes a URI, except file:// (a local path, made absolute)."""
+    monkeypatch.chdir(tmp_path)
+    assert storage.is_uri("s3://b/run") and storage.is_uri("gs://b/x")
+    assert (
+        not storage.is_uri("runs/a")
+        and not storage.is_uri("file:///x")
+        and not storage.is_uri(None)
+    )
+    assert storage.where("s3://b/run/") == "s3://b/run"  # a URI is kept (no trailing '/')
+    assert storage.where("runs/a") == str(tmp_path / "runs" / "a")
+    assert storage.where(f"file://{tmp_path}/x") == str(tmp_path / "x")
+    assert storage.where("runs/a") == Location.parse("runs/a").uri
+
+
+def test_walk_is_sorted_lazy_per_folder_and_skips_hidden(tmp_path: Path):
+    """The local walk gives what one listing gives: sorted relative paths, hidden skipped."""
+    rels = ["a.png", "a/b.png", "a-z.png", "b/.h.png", ".cache/x.png", "b/c/d.png", "z.txt"]
+    _tree(tmp_path, rels)
+    root = Location.parse(tmp_path)
+    walked = list(root.walk())
+    assert walked == ["a-z.png", "a.png", "a/b.png", "b/c/d.png", "z.txt"]
+    assert walked == [rel for rel, _ in root.list_files()]
+    assert list(root.walk(hidden=True)) == [rel for rel, _ in root.list_files(hidden=True)]
+    assert list(root.join("missing").walk()) == []
+
+
+def test_text_json_and_copies(tmp_path: Path):
+    """Text and JSON round-trip (None for no file); copy_tree merges, publish_folder replaces."""
+    assert storage.read_text(tmp_path / "none.txt") is None
+    assert storage.read_json(tmp_path / "none.json") is None
+    storage.write_json(tmp_path / "out" / "s.json", {"uri": "s3://KEY:SECRET@bucket/x", "n": 1})
+    assert storage.read_json(tmp_path / "out" / "s.json") == {"uri": "s3://bucket/x", "n": 1}
+    _tree(tmp_path / "src", ["p/a.png", "p/.tmp", "b.txt"])
+    _tree(tmp_path / "dst", ["old.txt"])
+    storage.copy_tree(tmp_path / "src", tmp_path / "dst")
+    assert storage.list_files(tmp_path / "dst") == ["b.txt", "old.txt", "p/a.png"]
+    assert (tmp_path / "dst" / "p" / "a.png").read_bytes() == b"p/a.png"
+    storage.publish_folder(tmp_path / "src", tmp_path / "dst")
+    assert storage.list_files(tmp_path / "dst", hidden=True) == ["b.txt", "p/a.png"]
+    assert (
+        storage.subfolders(tmp_path / "dst") == ["p"] and storage.subfolders(tmp_path / "x") == []
+    )
+    storage.remove(tmp_path / "dst")
+    storage.remove(tmp_path / "dst")  # a missing one is fine
+    assert not (tmp_path / "dst").exists()
+
+
 # --------------------------------------------------------------------------- retries
 def _failing(times: int, error: BaseException):
     calls = []
@@ -226,6 +275,19 @@ def test_s3_write_read_list_delete(s3_bucket: str):
     assert [rel for rel, _ in root.list_files(hidden=True)] == ["t.parquet"]
     assert not root.join("a", "x.bin").exists()
     assert Location.parse(s3_bucket + "/nothing").list_files() == []
+
+
+def test_s3_text_walk_and_copy_tree(s3_bucket: str, tmp_path: Path):
+    root = Location.parse(s3_bucket + "/files")
+    storage.write_text(root.join("a.txt"), "hello")
+    assert storage.read_text(f"{s3_bucket}/files/a.txt") == "hello"
+    assert storage.read_text(root.join("missing.txt")) is None
+    _tree(tmp_path / "plots", ["x.png", "sub/y.png", ".hidden"])
+    storage.copy_tree(tmp_path / "plots", root.join("plots"))
+    assert list(root.walk()) == ["a.txt", "plots/sub/y.png", "plots/x.png"]
+    assert storage.subfolders(root) == ["plots"]
+    storage.copy_file(root.join("plots", "x.png"), tmp_path / "back.png")
+    assert (tmp_path / "back.png").read_bytes() == b"x.png"
 
 
 def test_s3_multipart_upload(s3_bucket: str):

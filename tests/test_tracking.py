@@ -5,7 +5,6 @@ back with ``MlflowClient``; an unreachable server is a warning, never a failed r
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +22,8 @@ from segray.tracking import (
     metric_values,
     settings_from_config,
 )
-from segray.train.worker import FAIL_ONCE_ENV
 from tests.conftest import TINY
+from tests.faults import epochs_log, fail_once_runtime_env
 
 
 # --------------------------------------------------------------------------- no Ray
@@ -127,22 +126,23 @@ def mlflow_server(tmp_path_factory) -> Iterator[object]:
 
 
 @pytest.fixture(scope="module")
-def fail_once(request, tmp_path_factory) -> Iterator[Path]:
-    """A local Ray whose workers have the fault hook (``FAIL_ONCE_ENV``) in their environment;
-    the marker file exists (hook disarmed): a test arms it by deleting the file, and after the
-    failure the file holds the name of the run that failed."""
+def fail_once(tmp_path_factory) -> Iterator[Path]:
+    """A local Ray whose worker processes register the fault hook (`tests.faults`) as they
+    start; the marker file exists (hook disarmed): a test arms it by deleting the file, and
+    after the failure the file holds the name of the run that failed."""
+    import ray
+
+    from segray.cluster import local_ray_lock, start_local
+
     marker = tmp_path_factory.mktemp("fault") / "failed-once"
     marker.write_text("")
-    old = os.environ.get(FAIL_ONCE_ENV)
-    os.environ[FAIL_ONCE_ENV] = f"1:{marker}"  # raise once after epoch 1
-    try:
-        request.getfixturevalue("ray_local")  # started now: its processes inherit the hook
-        yield marker
-    finally:
-        if old is None:
-            os.environ.pop(FAIL_ONCE_ENV, None)
-        else:
-            os.environ[FAIL_ONCE_ENV] = old
+    with local_ray_lock():
+        # the same local Ray as the other tests', its workers armed to raise once after epoch 1
+        start_local(num_cpus=2, runtime_env=fail_once_runtime_env(1, marker))
+        try:
+            yield marker
+        finally:
+            ray.shutdown()
 
 
 def _client(server):
@@ -178,9 +178,12 @@ class TestTrain:
             "tracking.tags={team: vision}",
             "train.max_failures=1",  # Ray Train restarts the worker group after the fault
         ]
+        epochs_log(fail_once).unlink(missing_ok=True)
         fail_once.unlink()  # armed: rank 0 raises once after epoch 1
         result = run_training(load_config(None, overrides), out)
         assert fail_once.read_text() == "train"  # the run really failed once and was retried
+        # and the retry resumed from epoch 1's checkpoint: no epoch trained twice
+        assert epochs_log(fail_once).read_text().splitlines() == ["train 1", "train 2"]
         run_id = json.loads((out / "tracking.json").read_text())["run_id"]
         return result, out, _client(mlflow_server).get_run(run_id)
 

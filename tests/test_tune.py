@@ -125,14 +125,17 @@ def test_a_value_a_trial_would_ignore_is_refused_before_ray_starts(tmp_path):
 
 def test_trials_pack_by_their_workers_resources(ray_local):
     """The trial driver reserves nothing; as many whole trials run at once as the CPUs hold."""
-    from segray.search.run import max_concurrent, trial_resources
+    from segray.search.settings import search_settings
 
-    two = load_config(None, [*SEARCH, "train.num_workers=2", "train.cpus_per_worker=1"])
-    assert trial_resources(two) == {"CPU": 2.0}
-    assert max_concurrent(two) == 1  # 2 CPUs: one 2-worker trial
+    two = search_settings(
+        load_config(None, [*SEARCH, "train.num_workers=2", "train.cpus_per_worker=1"])
+    )
+    assert two.trial_resources == {"CPU": 2.0}
+    assert two.concurrency() == 1  # 2 CPUs: one 2-worker trial
     one = load_config(None, [*SEARCH, "train.num_workers=1", "train.cpus_per_worker=1"])
-    assert max_concurrent(one) == 2
-    assert max_concurrent(load_config(None, [*SEARCH, "tune.max_concurrent_trials=3"])) == 3
+    assert search_settings(one).concurrency() == 2
+    pinned = load_config(None, [*SEARCH, "tune.max_concurrent_trials=3"])
+    assert search_settings(pinned).concurrency() == 3
 
 
 def test_a_trial_that_can_never_start_fails_at_once(ray_local, tmp_path):
@@ -156,8 +159,12 @@ def test_an_autoscaling_cluster_is_sized_by_its_largest_shape(ray_local, capsys)
     from ray.tune.search import Searcher
 
     from segray.cluster import ResourceError, check_fits
+    from segray.search.cv import cv_config
     from segray.search.searcher import ClusterSizedLimiter
+    from segray.search.settings import search_settings
 
+    overrides = [*SEARCH, "train.num_workers=2", "train.cpus_per_worker=1"]
+    grid = cv_config(load_config(None, overrides), 3)  # 2-CPU trials
     config = autoscaler_pb2.ClusterConfig()
     group = config.node_group_configs.add()
     group.name, group.max_count = "cpu-workers", 4
@@ -175,6 +182,9 @@ def test_an_autoscaling_cluster_is_sized_by_its_largest_shape(ray_local, capsys)
         with pytest.raises(ResourceError, match="needs 8 CPU per worker but no node has"):
             check_fits({"CPU": 8.0}, 1, "one trial")
         assert ClusterSizedLimiter(Searcher(), {"CPU": 2.0}).capacity() == 8
+        # a grid's concurrency (cv's folds) counts the same nodes
+        assert search_settings(grid).concurrency() == 8
     finally:
         _internal_kv_del(key, namespace=namespace)
     assert ClusterSizedLimiter(Searcher(), {"CPU": 2.0}).capacity() == 1  # back to static
+    assert search_settings(grid).concurrency() == 1

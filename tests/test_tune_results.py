@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from segray.search.searcher import RankedOptunaSearch, best_score, score_key
 from segray.search.results import _best_kept_epoch, _kept_epochs
+from segray.search.searcher import RankedOptunaSearch
+from segray.search.settings import best_score, score_key
 
 
 def _epoch(hist: pd.DataFrame, row) -> int:
@@ -158,10 +159,10 @@ def test_the_search_stop_records_the_time_budget_and_a_resume_reads_it_again(
     import pickle
 
     from segray.config import load_config
-    from segray.search.run import SearchStop
+    from segray.search.searcher import SearchStop
 
     now = [1000.0]
-    monkeypatch.setattr("segray.search.run.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("segray.search.searcher.time.monotonic", lambda: now[0])
     record, config = tmp_path / "stop.json", tmp_path / "config.yaml"
     config.write_text(load_config(None, ["tune.time_budget_s=60"]).to_yaml())
     stop = SearchStop(str(record), None, budget_s=60, config=str(config))
@@ -185,8 +186,8 @@ def test_the_search_stop_records_the_time_budget_and_a_resume_reads_it_again(
 def test_asha_leaves_a_marker_only_where_it_stops_a_trial_at_a_rung(tmp_path: Path):
     from types import SimpleNamespace
 
-    from segray.search.run import RecordingASHA
     from segray.search.results import ASHA_MARKER
+    from segray.search.searcher import RecordingASHA
 
     asha = RecordingASHA(
         trials_uri=str(tmp_path),

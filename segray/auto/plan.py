@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -103,22 +104,22 @@ class Plan:
 
 def cluster() -> Resources:
     """The connected Ray cluster's CPUs and GPUs."""
-    import ray
+    from segray.cluster import total_resources
 
-    res = ray.cluster_resources()
-    return Resources(cpus=float(res.get("CPU", 0.0)), gpus=float(res.get("GPU", 0.0)))
+    res = total_resources()
+    return Resources(cpus=res.get("CPU", 0.0), gpus=res.get("GPU", 0.0))
 
 
 def probe_on_worker(cfg: Config) -> Probe:
     """`probe_step` as a Ray task with one training worker's resources (its CPUs, its GPU),
     so that a driver on a CPU-only head node times the device the trials will use."""
-    import ray
-
+    from segray.cluster import run_remote
     from segray.train import worker_resources
 
     res = worker_resources(cfg)
-    task = ray.remote(num_cpus=res["CPU"], num_gpus=res.get("GPU", 0), max_retries=0)(probe_step)
-    return ray.get(task.remote(cfg))
+    return run_remote(
+        probe_step, cfg, num_cpus=res["CPU"], num_gpus=res.get("GPU", 0), max_retries=0
+    )
 
 
 def probe_step(cfg: Config, *, steps: int = 2) -> Probe:
@@ -181,21 +182,12 @@ def make_plan(
     when the user pinned them (``train.epochs`` or ``tune.max_epochs``), instead of what the
     budget holds; ASHA's grace period and the folds' checks then follow the pinned value.
     """
+    from segray.search.settings import search_settings
+
     notes: list[str] = []
-    workers = cfg.train.num_workers
-    if cfg.train.use_gpu:
-        slots = resources.gpus // (cfg.train.gpus_per_worker * workers)
-    else:
-        slots = resources.cpus // (cfg.train.cpus_per_worker * workers)
-    concurrency = max(1, int(slots))
-    d = cfg.data
-    steps = math.ceil(train_images * d.samples_per_image / (d.batch_size * workers))
-    fwd_per_pixel = probe.step_s / 3 / (probe.batch * probe.patch**2)  # forward ~1/3 of a step
-    epoch_s = (
-        steps * probe.step_s * (DDP_FACTOR if workers > 1 else 1.0)
-        + val_pixels / workers * fwd_per_pixel
-        + EPOCH_OVERHEAD_S
-    )
+    total = {"CPU": resources.cpus, "GPU": resources.gpus}
+    concurrency = search_settings(cfg).concurrency(total)
+    epoch_s = _epoch_seconds(cfg, probe, train_images, val_pixels)
 
     def sized(k: int) -> tuple[int, float]:
         """Epochs of a full trial, and its seconds, with ``k`` folds of CV after the search."""
@@ -203,35 +195,11 @@ def make_plan(
         trial_s = budget_s / (FULL_TRIALS + CV_FOLD_FACTOR * rounds)
         return int((trial_s - TRIAL_STARTUP_S) // epoch_s), trial_s
 
-    k = folds if folds >= 2 else 0
-    seen = train_images * d.samples_per_image * d.image_size**2  # training pixels an epoch
-
-    pinned = epochs
-
-    def trial_epochs(k: int) -> int:
-        return pinned if pinned is not None else sized(k)[0]
-
-    def too_short(k: int) -> bool:
-        e = trial_epochs(k)
-        return e < MIN_CV_EPOCHS or e * seen < MIN_CV_PIXELS
-
-    while k >= 2 and too_short(k):
-        k -= 1
-    if folds >= 2 and k < 2:
-        two = max(trial_epochs(2), 0)  # epochs a fold of 2 would train
-        notes.append(
-            f"no cross-validation: with 2 folds a fold would train {two} epochs "
-            f"on {two * seen / 1e6:.0f} Mpx (needs >= {MIN_CV_EPOCHS} epochs and "
-            f"{MIN_CV_PIXELS / 1e6:.0f} Mpx); "
-            + ("more epochs add it" if pinned is not None else "a larger --time-budget adds it")
-            + ", --folds 0 silences this"
-        )
-        k = 0
-    elif k < folds:
-        notes.append(f"{k} folds instead of {folds}: what fits in the budget")
-    if pinned is not None:
-        epochs = pinned
-        notes.append(f"{pinned} epochs a full trial: pinned by the config, not sized to the budget")
+    seen = train_images * cfg.data.samples_per_image * cfg.data.image_size**2  # px an epoch
+    pinned = epochs is not None
+    k = _cv_folds(folds, lambda k: epochs if pinned else sized(k)[0], seen, pinned, notes)
+    if epochs is not None:
+        notes.append(f"{epochs} epochs a full trial: pinned by the config, not sized to the budget")
     else:
         epochs, _ = sized(k)
         if epochs < MIN_EPOCHS:
@@ -243,23 +211,65 @@ def make_plan(
     trial_s = TRIAL_STARTUP_S + epochs * epoch_s
     cv_s = math.ceil(k / concurrency) * trial_s * CV_FOLD_FACTOR if k else 0.0
     search_s = max(budget_s - cv_s, min(budget_s, FULL_TRIALS * trial_s))
-    folds = k
     # ASHA (rf 2, grace epochs/8, at least 2) stops most trials at an eighth or a quarter.
     expected = max(1, int(search_s * concurrency / (trial_s * 0.45)))
     return Plan(
         budget_s=budget_s,
         concurrency=concurrency,
-        workers=workers,
+        workers=cfg.train.num_workers,
         epochs=epochs,
         epoch_s=round(epoch_s, 2),
         trial_s=round(trial_s, 1),
         search_s=round(search_s, 1),
         expected_trials=expected,
-        folds=folds,
+        folds=k,
         cv_s=round(cv_s, 1),
         probe=probe,
         notes=notes,
     )
+
+
+def _epoch_seconds(cfg: Config, probe: Probe, train_images: int, val_pixels: float) -> float:
+    """Expected seconds of one epoch of a trial: its steps (all-reduced between its DDP
+    workers), the validation at full resolution, and the per-epoch overhead."""
+    d, workers = cfg.data, cfg.train.num_workers
+    steps = math.ceil(train_images * d.samples_per_image / (d.batch_size * workers))
+    fwd_per_pixel = probe.step_s / 3 / (probe.batch * probe.patch**2)  # forward ~1/3 of a step
+    return (
+        steps * probe.step_s * (DDP_FACTOR if workers > 1 else 1.0)
+        + val_pixels / workers * fwd_per_pixel
+        + EPOCH_OVERHEAD_S
+    )
+
+
+def _cv_folds(
+    folds: int, trial_epochs: Callable[[int], int], seen: float, pinned: bool, notes: list[str]
+) -> int:
+    """The folds of CV that fit (0: none): from ``folds`` down while a fold would train fewer
+    than `MIN_CV_EPOCHS` epochs (``trial_epochs(k)`` with ``k`` folds) or see fewer than
+    `MIN_CV_PIXELS` pixels (``seen`` an epoch); a note says why it has fewer, and (``pinned``:
+    the epochs are the config's) what adds them."""
+
+    def too_short(k: int) -> bool:
+        e = trial_epochs(k)
+        return e < MIN_CV_EPOCHS or e * seen < MIN_CV_PIXELS
+
+    k = folds if folds >= 2 else 0
+    while k >= 2 and too_short(k):
+        k -= 1
+    if folds >= 2 and k < 2:
+        two = max(trial_epochs(2), 0)  # epochs a fold of 2 would train
+        notes.append(
+            f"no cross-validation: with 2 folds a fold would train {two} epochs "
+            f"on {two * seen / 1e6:.0f} Mpx (needs >= {MIN_CV_EPOCHS} epochs and "
+            f"{MIN_CV_PIXELS / 1e6:.0f} Mpx); "
+            + ("more epochs add it" if pinned else "a larger --time-budget adds it")
+            + ", --folds 0 silences this"
+        )
+        return 0
+    if k < folds:
+        notes.append(f"{k} folds instead of {folds}: what fits in the budget")
+    return k
 
 
 def _dur(seconds: float) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from segray.auto.derive import SMALL_SET  # fewer pairs get a 0.6 / 0.2 / 0.2 split
 from segray.config import Config, ConfigError
 
 __all__ = [
@@ -28,7 +29,6 @@ __all__ = [
 ]
 
 STATE = "auto_state.json"
-SMALL_SET = 20  # derive's rule: fewer pairs get a 0.6 / 0.2 / 0.2 split
 
 
 def check_inputs(
@@ -116,10 +116,10 @@ def _check_source(source: str) -> None:
     from segray.data.remote import is_remote
 
     if is_remote(source):
-        from segray.storage import Location
+        from segray.storage import Location, list_entries
 
         loc = Location.parse(source.rstrip("/"))
-        if any(c in source for c in "*?[") or loc.exists() or loc.list():
+        if any(c in source for c in "*?[") or loc.exists() or list_entries(loc, recursive=True):
             return
         raise FileNotFoundError(f"--unlabelled {source}: nothing there")
     path = Path(source).expanduser()
@@ -135,8 +135,9 @@ def configured(out: str, data: str):
     """The configure stage's outputs, read back: the config, the plan and the fingerprint."""
     from segray.auto.derive import Derived
     from segray.auto.plan import Plan, Probe
-    from segray.auto.run import AutoResult
-    from segray.search.results import config_from_yaml, read_json, read_text
+    from segray.auto.result import AutoResult
+    from segray.search.results import config_from_yaml
+    from segray.storage import read_json, read_text
 
     cfg = config_from_yaml(read_text(f"{out}/config.yaml") or "")
     saved = read_json(f"{out}/plan.json") or {}
@@ -148,13 +149,13 @@ def configured(out: str, data: str):
 
 
 def load_state(out: str) -> dict[str, Any] | None:
-    from segray.search.results import read_json
+    from segray.storage import read_json
 
     return read_json(f"{out}/{STATE}")
 
 
 def save_state(out: str, state: dict[str, Any]) -> None:
-    from segray.search.results import write_json
+    from segray.storage import write_json
 
     write_json(f"{out}/{STATE}", state)
 
@@ -163,9 +164,8 @@ def finished_search(tune_out: str):
     """The `TuneResult` of the finished search in ``tune_out``, read from its outputs."""
     import pandas as pd
 
-    from segray.search.results import read_json
     from segray.search.run import TuneResult
-    from segray.storage import Location
+    from segray.storage import Location, read_json
 
     summary = read_json(f"{tune_out}/summary.json")
     if summary is None:

@@ -83,13 +83,13 @@ def _yaml_number(value: Any) -> Any:
 
 
 def _read_text(path: str) -> str:
-    if "://" in path and not path.startswith("file://"):
-        from segray.storage import Location, with_retries
+    from segray.storage import is_uri, read_text
 
-        try:
-            return with_retries(Location.parse(path).read_bytes, what="read config").decode()
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
+    if is_uri(path):
+        text = read_text(path)
+        if text is None:
+            raise ConfigError(f"{path}: config file not found")
+        return text
     local = Path(path.removeprefix("file://"))
     if not local.is_file():
         raise ConfigError(f"{local}: config file not found")

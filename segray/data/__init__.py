@@ -1,9 +1,10 @@
 """Datasets (folder pairs, Oxford Pet trimaps, synthetic), splits, augmentation and image I/O.
 
-Read in data-flow order: `io` (decode files) -> `remote` (``data.root`` -> a local folder,
-mirroring a URI) -> `folder` / `pet` / `synth` (find samples) ->
-`masks` (raw values -> classes) -> `inspect` (the dataset's fingerprint; chooses
-``mask_mode: auto``) -> `split` (train/val/test) -> `transforms` (augment, normalise) ->
+Read in data-flow order: `pillow` (open a file) -> `intensity` (bands, value ranges) -> `io`
+(decode images and masks) -> `remote` (``data.root`` -> a local folder, mirroring a URI) ->
+`folder` / `pet` / `synth` -> `samples` (find samples) -> `masks` (raw values -> classes) ->
+`scan` -> `inspect` (the dataset's fingerprint, `fingerprint_record`; chooses ``mask_mode:
+auto``, `mask_mode`) -> `split` (train/val/test) -> `transforms` (augment, normalise) ->
 `dataset` (torch datasets from the config).
 """
 
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
         build_datasets,
         cache_dir,
         inspect_data,
-        list_samples,
         prepare_data,
     )
     from segray.data.folder import (
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from segray.data.masks import MaskMapper
     from segray.data.pet import download_pet, pet_samples
     from segray.data.remote import Mirror, dataset_root, is_remote, local_root, mirror, root_setting
+    from segray.data.samples import list_samples
     from segray.data.split import assign_folds, assign_splits, data_splits, split_samples
     from segray.data.synth import generate
     from segray.data.transforms import (
@@ -61,7 +62,6 @@ _EXPORTS = {
         "build_datasets",
         "cache_dir",
         "inspect_data",
-        "list_samples",
         "prepare_data",
     ],
     "folder": [
@@ -85,6 +85,7 @@ _EXPORTS = {
         "read_mask",
     ],
     "masks": ["MaskMapper"],
+    "samples": ["list_samples"],
     "pet": ["download_pet", "pet_samples"],
     "remote": ["Mirror", "dataset_root", "is_remote", "local_root", "mirror", "root_setting"],
     "split": ["assign_folds", "assign_splits", "data_splits", "split_samples"],

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segray.config import Config, DataConfig, apply_overrides
-from segray.data.folder import Sample, find_pairs
+from segray.config import Config, apply_overrides
+from segray.data.folder import Sample
 from segray.data.inspect import DEFAULT_SAMPLE, Fingerprint, fingerprint
 from segray.data.io import ImageError, decode_image, image_size
 from segray.data.masks import MaskMapper
-from segray.data.pet import pet_samples
-from segray.data.remote import cache_dir, dataset_root, is_remote, renamed
+from segray.data.remote import cache_dir, dataset_root, is_remote
+from segray.data.samples import list_samples
 from segray.data.split import data_splits
 from segray.data.synth import generate
 from segray.data.transforms import sample_seed, transforms_from_config
@@ -152,22 +152,6 @@ def _check_bands(fp: Fingerprint, in_channels: int) -> None:
         f"{fp.root}: images have {bands} data bands but model.in_channels={in_channels}: "
         f"set model.in_channels={bands} (segray auto derives it)"
     )
-
-
-def list_samples(data_cfg: DataConfig, *, check: bool = True) -> list[Sample]:
-    """Every sample of the configured source, sorted by key (``check``: read file headers)."""
-    root = dataset_root(data_cfg)
-    with renamed(data_cfg.root, root):
-        if data_cfg.source == "pet":
-            return pet_samples(root, "trainval")
-        if data_cfg.source == "synthetic":
-            return find_pairs(root / "images", root / "masks", check=check)
-        return find_pairs(
-            root / data_cfg.images_dir,
-            root / data_cfg.masks_dir,
-            check=check,
-            mask_suffix=data_cfg.mask_suffix,
-        )
 
 
 def build_datasets(cfg: Config) -> dict[str, SegmentationDataset]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segray.data.io import IMAGE_EXTENSIONS, ImageError, image_size
+from segray.errors import UserError
 
 __all__ = [
     "MASK_SUFFIXES",
@@ -54,7 +55,7 @@ MASK_DIRS = (
 _CHANNEL = re.compile(r"^(.*)_(\d{4})$")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset folder that cannot be used as it is; the message says what to fix."""
 
 

@@ -31,6 +31,18 @@ from typing import Any
 
 import numpy as np
 
+from segray.config.data import intensity_ranges
+from segray.data.pillow import (
+    ImageError,
+    composite_on_black,
+    one_line,
+    open_image,
+    scale_16,
+    scale_float,
+    scale_int32,
+    source_label,
+)
+
 __all__ = [
     "Bands",
     "band_stats",
@@ -63,23 +75,6 @@ class Bands:
     @property
     def count(self) -> int:
         return int(self.array.shape[2])
-
-
-# --------------------------------------------------------------------------- config value
-def intensity_ranges(value: Any) -> list[tuple[float, float]] | None:
-    """``data.intensity_range`` as ``[(lo, hi), ...]`` (one pair, or one per band); None for
-    ``type`` and for an unresolved ``auto`` (both scale by the value type)."""
-    if value is None or isinstance(value, str):
-        if value not in (None, "auto", "type"):
-            raise ValueError(f"data.intensity_range must be auto, type or [lo, hi], got {value!r}")
-        return None
-    pairs = [value] if value and not isinstance(value[0], Sequence) else list(value)
-    out = []
-    for pair in pairs:
-        if len(pair) != 2 or not float(pair[0]) < float(pair[1]):
-            raise ValueError(f"data.intensity_range needs [lo, hi] with lo < hi, got {value!r}")
-        out.append((float(pair[0]), float(pair[1])))
-    return out
 
 
 # --------------------------------------------------------------------------- reading
@@ -139,15 +134,13 @@ def read_bands(
     (samples) or ``CYX`` (pages or planes as bands); their ``alpha`` comes from the TIFF's
     extra-samples tag. ``max_pixels`` as in `decode_image`.
     """
-    from segray.data.io import ImageError, _label, _open
-
-    label = _label(source, name)
+    label = source_label(source, name)
     reader = own_reader(source)
     if reader == "tiff":
         return _read_tiff(source, label, max_pixels)
     if reader == "png16":
         return _read_png16(source, label, max_pixels)
-    img = _open(source, label, max_pixels)
+    img = open_image(source, label, max_pixels)
     mode = img.mode
     try:
         if mode in ("P", "PA"):
@@ -182,8 +175,6 @@ def _squeezed(shape: Sequence[int], axes: str) -> tuple[list[int], str]:
 def _read_tiff(source: bytes | str | Path, label: str, max_pixels: int | None) -> Bands:
     import tifffile
 
-    from segray.data.io import ImageError, _one_line
-
     try:
         with tifffile.TiffFile(_file(source)) as tif:
             series = tif.series[0]
@@ -199,7 +190,7 @@ def _read_tiff(source: bytes | str | Path, label: str, max_pixels: int | None) -
     except ImageError:
         raise
     except Exception as e:  # noqa: BLE001 - tifffile raises many kinds; one line names it
-        raise ImageError(f"{label}: cannot decode TIFF ({_one_line(e)})") from None
+        raise ImageError(f"{label}: cannot decode TIFF ({one_line(e)})") from None
     if axes.endswith("S"):
         array = array if array.ndim == 3 else array[..., None]
     elif array.ndim == 3:  # CYX: pages or planes are the bands
@@ -222,8 +213,6 @@ def _read_tiff(source: bytes | str | Path, label: str, max_pixels: int | None) -
 def _read_png16(source: bytes | str | Path, label: str, max_pixels: int | None) -> Bands:
     """A 16-bit colour PNG with every bit (OpenCV), as RGB(A) / gray + alpha uint16."""
     import cv2
-
-    from segray.data.io import ImageError
 
     head = _head(source)
     w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
@@ -251,8 +240,6 @@ def _read_png16(source: bytes | str | Path, label: str, max_pixels: int | None) 
 
 def _tiff_size(shape: Sequence[int], axes: str, label: str) -> tuple[int, int]:
     """(H, W) of a squeezed TIFF series; an error unless it is YX, YXS or one band axis + YX."""
-    from segray.data.io import ImageError
-
     ok = axes == "YX" or axes == "YXS" or (len(axes) == 3 and axes.endswith("YX"))
     if not ok:
         raise ImageError(
@@ -267,15 +254,13 @@ def tiff_header(path: str | Path) -> tuple[int, int, str, int, int]:
     """``(width, height, mode, bands, bits)`` of a TIFF read by ``tifffile`` (no pixels)."""
     import tifffile
 
-    from segray.data.io import ImageError, _one_line
-
     try:
         with tifffile.TiffFile(str(path)) as tif:
             series = tif.series[0]
             shape, axes = _squeezed(series.shape, series.axes)
             dtype = np.dtype(series.dtype)
     except Exception as e:  # noqa: BLE001
-        raise ImageError(f"{path}: cannot open TIFF ({_one_line(e)})") from None
+        raise ImageError(f"{path}: cannot open TIFF ({one_line(e)})") from None
     h, w = _tiff_size(shape, axes, str(path))
     bands = shape[-1] if axes.endswith("S") else shape[0] if len(shape) == 3 else 1
     return w, h, f"{dtype.name}x{bands}", bands, dtype.itemsize * 8
@@ -292,8 +277,6 @@ def to_uint8(
     """``(H, W, channels)`` uint8 of ``bands``, by ``data.intensity_range`` (module docstring),
     a block of rows at a time. Alpha is composited on black when the model takes one band
     fewer than the image has (gray + alpha to RGB too); it is never range-mapped."""
-    from segray.data.io import ImageError
-
     array = bands.array
     h, w, count = array.shape
     composite = bands.alpha and count in (2, 4) and channels != count
@@ -336,26 +319,22 @@ def _map(values: np.ndarray, ranges: list[tuple[float, float]] | None) -> np.nda
 
 def _type_scale(values: np.ndarray) -> np.ndarray:
     """The ``type`` mapping, as Pillow-decoded images always had it."""
-    from segray.data.io import _scale_16, _scale_float, _scale_int32
-
     kind, dtype = values.dtype.kind, values.dtype
     if dtype == np.uint8:
         return values
     if dtype == np.uint16:
-        return _scale_16(values)
+        return scale_16(values)
     if dtype == np.int32:
-        return _scale_int32(values)
+        return scale_int32(values)
     if kind == "f":
-        return _scale_float(values)
+        return scale_float(values)
     top = float(np.iinfo(dtype).max)  # other integers: negatives clip to 0
     scaled = np.clip(values.astype(np.float64), 0, None) * (255.0 / top)
     return np.rint(scaled).astype(np.uint8)
 
 
 def _composite(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    from segray.data.io import _composite_on_black
-
-    return _composite_on_black(np.concatenate([colour, alpha], axis=-1))
+    return composite_on_black(np.concatenate([colour, alpha], axis=-1))
 
 
 def _convert(values: np.ndarray, channels: int) -> np.ndarray:

@@ -49,29 +49,17 @@ def resolve_mask_mode(
     0..K-1 with K > 2 get K classes, ``class_1`` ...); binary {0, v} (0/255, 0/65535, ...) ->
     threshold at v // 2; near-binary masks (`near_binary`: at 0 and v but for edge values
     that anti-aliasing or JPEG leave, under `NEAR_BINARY` of the pixels far from both) ->
-    threshold at v // 2 as well, the reason naming that share (`Fingerprint.warning`). ``masks`` (the fingerprint's mask header statistics) names the
-    encoding in a refusal and keeps palette masks out of the near-binary rule. Anything else
-    is an error naming the values and the settings to choose from.
+    threshold at v // 2 as well, the reason naming that share (`Fingerprint.warning`).
+    ``masks`` (the fingerprint's mask header statistics) names the encoding in a refusal and
+    keeps palette masks out of the near-binary rule. Anything else is an error naming the
+    values and the settings to choose from.
     """
     k = len(data_cfg.classes)
     values = set(histogram)
     ignore = data_cfg.ignore_index
     root = data_cfg.root
     if data_cfg.mask_mode != "auto":
-        mode = data_cfg.mask_mode
-        mapper = MaskMapper.from_config(data_cfg)
-        try:
-            mapper(np.array([sorted(values)], dtype=np.int64), "k")
-        except ImageError as e:
-            return None, mode, {}, "explicit", f"{root}: data.mask_mode={mode}: {e}"
-        reason = {
-            "threshold": f"value > {data_cfg.mask_threshold} is foreground",
-            "index": "values are class indices",
-            "values": "data.mask_values",
-            "trimap": f"Pet trimap, border -> {data_cfg.trimap_uncertain}",
-            "colors": "data.mask_colors",
-        }[mode]
-        return mapper, mode, {}, reason, None
+        return _explicit(data_cfg, values)
     if not values:
         return None, None, {}, "", f"{root}: no readable mask to choose data.mask_mode from"
     updates: dict[str, Any]
@@ -116,6 +104,24 @@ def resolve_mask_mode(
     except ImageError as e:
         return None, None, {}, "", f"{root}: {e}"
     return mapper, updates["data.mask_mode"], updates, reason, None
+
+
+def _explicit(data_cfg: DataConfig, values: set[int]) -> Resolved:
+    """An explicit ``data.mask_mode``, kept: its mapper, or an error if it refuses ``values``."""
+    mode = data_cfg.mask_mode
+    mapper = MaskMapper.from_config(data_cfg)
+    try:
+        mapper(np.array([sorted(values)], dtype=np.int64), "k")
+    except ImageError as e:
+        return None, mode, {}, "explicit", f"{data_cfg.root}: data.mask_mode={mode}: {e}"
+    reason = {
+        "threshold": f"value > {data_cfg.mask_threshold} is foreground",
+        "index": "values are class indices",
+        "values": "data.mask_values",
+        "trimap": f"Pet trimap, border -> {data_cfg.trimap_uncertain}",
+        "colors": "data.mask_colors",
+    }[mode]
+    return mapper, mode, {}, reason, None
 
 
 NEAR_BINARY = 0.01  # near-binary masks: the share of in-between pixels read as binary unasked

@@ -27,7 +27,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -38,7 +37,7 @@ from pathlib import Path, PurePosixPath
 from segray.config import DataConfig
 from segray.data.folder import DatasetError
 from segray.data.synth import synth_params
-from segray.storage import Location, with_retries
+from segray.storage import Location, is_uri, remove, where, with_retries
 
 __all__ = [
     "Mirror",
@@ -66,25 +65,24 @@ def cache_dir() -> Path:
 
 
 def is_remote(root: str | Path | None) -> bool:
-    """Whether a ``data.root`` value is a URI to mirror (``s3://...``; not ``file://``)."""
-    text = str(root or "")
-    return "://" in text and not text.startswith("file://")
+    """Whether a ``data.root`` value is a URI to mirror (``s3://...``; not ``file://``):
+    `segray.storage.is_uri`."""
+    return is_uri(root)
 
 
-def root_setting(where: str | Path) -> str:
+def root_setting(path_or_uri: str | Path) -> str:
     """The ``data.root`` value for a folder or URI a user gave: a URI as it is (each node
-    mirrors it itself), a local path absolute (Ray workers run in other folders)."""
-    if is_remote(where):
-        return Location.parse(str(where)).uri
-    return str(Path(str(where).removeprefix("file://")).expanduser().absolute())
+    mirrors it itself), a local path absolute (Ray workers run in other folders):
+    `segray.storage.where`."""
+    return where(path_or_uri)
 
 
-def local_root(where: str | Path) -> Path:
+def local_root(path_or_uri: str | Path) -> Path:
     """The local folder holding a folder's or URI's files: the folder itself (absolute), or
     the URI's mirror, brought up to date (`mirror`)."""
-    if is_remote(where):
-        return mirror(str(where)).path
-    return Path(root_setting(where))
+    if is_remote(path_or_uri):
+        return mirror(str(path_or_uri)).path
+    return Path(root_setting(path_or_uri))
 
 
 def dataset_root(data_cfg: DataConfig) -> Path:
@@ -180,7 +178,7 @@ def _sync(loc: Location, dest: Path, workers: int) -> Mirror:
     old = _manifest(dest)
     (dest / _COMPLETE).unlink(missing_ok=True)
     partial = dest / _PARTIAL
-    shutil.rmtree(partial, ignore_errors=True)
+    remove(partial)
     partial.mkdir()
 
     kept = {
@@ -201,7 +199,7 @@ def _sync(loc: Location, dest: Path, workers: int) -> Mirror:
     finally:
         unknown = dict.fromkeys(rel for rel in fetch if rel not in done)
         _write_manifest(dest, {**kept, **done, **unknown})
-    shutil.rmtree(partial, ignore_errors=True)
+    remove(partial)
     (dest / _COMPLETE).write_text(uuid.uuid4().hex)
     if fetch or gone:
         print(

@@ -254,7 +254,7 @@ def splits_record(samples: Sequence[Sample], data: Any) -> dict[str, Any]:
 def write_splits(cfg: Any, folder: str) -> str:
     """Write ``splits.json`` (`splits_record`) of a prepared config's dataset into ``folder``
     (a local path or a URI), beside its ``config.yaml``; returns where it went."""
-    from segray.data.dataset import list_samples
+    from segray.data.samples import list_samples
     from segray.storage import Location, with_retries
 
     record = splits_record(list_samples(cfg.data, check=False), cfg.data)

@@ -14,8 +14,10 @@ wrong; one that sees the rim from the inside gets both. With K > 2 classes, clas
 have their own shape (ellipse, rectangle, triangle, pentagon, hexagon, ...) and tint.
 
 Layout: ``images/NNNN.png`` (RGB), ``masks/NNNN.png`` (binary: 0/255 for
-``mask_mode: threshold``; K > 2: class indices 0..K-1 for ``mask_mode: index``) and
-``synth.json`` (parameters, counts, mask convention). Same arguments, byte-identical files.
+``mask_mode: threshold``; K > 2: class indices 0..K-1 for ``mask_mode: index``),
+``synth.json`` (parameters, counts, mask convention) and ``dataset.yaml`` (`segray.data.hints`:
+``orientation: free``, the objects lie at any angle, and the class names). Same arguments,
+byte-identical files.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from segray.data.hints import HINTS_FILE
 from segray.data.io import encode_png
 
 __all__ = ["SYNTH_VERSION", "SceneObject", "generate", "render", "synth_params"]
@@ -104,6 +107,7 @@ def generate(
             "class_shapes": {str(k): _class_shape(k, num_classes) for k in range(1, num_classes)},
         }
         (tmp / "synth.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        (tmp / HINTS_FILE).write_text(_hints_yaml(num_classes))
         _publish(tmp, out, params)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -113,9 +117,22 @@ def generate(
 # --------------------------------------------------------------------------- files
 def _complete(out: Path, params: dict[str, int]) -> bool:
     try:
-        return json.loads((out / "synth.json").read_text())["params"] == params
+        same = json.loads((out / "synth.json").read_text())["params"] == params
     except (OSError, ValueError, KeyError, TypeError):
         return False
+    return same and (out / HINTS_FILE).is_file()  # made before dataset.yaml: made again
+
+
+def _hints_yaml(num_classes: int) -> str:
+    """The dataset's ``dataset.yaml``: no natural orientation, and the class names that
+    `segray inspect` gives its masks."""
+    names = ["background", "foreground"] if num_classes == 2 else ["background"]
+    names += [f"class_{k}" for k in range(1, num_classes)] if num_classes > 2 else []
+    return (
+        "# segray's synthetic scenes (segray.data.synth); segray auto reads this file\n"
+        "orientation: free  # objects and textures at any angle: no natural up\n"
+        f"class_names: [{', '.join(names)}]\n"
+    )
 
 
 def _publish(tmp: Path, out: Path, params: dict[str, int]) -> None:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from segray.checkpoint import (
     load_model,
 )
 from segray.config import Config, apply_overrides
+from segray.storage import published_folder
 
 __all__ = ["ENSEMBLE_FORMAT", "INFERENCE_KEYS", "load_members", "write_ensemble"]
 
@@ -67,7 +66,8 @@ def write_ensemble(
     names: Sequence[str] | None = None,
     metrics: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write an ensemble checkpoint directory at ``output`` (local; replaced if it exists).
+    """Write an ensemble checkpoint directory at ``output`` (local; replaced whole if it
+    exists, `segray.storage.publish_folder`).
 
     Args:
         members: checkpoint directories (paths or URIs); an ensemble member is refused.
@@ -84,23 +84,15 @@ def write_ensemble(
     """
     if not members:
         raise ValueError("an ensemble needs at least one member checkpoint")
-    names = list(names) if names is not None else [f"member{i}" for i in range(len(members))]
-    if len(names) != len(members) or len(set(names)) != len(names):
-        raise ValueError(f"need {len(members)} unique member names, got {names}")
-    bad = [n for n in names if not _NAME.match(n)]
-    if bad:
-        raise ValueError(f"member name {bad[0]!r}: use letters, digits, '_', '-' and '.'")
+    names = _member_names(len(members), names)
     settings = {k.removeprefix("segment."): v for k, v in (inference_settings or {}).items()}
     unknown = sorted(set(settings) - set(INFERENCE_KEYS))
     if unknown:
         raise ValueError(
             f"unknown inference setting {unknown[0]!r}; valid: {', '.join(INFERENCE_KEYS)}"
         )
-
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
-    try:
+    with published_folder(output) as tmp:
         configs = []
         for member, name in zip(members, names, strict=True):
             dst = tmp / "members" / name
@@ -108,26 +100,12 @@ def write_ensemble(
             if (dst / ENSEMBLE_FILE).is_file():
                 raise CheckpointError(f"{member}: an ensemble cannot be a member of an ensemble")
             configs.append(load_checkpoint_config(dst))
-        first = configs[0]
-        for member, cfg in zip(members, configs, strict=True):
-            if (
-                cfg.data.classes != first.data.classes
-                or cfg.model.in_channels != first.model.in_channels
-            ):
-                raise CheckpointError(
-                    f"{member}: classes {cfg.data.classes} / in_channels {cfg.model.in_channels} "
-                    f"differ from the first member's ({first.data.classes} / {first.model.in_channels})"
-                )
-            if cfg.data.intensity_range != first.data.intensity_range:  # images decode once
-                raise CheckpointError(
-                    f"{member}: data.intensity_range {cfg.data.intensity_range} differs from "
-                    f"the first member's ({first.data.intensity_range})"
-                )
+        _check_compatible(members, configs)
         overrides: dict[str, Any] = {f"segment.{k}": v for k, v in settings.items()}
         # Fold models of a cross-validation: the ensemble trained on every fold, so none of
         # them is its validation split (its test split is still held out).
         overrides["data.fold"] = None
-        config = apply_overrides(first, overrides)
+        config = apply_overrides(configs[0], overrides)
         config.save(tmp / CONFIG_FILE)
         (tmp / METRICS_FILE).write_text(json.dumps(dict(metrics or {}), indent=2, sort_keys=True))
         manifest = {
@@ -138,12 +116,37 @@ def write_ensemble(
             "inference": {k: getattr(config.segment, k) for k in INFERENCE_KEYS},
         }
         (tmp / ENSEMBLE_FILE).write_text(json.dumps(manifest, indent=2))
-        if output.exists():
-            shutil.rmtree(output)
-        tmp.rename(output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return output
+
+
+def _member_names(count: int, names: Sequence[str] | None) -> list[str]:
+    """The member folder names: ``names`` checked (unique, plain), or member0, member1, ..."""
+    names = list(names) if names is not None else [f"member{i}" for i in range(count)]
+    if len(names) != count or len(set(names)) != len(names):
+        raise ValueError(f"need {count} unique member names, got {names}")
+    bad = [n for n in names if not _NAME.match(n)]
+    if bad:
+        raise ValueError(f"member name {bad[0]!r}: use letters, digits, '_', '-' and '.'")
+    return names
+
+
+def _check_compatible(members: Sequence[str | Path], configs: Sequence[Config]) -> None:
+    """Members must agree with the first on the classes, input channels and intensity range."""
+    first = configs[0]
+    for member, cfg in zip(members, configs, strict=True):
+        if (
+            cfg.data.classes != first.data.classes
+            or cfg.model.in_channels != first.model.in_channels
+        ):
+            raise CheckpointError(
+                f"{member}: classes {cfg.data.classes} / in_channels {cfg.model.in_channels} "
+                f"differ from the first member's ({first.data.classes} / {first.model.in_channels})"
+            )
+        if cfg.data.intensity_range != first.data.intensity_range:  # images decode once
+            raise CheckpointError(
+                f"{member}: data.intensity_range {cfg.data.intensity_range} differs from "
+                f"the first member's ({first.data.intensity_range})"
+            )
 
 
 def load_members(

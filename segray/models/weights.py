@@ -16,8 +16,10 @@ import torch
 from torch import nn
 from torchvision.models import WeightsEnum
 
+from segray.errors import UserError
 
-class PretrainedWeightsError(RuntimeError):
+
+class PretrainedWeightsError(UserError, RuntimeError):
     """Pretrained weights were requested but could not be downloaded (typically no network)."""
 
 

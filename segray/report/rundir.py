@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from segray.storage import Location, with_retries
+from segray.errors import UserError
+from segray.storage import FileType, Location, list_entries, list_files, with_retries
 
 __all__ = ["KINDS", "ReportError", "RunDir", "detect_kind", "log"]
 
@@ -37,7 +37,7 @@ KINDS: dict[str, tuple[str, ...]] = {
 DEMO_PARTS = {"tune": "search", "cv": "search", "eval": "evaluation", "segment": "segment"}
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """A folder the report cannot be made of; the message says which and what it expects."""
 
 
@@ -74,9 +74,9 @@ class RunDir:
         """
         loc = Location.parse(where)
         info = with_retries(loc.info, what="stat run folder")
-        if info.type == pafs.FileType.NotFound:
+        if info.type == FileType.NotFound:
             raise ReportError(f"{where}: no such folder")
-        if info.type != pafs.FileType.Directory:
+        if info.type != FileType.Directory:
             raise ReportError(f"{where}: not a folder; give a segray output folder")
         if kind is None:
             kind = detect_kind(_names(loc), {sub: _names(loc.join(sub)) for sub in DEMO_PARTS})
@@ -122,14 +122,15 @@ class RunDir:
 
     def files(self, sub: str, suffix: str = "") -> list[str]:
         """Names (relative to ``sub``) of the files under ``sub`` ending in ``suffix``, sorted."""
-        return [rel for rel, _ in self.loc.join(sub).list_files() if rel.endswith(suffix)]
+        rels = list_files(self.loc.join(sub), what="list report input")
+        return [rel for rel in rels if rel.endswith(suffix)]
 
 
 def _names(loc: Location) -> set[str]:
     """Relative paths of the files directly in ``loc`` and in its ``_segray/`` (one listing)."""
     names = set()
-    for info in loc.list(recursive=False):
-        if info.type == pafs.FileType.File:
+    for info in list_entries(loc, what="list run folder"):
+        if info.type == FileType.File:
             names.add(posixpath.basename(info.path))
     if "summary.json" in names:
         marker = loc.join("_segray", "run.json")
@@ -139,9 +140,9 @@ def _names(loc: Location) -> set[str]:
 
 
 def _first_file(loc: Location) -> str:
-    if loc.info().type == pafs.FileType.File:
+    if with_retries(loc.info, what="stat report input").type == FileType.File:
         return loc.path
-    for rel, _ in loc.list_files():
+    for rel in list_files(loc, what="list report input"):
         if rel.endswith(".parquet"):
             return posixpath.join(loc.path, rel)
     raise ReportError(f"{loc.uri}: no Parquet files")

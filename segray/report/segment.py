@@ -41,7 +41,7 @@ from segray.overlay import (
 from segray.report import html
 from segray.report.plots import histograms
 from segray.report.rundir import RunDir, log
-from segray.storage import Location, with_retries
+from segray.storage import Location, list_files, with_retries
 
 __all__ = [
     "Pick",
@@ -98,7 +98,7 @@ def read_stats(parquet: Location) -> pd.DataFrame:
     (row index in that file). Files and folders starting with ``_`` or ``.`` are skipped."""
     files = [
         rel
-        for rel, _ in parquet.list_files()
+        for rel in list_files(parquet, what="list output")
         if rel.endswith(".parquet") and not any(p.startswith("_") for p in rel.split("/"))
     ]
     if len(files) > 20:
@@ -115,8 +115,8 @@ def read_stats(parquet: Location) -> pd.DataFrame:
 
 
 def _stats_of(loc: Location, rel: str) -> pd.DataFrame:
-    present = set(pq.read_schema(loc.path, filesystem=loc.fs).names)
-    columns = [c for c in STAT_COLUMNS if c in present]
+    schema = with_retries(pq.read_schema, loc.path, filesystem=loc.fs, what="read output")
+    columns = [c for c in STAT_COLUMNS if c in set(schema.names)]
     table = with_retries(
         pq.read_table, loc.path, filesystem=loc.fs, columns=columns, what="read output"
     )
@@ -191,23 +191,11 @@ def read_masks(parquet: Location, picks: Iterable[Pick]) -> MaskRead:
     out = MaskRead()
     extra: dict[tuple[str, int], tuple[str | None, str | None]] = {}
     for rel, rows in sorted(wanted.items()):
-        loc = parquet.join(rel)
-        with loc.fs.open_input_file(loc.path) as f:
-            pf = pq.ParquetFile(f)
-            start = 0
-            for g in range(pf.metadata.num_row_groups):
-                size = pf.metadata.row_group(g).num_rows
-                inside = sorted(r for r in rows if start <= r < start + size)
-                if inside:
-                    columns = [c for c in PICKED_COLUMNS if c in pf.schema_arrow.names]
-                    group = pf.read_row_group(g, columns=columns)
-                    out.row_groups += 1
-                    out.decoded += size
-                    taken = group.take([r - start for r in inside]).to_pylist()
-                    for r, values in zip(inside, taken, strict=True):
-                        out.masks[(rel, r)] = values.get("mask_png")
-                        extra[(rel, r)] = (values.get("source"), values.get("gt_mask"))
-                start += size
+        groups, decoded, values = with_retries(_picked, parquet.join(rel), rows, what="read")
+        out.row_groups, out.decoded = out.row_groups + groups, out.decoded + decoded
+        for r, row in values.items():
+            out.masks[(rel, r)] = row.get("mask_png")
+            extra[(rel, r)] = (row.get("source"), row.get("gt_mask"))
     out.picks = [
         replace(p, source=extra[(p.file, p.row)][0], gt_mask=extra[(p.file, p.row)][1])
         if (p.file, p.row) in extra
@@ -215,6 +203,27 @@ def read_masks(parquet: Location, picks: Iterable[Pick]) -> MaskRead:
         for p in picks
     ]
     return out
+
+
+def _picked(loc: Location, rows: set[int]) -> tuple[int, int, dict[int, dict[str, Any]]]:
+    """(row groups read, rows decoded, row -> `PICKED_COLUMNS` values) of ``rows`` of one
+    output file: only the row groups that hold one are read."""
+    values: dict[int, dict[str, Any]] = {}
+    groups = decoded = 0
+    with loc.fs.open_input_file(loc.path) as f:
+        pf = pq.ParquetFile(f)
+        start = 0
+        for g in range(pf.metadata.num_row_groups):
+            size = pf.metadata.row_group(g).num_rows
+            inside = sorted(r for r in rows if start <= r < start + size)
+            if inside:
+                columns = [c for c in PICKED_COLUMNS if c in pf.schema_arrow.names]
+                group = pf.read_row_group(g, columns=columns)
+                groups, decoded = groups + 1, decoded + size
+                taken = group.take([r - start for r in inside]).to_pylist()
+                values.update(zip(inside, taken, strict=True))
+            start += size
+    return groups, decoded, values
 
 
 # --------------------------------------------------------------------------- step 4: images
@@ -290,11 +299,13 @@ def _from_parquet(
     prefix = _id_prefix(picks[0].image_id, source)
     keys = {p.image_id[len(prefix) + 1 :]: p.image_id for p in picks}
     if id_column is not None:  # rows found by their id column
-        table = pq.read_table(
+        table = with_retries(
+            pq.read_table,
             loc.path,
             filesystem=loc.fs,
             columns=[id_column, image_column],
             filters=[(id_column, "in", list(keys))],
+            what="read input",
         )
         ids, images = table.column(id_column).to_pylist(), _bytes_of(table.column(image_column))
         return {keys[str(k)]: v for k, v in zip(ids, images, strict=True) if str(k) in keys}
@@ -303,8 +314,7 @@ def _from_parquet(
 
     rows = {int(k): v for k, v in keys.items() if k.isdigit()}
     out: dict[str, bytes] = {}
-    with loc.fs.open_input_file(loc.path) as f:
-        meta = pq.ParquetFile(f).metadata
+    meta = with_retries(pq.read_metadata, loc.path, filesystem=loc.fs, what="read input")
     start = 0
     for g in range(meta.num_row_groups):  # only the row groups that hold a picked row
         size = meta.row_group(g).num_rows

@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from segray.cluster import interruptible
+from segray.cluster import interruptible, map_remote
 from segray.config import Config
+from segray.search.settings import search_settings
+from segray.storage import where
 
 __all__ = ["CVResult", "cv_config", "run_cv"]
 
@@ -86,7 +88,7 @@ def run_cv(
     from segray.search.run import run_tune
 
     started = time.time()
-    out = str(output) if "://" in str(output) else str(Path(output).resolve())
+    out = where(output)
     how = continue_with or f"segray cv --resume {out}"
     with interruptible(f"the cross-validation in {out}", how):
         if not resume:
@@ -123,19 +125,17 @@ def run_cv(
 # --------------------------------------------------------------------------- out-of-fold
 def _out_of_fold(cfg: Config, checkpoints: list[str]) -> list[dict[str, Any]]:
     """Every fold's validation images predicted by that fold's model, one Ray task a fold."""
-    import ray
-
-    from segray.train.driver import worker_resources
+    from segray.train import worker_resources
 
     per = worker_resources(cfg)
-    task = ray.remote(_predict_fold).options(
-        num_cpus=per.get("CPU", 1), num_gpus=per.get("GPU", 0), max_retries=2
+    folds = map_remote(
+        _predict_fold,
+        [(c,) for c in checkpoints],
+        num_cpus=per.get("CPU", 1),
+        num_gpus=per.get("GPU", 0),
+        max_retries=2,
     )
-    refs = [task.remote(c) for c in checkpoints]
-    rows: list[dict[str, Any]] = []
-    for fold_rows in ray.get(refs):
-        rows.extend(fold_rows)
-    return rows
+    return [row for fold_rows in folds for row in fold_rows]
 
 
 def _predict_fold(checkpoint: str) -> list[dict[str, Any]]:
@@ -173,31 +173,76 @@ def _finish(
     predictions: list[dict[str, Any]],
     wall: float,
 ) -> CVResult:
+    """Choose the post-processing on the out-of-fold predictions, then publish the fold
+    table, the out-of-fold metrics, the summary and the ensemble."""
     from segray.inference.ensemble import write_ensemble
     from segray.inference.postprocess import PostProcess, choose_postprocessing
-    from segray.metrics import per_image_metrics
     from segray.storage import published, published_folder
 
-    metric = cfg.tune.metric
+    metric = search_settings(cfg).metric
     num_classes = len(cfg.data.classes)  # for the metrics; the model has 1 logit if binary
-    ignore = cfg.data.ignore_index
     probas = [r["proba"].astype(np.float32) for r in predictions]
     targets = [r["target"] for r in predictions]
     # Start from the fold models' own settings; keep a step only where it raises mean Dice.
     start = PostProcess.from_config(cfg.segment, 1 if num_classes == 2 else num_classes)
-    choice = choose_postprocessing(probas, targets, start=start, ignore_index=ignore)
+    choice = choose_postprocessing(probas, targets, start=start, ignore_index=cfg.data.ignore_index)
+    oof = _oof_table(cfg, predictions, probas, targets, start, choice.postprocess)
+    table, stats = _fold_table(metric, done, checkpoints, oof)
+    summary = {
+        "folds": len(done),
+        "group_by": cfg.data.group_by,
+        "metric": metric,
+        f"{metric}_mean": stats[0][metric],
+        f"{metric}_std": stats[1][metric],
+        "oof_dice": _nan_mean(oof["dice"]),
+        "oof_dice_postprocessed": _nan_mean(oof["dice_postprocessed"]),
+        "postprocessing": choice.settings,
+        "ensemble": f"{out}/ensemble",
+        "wall_time_s": round(wall, 1),
+    }
+    with published_folder(f"{out}/ensemble") as local:  # readers see it whole or not at all
+        write_ensemble(
+            checkpoints,
+            local,
+            inference_settings=choice.settings,
+            names=[f"fold_{int(f)}" for f in done["param.data.fold"]],
+            metrics={k: v for k, v in summary.items() if k not in ("ensemble", "postprocessing")},
+        )
+    with published(out) as local:
+        table.to_parquet(local / "cv.parquet", index=False)
+        oof.to_parquet(local / "oof.parquet", index=False)
+        (local / "cv_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    _print_summary(summary, table)
+    return CVResult(out, table, oof, summary, f"{out}/ensemble")
 
+
+def _oof_table(
+    cfg: Config,
+    predictions: list[dict[str, Any]],
+    probas: list[np.ndarray],
+    targets: list[np.ndarray],
+    start: Any,
+    chosen: Any,
+) -> pd.DataFrame:
+    """oof.parquet: every validation image's metrics, with the fold models' own
+    post-processing (``start``) and with the ``chosen`` one (``_postprocessed`` columns)."""
+    from segray.metrics import per_image_metrics
+
+    num_classes, ignore = len(cfg.data.classes), cfg.data.ignore_index
     rows = []
     for r, proba, target in zip(predictions, probas, targets, strict=True):
-        raw = start.mask(proba)
-        final = choice.postprocess.mask(proba)
         row: dict[str, Any] = {"key": r["key"], "fold": r["fold"]}
-        for tag, pred in (("", raw), ("_postprocessed", final)):
+        for tag, pred in (("", start.mask(proba)), ("_postprocessed", chosen.mask(proba))):
             scores = per_image_metrics(pred, target, num_classes=num_classes, ignore_index=ignore)
             row.update({f"{name}{tag}": v for name, v in scores.items()})
         rows.append(row)
-    oof = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
 
+
+def _fold_table(
+    metric: str, done: pd.DataFrame, checkpoints: list[str], oof: pd.DataFrame
+) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """(cv.parquet: one row per fold, then the mean and std rows; those two rows)."""
     fold_rows = []
     for (_, t), ckpt in zip(done.iterrows(), checkpoints, strict=True):
         f = int(t["param.data.fold"])
@@ -220,34 +265,7 @@ def _finish(
         {"fold": name, **{c: float(getattr(table[c], name)()) for c in numeric}}
         for name in ("mean", "std")
     ]
-    table = pd.concat([table, pd.DataFrame(stats)], ignore_index=True)
-
-    summary = {
-        "folds": len(fold_rows),
-        "group_by": cfg.data.group_by,
-        "metric": metric,
-        f"{metric}_mean": stats[0][metric],
-        f"{metric}_std": stats[1][metric],
-        "oof_dice": _nan_mean(oof["dice"]),
-        "oof_dice_postprocessed": _nan_mean(oof["dice_postprocessed"]),
-        "postprocessing": choice.settings,
-        "ensemble": f"{out}/ensemble",
-        "wall_time_s": round(wall, 1),
-    }
-    with published_folder(f"{out}/ensemble") as local:  # readers see it whole or not at all
-        write_ensemble(
-            checkpoints,
-            local,
-            inference_settings=choice.settings,
-            names=[f"fold_{r['fold']}" for r in fold_rows],
-            metrics={k: v for k, v in summary.items() if k not in ("ensemble", "postprocessing")},
-        )
-    with published(out) as local:
-        table.to_parquet(local / "cv.parquet", index=False)
-        oof.to_parquet(local / "oof.parquet", index=False)
-        (local / "cv_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    _print_summary(summary, table)
-    return CVResult(out, table, oof, summary, f"{out}/ensemble")
+    return pd.concat([table, pd.DataFrame(stats)], ignore_index=True), stats
 
 
 def _nan_mean(values: pd.Series) -> float:
@@ -256,7 +274,8 @@ def _nan_mean(values: pd.Series) -> float:
 
 
 def _saved_config(out: str) -> Config:
-    from segray.search.results import config_from_yaml, read_text
+    from segray.search.results import config_from_yaml
+    from segray.storage import read_text
 
     text = read_text(f"{out}/config.yaml")
     if text is None:

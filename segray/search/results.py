@@ -23,21 +23,28 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow.fs as pafs
 import torch
 
 from segray.checkpoint import (
     HISTORY_FILE,
     INFERENCE_FILES,
     STATE_FILE,
-    copy_checkpoint,
     download_checkpoint,
 )
 from segray.cluster import RunInterrupted
 from segray.config import Config, load_config
-from segray.search.searcher import score_key
+from segray.search.settings import SearchSettings, score_key, search_settings
 from segray.search.space import SearchSpace
-from segray.storage import Location, publish_folder, with_retries
+from segray.storage import (
+    Location,
+    copy_file,
+    copy_tree,
+    publish_folder,
+    read_json,
+    read_text,
+    subfolders,
+    with_retries,
+)
 from segray.tracking import Tracker, metric_values
 
 __all__ = [
@@ -47,10 +54,6 @@ __all__ = [
     "TuneResult",
     "collect",
     "config_from_yaml",
-    "read_json",
-    "read_text",
-    "write_json",
-    "write_text",
 ]
 
 
@@ -68,38 +71,6 @@ class TuneResult:
     best: str | None
 
 
-# --------------------------------------------------------------------------- storage
-def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    """pyarrow filesystem + path for a local path or any URI (`segray.storage`)."""
-    loc = Location.parse(uri)
-    return loc.fs, loc.path
-
-
-def write_json(uri: str, data: Any) -> None:
-    """Publish ``data`` as JSON, credentials scrubbed (`segray.secrets.scrub`): plan.json,
-    summaries and markers are outputs that get shared."""
-    from segray.secrets import scrub
-
-    write_text(uri, json.dumps(scrub(data), indent=2, default=str))
-
-
-def read_json(uri: str) -> Any | None:
-    text = read_text(uri)
-    return None if text is None else json.loads(text)
-
-
-def write_text(uri: str, text: str) -> None:
-    """Publish a small file atomically (single PUT on object stores), retried."""
-    with_retries(Location.parse(uri).write, text.encode(), what="write")
-
-
-def read_text(uri: str) -> str | None:
-    loc = Location.parse(uri)
-    if with_retries(loc.info, what="stat").type != pafs.FileType.File:
-        return None
-    return with_retries(loc.read_bytes, what="read").decode()
-
-
 def config_from_yaml(text: str) -> Config:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write(text)
@@ -113,93 +84,136 @@ def config_from_yaml(text: str) -> Config:
 def collect(
     cfg: Config, space: SearchSpace, grid, out: str, wall: float, tracker: Tracker | None = None
 ) -> TuneResult:
-    metric, mode = cfg.tune.metric, cfg.tune.mode
-    sign = 1.0 if mode == "max" else -1.0
-    max_epochs = cfg.tune.max_epochs or cfg.train.epochs
-    rows, histories = [], []
-    trials_uri = f"{out}/ray/trials"
+    """The finished search's tables, summary, plots and best checkpoint, from Tune's result
+    ``grid`` and each trial's own Train run, published to ``out`` (and to ``tracker``'s run).
+    Trials Tune stopped for no recorded reason (an interrupt) raise `RunInterrupted`, and
+    nothing is published."""
+    settings = search_settings(cfg)
     search_stop = read_json(f"{out}/ray/{SEARCH_STOP}") or {}
-    for r in grid:
-        trial_id = (r.metrics or {}).get("trial_id") or _trial_id_from_path(r.path)
-        params = space.decode(r.config or {})
-        hist = _trial_history(trials_uri, trial_id)
-        row: dict[str, Any] = {
-            "trial_id": trial_id,
-            **{f"param.{k}": _cell(v) for k, v in params.items()},
-        }
-        row["status"] = "ERROR" if r.error else "TERMINATED"
-        row["stopped_by"] = None
-        row["error"] = str(r.error).strip().splitlines()[-1][:500] if r.error else None
-        row["wall_time_s"] = float((r.metrics or {}).get("time_total_s", math.nan))
-        if not hist.empty and metric in hist:
-            best_i = _best_kept_epoch(hist, metric, sign, _kept_epochs(trials_uri, trial_id))
-            best_epoch = int(hist.loc[best_i, "epoch"])
-            row.update(
-                {
-                    f"best_{metric}": float(hist.loc[best_i, metric]),
-                    "best_epoch": best_epoch,
-                    "best_checkpoint": f"{trials_uri}/trial_{trial_id}/checkpoint_epoch_{best_epoch:04d}",
-                    f"last_{metric}": float(hist[metric].iloc[-1]),
-                    "last_val_loss": float(hist["val_loss"].iloc[-1])
-                    if "val_loss" in hist
-                    else math.nan,
-                    "epochs_run": int(hist["epoch"].max()),
-                    "train_time_s": float(hist["epoch_time_s"].sum()),
-                }
-            )
-            histories.append(hist.assign(trial_id=trial_id))
-        else:
-            row.update({f"best_{metric}": math.nan, "epochs_run": 0, "best_checkpoint": None})
-        if not r.error and row["epochs_run"] < max_epochs:
-            row["status"], row["stopped_by"] = _why_unfinished(trials_uri, trial_id, search_stop)
-        row["stopped_early"] = row["stopped_by"] == "asha"  # by ASHA, at a rung
-        rows.append(row)
-    trials = pd.DataFrame(rows)
-    history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
+    trials, history = _tables(settings, space, grid, f"{out}/ray/trials", search_stop)
     unfinished = int((trials["status"] == "INTERRUPTED").sum()) if len(trials) else 0
     if unfinished:  # Tune stopped them for no recorded reason: an interrupt. Publish nothing.
         raise RunInterrupted(f"{unfinished} of {len(trials)} trials did not finish")
+    best_row = _best_row(trials, settings)
+    summary = _summary(trials, settings, wall)
+    with tempfile.TemporaryDirectory() as staging:
+        stage = Path(staging)
+        best_local = None
+        if best_row is not None:
+            summary["best"] = _best_summary(best_row, settings.metric, out)
+            best_local = _fetch_checkpoint(best_row["best_checkpoint"], stage / "best")
+        trials.to_parquet(stage / "trials.parquet", index=False)
+        history.to_parquet(stage / "history.parquet", index=False)
+        (stage / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        _plots(trials, space, settings.metric, settings.mode, stage / "plots")
+        if tracker is not None:
+            _log_search_outputs(tracker, stage, summary, out)
+        _publish(stage, out)
+    best_path = f"{out}/best" if best_local else None
+    return TuneResult(out, trials, history, summary, best_path)
 
-    best_row = None
-    col = f"best_{metric}"
+
+def _tables(
+    settings: SearchSettings,
+    space: SearchSpace,
+    grid,
+    trials_uri: str,
+    search_stop: dict[str, Any],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, history): one row per trial of ``grid``, one row per trial per epoch."""
+    rows, histories = [], []
+    for r in grid:
+        row, hist = _trial_row(r, settings, space, trials_uri, search_stop)
+        rows.append(row)
+        if hist is not None:
+            histories.append(hist)
+    history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
+    return pd.DataFrame(rows), history
+
+
+def _trial_row(
+    r,
+    settings: SearchSettings,
+    space: SearchSpace,
+    trials_uri: str,
+    search_stop: dict[str, Any],
+) -> tuple[dict[str, Any], pd.DataFrame | None]:
+    """One trial's row of trials.parquet (params, status, best and last scores, epochs ...)
+    and its history (None if it never reported an epoch), from its Tune result ``r``."""
+    metric = settings.metric
+    trial_id = (r.metrics or {}).get("trial_id") or _trial_id_from_path(r.path)
+    params = space.decode(r.config or {})
+    hist = _trial_history(trials_uri, trial_id)
+    row: dict[str, Any] = {
+        "trial_id": trial_id,
+        **{f"param.{k}": _cell(v) for k, v in params.items()},
+    }
+    row["status"] = "ERROR" if r.error else "TERMINATED"
+    row["stopped_by"] = None
+    row["error"] = str(r.error).strip().splitlines()[-1][:500] if r.error else None
+    row["wall_time_s"] = float((r.metrics or {}).get("time_total_s", math.nan))
+    history = None
+    if not hist.empty and metric in hist:
+        sign = 1.0 if settings.mode == "max" else -1.0
+        best_i = _best_kept_epoch(hist, metric, sign, _kept_epochs(trials_uri, trial_id))
+        best_epoch = int(hist.loc[best_i, "epoch"])
+        row.update(
+            {
+                f"best_{metric}": float(hist.loc[best_i, metric]),
+                "best_epoch": best_epoch,
+                "best_checkpoint": f"{trials_uri}/trial_{trial_id}/checkpoint_epoch_{best_epoch:04d}",
+                f"last_{metric}": float(hist[metric].iloc[-1]),
+                "last_val_loss": float(hist["val_loss"].iloc[-1])
+                if "val_loss" in hist
+                else math.nan,
+                "epochs_run": int(hist["epoch"].max()),
+                "train_time_s": float(hist["epoch_time_s"].sum()),
+            }
+        )
+        history = hist.assign(trial_id=trial_id)
+    else:
+        row.update({f"best_{metric}": math.nan, "epochs_run": 0, "best_checkpoint": None})
+    if not r.error and row["epochs_run"] < settings.max_epochs:
+        row["status"], row["stopped_by"] = _why_unfinished(trials_uri, trial_id, search_stop)
+    row["stopped_early"] = row["stopped_by"] == "asha"  # by ASHA, at a rung
+    return row, history
+
+
+def _best_row(trials: pd.DataFrame, settings: SearchSettings) -> pd.Series | None:
+    """The trial with the best finite score (a trial that diverged is never the best)."""
+    col, mode = f"best_{settings.metric}", settings.mode
     ok = trials[trials[col].map(lambda v: score_key(v, mode) > -math.inf)] if col in trials else []
-    if len(ok):  # a trial with no finite score (diverged) is never the best
-        best_row = ok.loc[ok[col].map(lambda v: score_key(v, mode)).idxmax()]
-    summary = {
+    if not len(ok):
+        return None
+    return ok.loc[ok[col].map(lambda v: score_key(v, mode)).idxmax()]
+
+
+def _summary(trials: pd.DataFrame, settings: SearchSettings, wall: float) -> dict[str, Any]:
+    """summary.json, its ``best`` left None (`_best_summary`)."""
+    return {
         "num_trials": len(trials),
         "completed": int((trials["status"] == "TERMINATED").sum()) if len(trials) else 0,
         "errored": int((trials["status"] == "ERROR").sum()) if len(trials) else 0,
         "stopped_early": int(trials["stopped_early"].sum()) if len(trials) else 0,
         "stopped_by_budget": _count(trials, "stopped_by", "time budget"),
         "stopped_by_plateau": _count(trials, "stopped_by", "plateau"),
-        "metric": metric,
-        "mode": mode,
+        "metric": settings.metric,
+        "mode": settings.mode,
         "trial_epochs_total": int(trials["epochs_run"].sum()) if len(trials) else 0,
         "wall_time_s": round(wall, 1),
         "best": None,
     }
-    with tempfile.TemporaryDirectory() as staging:
-        stage = Path(staging)
-        best_local = None
-        if best_row is not None:
-            params = {k[6:]: v for k, v in best_row.items() if k.startswith("param.")}
-            summary["best"] = {
-                "trial_id": best_row["trial_id"],
-                metric: float(best_row[f"best_{metric}"]),
-                "epoch": int(best_row["best_epoch"]),
-                "params": params,
-                "checkpoint": f"{out}/best",
-            }
-            best_local = _fetch_checkpoint(best_row["best_checkpoint"], stage / "best")
-        trials.to_parquet(stage / "trials.parquet", index=False)
-        history.to_parquet(stage / "history.parquet", index=False)
-        (stage / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        _plots(trials, space, metric, mode, stage / "plots")
-        if tracker is not None:
-            _log_search_outputs(tracker, stage, summary, out)
-        _publish(stage, out)
-    best_path = f"{out}/best" if best_local else None
-    return TuneResult(out, trials, history, summary, best_path)
+
+
+def _best_summary(best_row: pd.Series, metric: str, out: str) -> dict[str, Any]:
+    """summary.json's ``best``: the best trial, its score, epoch and params, where it went."""
+    return {
+        "trial_id": best_row["trial_id"],
+        metric: float(best_row[f"best_{metric}"]),
+        "epoch": int(best_row["best_epoch"]),
+        "params": {k[6:]: v for k, v in best_row.items() if k.startswith("param.")},
+        "checkpoint": f"{out}/best",
+    }
 
 
 def _why_unfinished(
@@ -227,12 +241,10 @@ def _count(trials: pd.DataFrame, column: str, value: Any) -> int:
 def _kept_epochs(trials_uri: str, trial_id: str | None) -> set[int]:
     """Epochs whose checkpoint Ray Train kept for the trial (it keeps the latest and the best
     by the metric, ``num_to_keep`` in all, and deletes the rest)."""
-    fs, path = _fs(f"{trials_uri}/trial_{trial_id}")
     try:
-        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        names = subfolders(f"{trials_uri}/trial_{trial_id}", what="list trial")
     except OSError:
         return set()
-    names = (i.base_name for i in infos if i.type == pafs.FileType.Directory)
     return {int(m.group(1)) for n in names if (m := re.fullmatch(r"checkpoint_epoch_(\d+)", n))}
 
 
@@ -262,15 +274,11 @@ def _trial_history(trials_uri: str, trial_id: str | None) -> pd.DataFrame:
     """
     if trial_id is None:
         return pd.DataFrame()
-    fs, root = _fs(f"{trials_uri}/trial_{trial_id}")
-    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    ckpts = sorted(
-        i.path
-        for i in infos
-        if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_epoch_")
-    )
+    trial = Location.parse(f"{trials_uri}/trial_{trial_id}")
+    names = subfolders(trial, what="list trial")
+    ckpts = [n for n in names if n.startswith("checkpoint_epoch_")]
     for ckpt in reversed(ckpts):  # the newest readable one (a kill can cut the newest short)
-        loc = Location(fs, ckpt, ckpt)
+        loc = trial.join(ckpt)
         try:  # the small history file; a checkpoint of an older segray: its train state
             if with_retries(loc.join(HISTORY_FILE).exists, what="stat"):
                 rows = json.loads(with_retries(loc.join(HISTORY_FILE).read_bytes, what="read"))
@@ -298,38 +306,23 @@ def _fetch_checkpoint(uri: Any, dst: Path) -> Path | None:
 
 
 def _publish(stage: Path, out: str) -> None:
-    """Copy the staged outputs to ``out`` (local folder or URI), replacing older ones."""
-    fs, path = _fs(out)
-    if isinstance(fs, pafs.LocalFileSystem):
-        dst = Path(path)
-        dst.mkdir(parents=True, exist_ok=True)
-        for item in stage.iterdir():
-            if item.is_dir():
-                copy_checkpoint(item, dst / item.name) if item.name == "best" else _replace_dir(
-                    item, dst / item.name
-                )
-            else:
-                os.replace(item, dst / item.name)
-        return
-    # Object storage: best/ behind a pointer written last (one PUT), so a kill mid-publish
-    # never pairs one trial's model.pt with another's config.yaml; then the other files.
+    """Copy the staged outputs to ``out`` (local folder or URI), replacing older ones.
+
+    best/ first, published whole (`segray.storage.publish_folder`: on object storage behind a
+    pointer written last), so a kill mid-publish never pairs one trial's model.pt with
+    another's config.yaml; then the other files. Local disk: plots/ replaced whole too."""
+    target = Location.parse(out)
     if (stage / "best").is_dir():
-        publish_folder(stage / "best", Location(fs, f"{path}/best", f"{out}/best"))
-    for item in stage.iterdir():
-        if item.name != "best":
-            pafs.copy_files(
-                str(item),
-                f"{path}/{item.name}",
-                source_filesystem=pafs.LocalFileSystem(),
-                destination_filesystem=fs,
-            )
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    import shutil
-
-    shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst)
+        publish_folder(stage / "best", target.join("best"))
+    for item in sorted(stage.iterdir()):
+        if item.name == "best":
+            continue
+        if not item.is_dir():
+            copy_file(item, target.join(item.name))
+        elif target.atomic_rename:
+            publish_folder(item, target.join(item.name))
+        else:
+            copy_tree(item, target.join(item.name))
 
 
 def _log_search_outputs(parent: Tracker, stage: Path, summary: dict[str, Any], out: str) -> None:

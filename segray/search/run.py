@@ -38,31 +38,38 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.stopper import Stopper
 
 from segray.cluster import ResourceError, RunInterrupted, check_fits, ensure_ray
 from segray.config import Config, apply_overrides
 from segray.data import inspect_data
 from segray.data.split import write_splits
 from segray.search.results import (
-    ASHA_MARKER,
     DONE_MARKER,
     SEARCH_STOP,
     TuneResult,
     collect,
     config_from_yaml,
+)
+from segray.search.searcher import (
+    BestPlateauStopper,
+    ClusterSizedLimiter,
+    RankedOptunaSearch,
+    RecordingASHA,
+    SearchStop,
+)
+from segray.search.settings import search_settings
+from segray.search.space import SearchSpace, parse_space
+from segray.storage import (
+    Location,
+    list_entries,
     read_json,
     read_text,
+    where,
     write_json,
     write_text,
 )
-from segray.search.searcher import BestPlateauStopper, ClusterSizedLimiter, RankedOptunaSearch
-from segray.search.space import SearchSpace, parse_space
-from segray.storage import Location
 from segray.tracking import (
     TRIAL_TAG,
     Tracker,
@@ -95,6 +102,7 @@ def _trial(
     again by its ``segray.trial_id`` tag when Tune retries the trial."""
     sampled = space.decode(config)
     cfg = apply_overrides(Config.from_dict(base), sampled)
+    settings = search_settings(cfg)
     trial_id = tune.get_context().get_trial_id()
     name = f"trial_{trial_id}"
     marker = f"{trials_uri}/{name}/{DONE_MARKER}"
@@ -119,7 +127,7 @@ def _trial(
             name=name,
             callbacks=[TuneReportCallback()],
             expect=sampled,
-            monitor=(cfg.tune.metric, cfg.tune.mode),
+            monitor=(settings.metric, settings.mode),
             tracker=tracker,
         )
     except BaseException:
@@ -131,21 +139,6 @@ def _trial(
 
 
 # --------------------------------------------------------------------------- driver
-def trial_resources(cfg: Config) -> dict[str, float]:
-    """Resources of one whole trial: its DDP workers (the trial driver itself reserves none)."""
-    per = worker_resources(cfg)
-    return {k: v * cfg.train.num_workers for k, v in per.items()}
-
-
-def max_concurrent(cfg: Config) -> int:
-    """``tune.max_concurrent_trials``, or how many whole trials the cluster holds at once."""
-    if cfg.tune.max_concurrent_trials:
-        return cfg.tune.max_concurrent_trials
-    total = ray.cluster_resources()
-    fits = [int(total.get(k, 0.0) // v) for k, v in trial_resources(cfg).items() if v > 0]
-    return max(1, min(fits)) if fits else 1
-
-
 def _searcher(cfg: Config, space: SearchSpace):
     if space.is_grid:
         return None  # Tune's grid/variant generator
@@ -162,91 +155,23 @@ def _searcher(cfg: Config, space: SearchSpace):
         if cfg.tune.searcher == "optuna"
         else optuna.samplers.RandomSampler(seed=cfg.tune.seed)
     )
+    s = search_settings(cfg)
     searcher = RankedOptunaSearch(
-        metric=cfg.tune.metric,
-        mode=cfg.tune.mode,
-        sampler=sampler,
-        max_epochs=cfg.tune.max_epochs or cfg.train.epochs,
+        metric=s.metric, mode=s.mode, sampler=sampler, max_epochs=s.max_epochs
     )
-    return ClusterSizedLimiter(searcher, trial_resources(cfg), cfg.tune.max_concurrent_trials)
-
-
-class RecordingASHA(ASHAScheduler):
-    """ASHA that leaves a marker in the folder of each trial it stops at a rung, so that the
-    results tell a trial ASHA stopped from one the time budget or an interrupt stopped."""
-
-    def __init__(self, *, trials_uri: str, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.trials_uri = trials_uri
-
-    def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
-        decision = super().on_trial_result(tune_controller, trial, result)
-        epoch = result.get("epoch")
-        if decision == self.STOP and epoch is not None and epoch < self._max_t:
-            marker = f"{self.trials_uri}/trial_{trial.trial_id}/{ASHA_MARKER}"
-            write_json(marker, {"by": "asha", "epoch": epoch})
-        return decision
-
-
-class SearchStop(Stopper):
-    """The whole search's stop: the time budget (``tune.time_budget_s``: seconds the search
-    runs, summed over its resumes) and the plateau stop; the first that fires is written to
-    ``record`` (``OUT/ray/segray_search_stop.json``), which labels the trials it cut short.
-
-    Tune saves the stopper with the search. Restored (a resume), it reads the budget again
-    from ``config`` (``OUT/config.yaml``), so a resume may change it."""
-
-    def __init__(
-        self,
-        record: str,
-        plateau: Stopper | None,
-        budget_s: float | None,
-        config: str | None = None,
-    ):
-        self.record, self.config = record, config
-        self.plateau = plateau
-        self.budget_s = budget_s
-        self.used_s = 0.0  # seconds the search ran, over all its starts
-        self.last: float | None = None
-        self.fired: str | None = None
-
-    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        return bool(self.plateau is not None and self.plateau(trial_id, result))
-
-    def stop_all(self) -> bool:
-        now = time.monotonic()
-        self.used_s += 0.0 if self.last is None else now - self.last
-        self.last = now
-        for name, hit in (
-            ("plateau", self.plateau is not None and self.plateau.stop_all()),
-            ("time budget", self.budget_s is not None and self.used_s >= self.budget_s),
-        ):
-            if hit:
-                if self.fired is None:
-                    self.fired = name
-                    logger.info("search stopped by its %s", name)
-                    write_json(self.record, {"by": name})
-                return True
-        return False
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.last = None  # the time between two runs of the search is not the search's
-        text = read_text(self.config) if self.config else None
-        if text is not None:
-            self.budget_s = config_from_yaml(text).tune.time_budget_s
-            self.fired = None
+    return ClusterSizedLimiter(searcher, s.trial_resources, s.max_concurrent_trials)
 
 
 def _scheduler(cfg: Config, trials_uri: str):
     if cfg.tune.scheduler == "none":
         return None
+    s = search_settings(cfg)
     return RecordingASHA(
         trials_uri=trials_uri,
         time_attr="epoch",  # monotone across trial retries (training_iteration restarts at 1)
-        metric=cfg.tune.metric,
-        mode=cfg.tune.mode,
-        max_t=cfg.tune.max_epochs or cfg.train.epochs,
+        metric=s.metric,
+        mode=s.mode,
+        max_t=s.max_epochs,
         grace_period=cfg.tune.grace_period,
         reduction_factor=cfg.tune.reduction_factor,
     )
@@ -255,11 +180,9 @@ def _scheduler(cfg: Config, trials_uri: str):
 def _stopper(cfg: Config, out: str) -> SearchStop | None:
     plateau = None
     if cfg.tune.plateau_trials is not None:
+        s = search_settings(cfg)
         plateau = BestPlateauStopper(
-            cfg.tune.metric,
-            cfg.tune.mode,
-            patience=cfg.tune.plateau_trials,
-            max_epochs=cfg.tune.max_epochs or cfg.train.epochs,
+            s.metric, s.mode, patience=cfg.tune.plateau_trials, max_epochs=s.max_epochs
         )
     return SearchStop(
         f"{out}/ray/{SEARCH_STOP}", plateau, cfg.tune.time_budget_s, f"{out}/config.yaml"
@@ -311,7 +234,7 @@ def _trainable(
 
 def search_exists(output: str | Path) -> bool:
     """Whether ``output`` (path or URI) holds a search that ``--resume`` can continue."""
-    out = str(output) if "://" in str(output) else str(Path(output).resolve())
+    out = where(output)
     return read_text(f"{out}/config.yaml") is not None and _can_restore(f"{out}/ray/{EXPERIMENT}")
 
 
@@ -335,77 +258,14 @@ def run_tune(
     publishes nothing and raises `RunInterrupted`, whose message ends with ``continue_with``
     (default ``segray tune --resume OUT``)."""
     started = time.time()
-    out = str(output) if "://" in str(output) else str(Path(output).resolve())
-    exp_uri = f"{out}/ray/{EXPERIMENT}"
-    saved_cfg = None
-    if resume:
-        saved = read_text(f"{out}/config.yaml")
-        if saved is None:
-            raise FileNotFoundError(f"{out}: no config.yaml: not a segray tune output")
-        saved_cfg = config_from_yaml(saved)
-        cfg = saved_cfg if cfg is None else cfg
-    elif cfg is None:
-        raise ValueError("run_tune needs a config unless resuming")
-    elif _can_restore(exp_uri):
-        raise FileExistsError(
-            f"{out} already holds a search: continue it with --resume {out} or choose another --output"
-        )
-    assert cfg is not None
+    out = where(output)
+    cfg, saved_cfg = _config_to_run(cfg, out, resume)
     space = parse_space(cfg.tune.space, cfg)  # a bad space fails before Ray starts
-    settings = settings_from_config(cfg)  # a tracking URI without mlflow: fails here too
+    tracking = settings_from_config(cfg)  # a tracking URI without mlflow: fails here too
     ensure_ray(address)
-    cfg, fingerprint = inspect_data(cfg, echo=True)  # mask_mode: auto resolved; one summary line
-    if saved_cfg is not None:
-        _check_resume(saved_cfg, cfg, out, fingerprint.to_dict())
-    per_worker = worker_resources(cfg)
-    try:
-        check_fits(
-            per_worker, cfg.train.num_workers, f"one trial ({cfg.train.num_workers} DDP workers)"
-        )
-    except ResourceError as e:
-        raise ResourceError(f"{e}; no trial could ever start") from None
-    if not resume:
-        write_text(f"{out}/config.yaml", cfg.to_yaml())
-        write_text(f"{out}/fingerprint.json", fingerprint.to_json())
-        write_splits(cfg, out)  # splits.json: the keys of each split (and fold, for cv)
-
-    parent = _open_search_run(settings, cfg, out, resume)
-    trials_uri = f"{out}/ray/trials"
-    trainable = _trainable(cfg, space, trials_uri, parent.worker_spec())
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # lose little if the driver dies
-    if resume:
-        if not _can_restore(exp_uri):
-            raise FileNotFoundError(f"{out}: no search state to resume under {exp_uri}")
-        if saved_cfg is not None and not space.is_grid:
-            _reopen_search(exp_uri, saved_cfg, cfg)
-        exp = Location.parse(exp_uri)
-        tuner = tune.Tuner.restore(
-            exp.path,
-            trainable=trainable,
-            resume_unfinished=True,
-            resume_errored=True,
-            storage_filesystem=exp.fs,
-        )
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space.tune_param_space(),
-            tune_config=tune.TuneConfig(
-                search_alg=_searcher(cfg, space),
-                scheduler=_scheduler(cfg, trials_uri),
-                num_samples=1 if space.is_grid else cfg.tune.num_samples,
-                # A searcher's concurrency follows the cluster (ClusterSizedLimiter); a grid
-                # (no searcher) runs as many trials as the cluster holds at the start.
-                max_concurrent_trials=max_concurrent(cfg) if space.is_grid else None,
-            ),
-            run_config=tune.RunConfig(
-                name=EXPERIMENT,
-                storage_path=Location.parse(f"{out}/ray").path,
-                storage_filesystem=Location.parse(out).fs,
-                failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
-                stop=_stopper(cfg, out),
-            ),
-        )
+    cfg = _prepare(cfg, saved_cfg, out, resume)
+    parent = _open_search_run(tracking, cfg, out, resume)
+    tuner = _tuner(cfg, saved_cfg, space, out, resume, parent.worker_spec())
     try:
         with _watch_sigint() as interrupted:
             grid = tuner.fit()
@@ -425,6 +285,92 @@ def run_tune(
     _close_trial_runs(parent, result.trials)
     parent.end("FINISHED")
     return result
+
+
+def _config_to_run(cfg: Config | None, out: str, resume: bool) -> tuple[Config, Config | None]:
+    """(the config to run, the saved one when resuming): a resume without a config runs the
+    saved one; a new search refuses an output that already holds one."""
+    if resume:
+        saved = read_text(f"{out}/config.yaml")
+        if saved is None:
+            raise FileNotFoundError(f"{out}: no config.yaml: not a segray tune output")
+        saved_cfg = config_from_yaml(saved)
+        return (saved_cfg if cfg is None else cfg), saved_cfg
+    if cfg is None:
+        raise ValueError("run_tune needs a config unless resuming")
+    if _can_restore(f"{out}/ray/{EXPERIMENT}"):
+        raise FileExistsError(
+            f"{out} already holds a search: continue it with --resume {out} or choose another --output"
+        )
+    return cfg, None
+
+
+def _prepare(cfg: Config, saved_cfg: Config | None, out: str, resume: bool) -> Config:
+    """Before any trial (Ray running): the data inspected (``mask_mode: auto`` resolved), a
+    resume checked against the saved config and data, a trial checked to fit the cluster; a
+    new search writes its config.yaml, fingerprint.json and splits.json."""
+    cfg, fingerprint = inspect_data(cfg, echo=True)  # one summary line
+    if saved_cfg is not None:
+        _check_resume(saved_cfg, cfg, out, fingerprint.to_dict())
+    per_worker = worker_resources(cfg)
+    try:
+        check_fits(
+            per_worker, cfg.train.num_workers, f"one trial ({cfg.train.num_workers} DDP workers)"
+        )
+    except ResourceError as e:
+        raise ResourceError(f"{e}; no trial could ever start") from None
+    if not resume:
+        write_text(f"{out}/config.yaml", cfg.to_yaml())
+        write_text(f"{out}/fingerprint.json", fingerprint.to_json())
+        write_splits(cfg, out)  # splits.json: the keys of each split (and fold, for cv)
+    return cfg
+
+
+def _tuner(
+    cfg: Config,
+    saved_cfg: Config | None,
+    space: SearchSpace,
+    out: str,
+    resume: bool,
+    tracking: dict[str, Any] | None,
+) -> tune.Tuner:
+    """A new Tuner for the search, or with ``resume`` the one restored from ``OUT/ray/tune``."""
+    exp_uri = f"{out}/ray/{EXPERIMENT}"
+    trials_uri = f"{out}/ray/trials"
+    trainable = _trainable(cfg, space, trials_uri, tracking)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # lose little if the driver dies
+    if resume:
+        if not _can_restore(exp_uri):
+            raise FileNotFoundError(f"{out}: no search state to resume under {exp_uri}")
+        if saved_cfg is not None and not space.is_grid:
+            _reopen_search(exp_uri, saved_cfg, cfg)
+        exp = Location.parse(exp_uri)
+        return tune.Tuner.restore(
+            exp.path,
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            storage_filesystem=exp.fs,
+        )
+    return tune.Tuner(
+        trainable,
+        param_space=space.tune_param_space(),
+        tune_config=tune.TuneConfig(
+            search_alg=_searcher(cfg, space),
+            scheduler=_scheduler(cfg, trials_uri),
+            num_samples=1 if space.is_grid else cfg.tune.num_samples,
+            # A searcher's concurrency follows the cluster (ClusterSizedLimiter); a grid
+            # (no searcher) runs as many trials as the cluster holds at the start.
+            max_concurrent_trials=search_settings(cfg).concurrency() if space.is_grid else None,
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=Location.parse(f"{out}/ray").path,
+            storage_filesystem=Location.parse(out).fs,
+            failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
+            stop=_stopper(cfg, out),
+        ),
+    )
 
 
 # Keys a resumed search may change: what each trial's training reads when it starts (its
@@ -480,7 +426,7 @@ def _reopen_search(exp_uri: str, saved: Config, cfg: Config) -> None:
     ):
         return
     folder = Location.parse(exp_uri)
-    names = [i.base_name for i in folder.list(recursive=False)]
+    names = [i.base_name for i in list_entries(folder, what="list search state")]
     for name in fnmatch.filter(names, "search_gen_state-*.json"):
         loc = folder.join(name)
         state = cloudpickle.loads(loc.read_bytes())

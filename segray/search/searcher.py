@@ -1,4 +1,5 @@
-"""The search's searcher: Optuna (TPE) told the score segray ranks trials by.
+"""The search's searcher, scheduler and stoppers: Optuna (TPE) told the score segray ranks
+trials by; ASHA that records whom it stopped; the time budget and plateau stop.
 
 Ray's `OptunaSearch` tells Optuna each trial's *last* reported value, so a trial ASHA stopped
 after one epoch enters TPE as complete, with an early score, and a trial whose last epoch was
@@ -13,51 +14,37 @@ worse than its best is under-rated. segray ranks a trial by its best epoch (the 
   pruned trials by how far they got, then by their value there);
 * a failed trial as FAIL.
 
-NaN and infinite values are the worst possible score, never the best (`score_key`,
-`best_score`). Trials that are still running count in TPE through Optuna's constant liar.
-The per-trial curves live on the searcher, so they are saved and restored with it.
+NaN and infinite values are the worst possible score, never the best
+(`segray.search.settings.score_key`). Trials that are still running count in TPE through
+Optuna's constant liar. The per-trial curves live on the searcher, so they are saved and
+restored with it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+import time
 from typing import Any
 
+from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
+
+from segray.search.results import ASHA_MARKER, config_from_yaml
+from segray.search.settings import best_score, score_key, trials_that_fit
+from segray.storage import read_text, write_json
 
 __all__ = [
     "BestPlateauStopper",
     "ClusterSizedLimiter",
     "RankedOptunaSearch",
-    "best_score",
-    "score_key",
+    "RecordingASHA",
+    "SearchStop",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def score_key(value: Any, mode: str) -> float:
-    """A sort key where larger is better: the value (negated for ``mode="min"``), and -inf for
-    NaN, +-inf and anything that is not a number."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return -math.inf
-    if not math.isfinite(v):
-        return -math.inf
-    return v if mode == "max" else -v
-
-
-def best_score(values: Iterable[Any], mode: str) -> float:
-    """The best finite value, or the worst possible one (-inf for max, +inf for min) if none."""
-    finite = [float(v) for v in values if score_key(v, mode) > -math.inf]
-    if finite:
-        return max(finite) if mode == "max" else min(finite)
-    return -math.inf if mode == "max" else math.inf
 
 
 class RankedOptunaSearch(OptunaSearch):
@@ -116,7 +103,7 @@ class RankedOptunaSearch(OptunaSearch):
 
 class ClusterSizedLimiter(ConcurrencyLimiter):
     """At most as many live trials as the cluster holds *now*: whole trials of ``per_trial``
-    resources (a trial's DDP workers) by the current `ray.cluster_resources()`, re-read at
+    resources (a trial's DDP workers) by the cluster's current resources, re-read at
     every suggestion. Nodes that join (an autoscaler, a worker added by hand) raise the limit
     for the next trial; a resumed search reads the cluster it resumes on. A trial driver
     itself reserves no CPU, so Tune alone would start every trial's driver at once and let
@@ -132,15 +119,8 @@ class ClusterSizedLimiter(ConcurrencyLimiter):
 
     def capacity(self) -> int:
         """Whole trials the cluster holds now; on an autoscaling cluster, at its largest size
-        (the trials' pending workers are what makes the autoscaler start nodes)."""
-        import ray
-
-        from segray.cluster import autoscaling_limits
-
-        limits = autoscaling_limits()
-        total = limits[0] if limits is not None else ray.cluster_resources()
-        fits = [int(total.get(k, 0.0) // v) for k, v in self.per_trial.items() if v > 0]
-        return max(1, min(fits)) if fits else 1
+        (`segray.search.settings.trials_that_fit`)."""
+        return trials_that_fit(self.per_trial)
 
     def suggest(self, trial_id: str) -> Any:
         if self.fixed is None:
@@ -183,3 +163,70 @@ class BestPlateauStopper(Stopper):
             logger.info("search stopped: %d epochs without a better %s", self.since, self.metric)
             return True
         return False
+
+
+class RecordingASHA(ASHAScheduler):
+    """ASHA that leaves a marker in the folder of each trial it stops at a rung, so that the
+    results tell a trial ASHA stopped from one the time budget or an interrupt stopped."""
+
+    def __init__(self, *, trials_uri: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.trials_uri = trials_uri
+
+    def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        epoch = result.get("epoch")
+        if decision == self.STOP and epoch is not None and epoch < self._max_t:
+            marker = f"{self.trials_uri}/trial_{trial.trial_id}/{ASHA_MARKER}"
+            write_json(marker, {"by": "asha", "epoch": epoch})
+        return decision
+
+
+class SearchStop(Stopper):
+    """The whole search's stop: the time budget (``tune.time_budget_s``: seconds the search
+    runs, summed over its resumes) and the plateau stop; the first that fires is written to
+    ``record`` (``OUT/ray/segray_search_stop.json``), which labels the trials it cut short.
+
+    Tune saves the stopper with the search. Restored (a resume), it reads the budget again
+    from ``config`` (``OUT/config.yaml``), so a resume may change it."""
+
+    def __init__(
+        self,
+        record: str,
+        plateau: Stopper | None,
+        budget_s: float | None,
+        config: str | None = None,
+    ):
+        self.record, self.config = record, config
+        self.plateau = plateau
+        self.budget_s = budget_s
+        self.used_s = 0.0  # seconds the search ran, over all its starts
+        self.last: float | None = None
+        self.fired: str | None = None
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return bool(self.plateau is not None and self.plateau(trial_id, result))
+
+    def stop_all(self) -> bool:
+        now = time.monotonic()
+        self.used_s += 0.0 if self.last is None else now - self.last
+        self.last = now
+        for name, hit in (
+            ("plateau", self.plateau is not None and self.plateau.stop_all()),
+            ("time budget", self.budget_s is not None and self.used_s >= self.budget_s),
+        ):
+            if hit:
+                if self.fired is None:
+                    self.fired = name
+                    logger.info("search stopped by its %s", name)
+                    write_json(self.record, {"by": name})
+                return True
+        return False
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.last = None  # the time between two runs of the search is not the search's
+        text = read_text(self.config) if self.config else None
+        if text is not None:
+            self.budget_s = config_from_yaml(text).tune.time_budget_s
+            self.fired = None

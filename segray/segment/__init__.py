@@ -10,6 +10,7 @@ The stages, one module each, in the order the data goes through them:
     read.py     a shard -> raw bytes + stable ids (+ ground truth), retried, never short
     infer.py    decode (tasks) and segment (actors): pixels -> mask PNG + statistics
     output.py   staging, the atomic shard commit, resume, validation from Parquet footers
+    stage.py    rows staged as Parquet parts per shard; the driver commits complete shards
     run.py      the Ray Data pipeline that joins them; `run_segment`
     schema.py   the output columns (OUTPUT_SCHEMA)
 

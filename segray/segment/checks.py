@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from segray.cluster import ResourceError, check_cuda, check_fits
+from segray.cluster import ResourceError, check_cuda, check_fits, total_resources
 from segray.config import (
     Config,
     ConfigError,
@@ -123,7 +123,7 @@ def check_resources(seg: SegmentConfig) -> None:
     GPU actors where CUDA is missing."""
     bundle = {"CPU": seg.cpus_per_actor, "GPU": seg.gpus_per_actor}
     check_fits(bundle, seg.concurrency, "segment actor pool (segment.concurrency actors)")
-    cpus = ray.cluster_resources().get("CPU", 0.0)
+    cpus = total_resources().get("CPU", 0.0)
     held = seg.concurrency * seg.cpus_per_actor
     if held + seg.io_cpus > cpus + 1e-9:
         raise ResourceError(

@@ -23,7 +23,7 @@ import pyarrow as pa
 from PIL import Image
 from ray.data import ActorPoolStrategy
 
-from segray.cluster import heap_env, onednn_cache_env
+from segray.cluster import heap_env, onednn_cache_env, run_remote
 from segray.config import Config, SegmentConfig
 from segray.data.io import ImageError, decode_image
 from segray.data.masks import MaskMapper
@@ -280,10 +280,14 @@ def actor_precision(seg: SegmentConfig, *, on_worker: bool = False) -> dict[str,
                 "unresolved": True,
                 "describe": f"{seg.precision} on the actors' GPUs",
             }
-        import ray
-
-        probe = ray.remote(num_gpus=seg.gpus_per_actor, num_cpus=0)(_resolved_precision)
-        return ray.get(probe.remote(seg.precision, device, seg.channels_last))
+        return run_remote(
+            _resolved_precision,
+            seg.precision,
+            device,
+            seg.channels_last,
+            num_cpus=0,
+            num_gpus=seg.gpus_per_actor,
+        )
     return _resolved_precision(seg.precision, device, seg.channels_last)
 
 

@@ -27,13 +27,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from segray.segment.plan import InputError, Shard
 from segray.segment.read import INDEX_FILE
 from segray.segment.schema import METRIC_COLUMNS, OUTPUT_SCHEMA
-from segray.storage import Location, with_retries
+from segray.storage import FileInfo, FileSystem, FileType, Location, list_entries, with_retries
 from segray.version import __version__
 
 __all__ = [
@@ -70,8 +69,8 @@ class Output:
 
     def __init__(self, root: Location) -> None:
         self.root = root
-        self.committed: dict[str, pafs.FileInfo] = {}
-        self.staged: dict[str, list[pafs.FileInfo]] = {}
+        self.committed: dict[str, FileInfo] = {}
+        self.staged: dict[str, list[FileInfo]] = {}
         self.stray: list[str] = []
 
     parquet = property(lambda self: self.root.join("parquet"))
@@ -92,12 +91,12 @@ class Output:
             if info.base_name.startswith("part-")
         }
 
-    def _staged(self) -> dict[str, list[pafs.FileInfo]]:
+    def _staged(self) -> dict[str, list[FileInfo]]:
         """Staged parts by shard: one recursive listing of the staging area."""
-        staged: dict[str, list[pafs.FileInfo]] = defaultdict(list)
+        staged: dict[str, list[FileInfo]] = defaultdict(list)
         prefix = self.staging.path + "/"
         for info in with_retries(self.staging.list, what="list staging"):
-            if info.type == pafs.FileType.File and info.path.startswith(prefix):
+            if info.type == FileType.File and info.path.startswith(prefix):
                 key, _, name = info.path[len(prefix) :].partition("/")
                 if name and "/" not in name:
                     staged[key].append(info)
@@ -112,9 +111,9 @@ class Output:
         The same inputs (as given) whose contents changed are fine: shards no longer planned
         (a folder chunk an image was added to or removed from) are replaced by their new
         shards, and only those are segmented."""
-        if self.root.info().type == pafs.FileType.File:
+        if with_retries(self.root.info, what="stat output").type == FileType.File:
             raise InputError(f"--output {self.root.uri} is a file, not a folder")
-        names = {e.base_name for e in self.root.list(recursive=False)}
+        names = {e.base_name for e in list_entries(self.root, what="list output")}
         if names and not self.run_json.exists():
             raise InputError(
                 f"--output {self.root.uri} exists and is not a segray segment output "
@@ -168,8 +167,8 @@ class Output:
                 del self.staged[key]
         if self.root.atomic_rename:  # temporaries of a killed run (object stores have none)
             for folder in (self.parquet, self.staging):
-                for entry in folder.list():
-                    if entry.type == pafs.FileType.File and entry.base_name.startswith("."):
+                for entry in list_entries(folder, recursive=True, what="list output"):
+                    if entry.type == FileType.File and entry.base_name.startswith("."):
                         self.root.fs.delete_file(entry.path)
         runs = [
             *previous.get("runs", []),
@@ -249,7 +248,7 @@ def _output_parquet_schema() -> pq.ParquetSchema:
     return pq.read_metadata(pa.BufferReader(sink.getvalue())).schema
 
 
-def _facts(fs: pafs.FileSystem, path: str) -> tuple[int, bool, bytes | None, np.ndarray]:
+def _facts(fs: FileSystem, path: str) -> tuple[int, bool, bytes | None, np.ndarray]:
     """One committed file, opened once: its row count, whether its columns are
     OUTPUT_SCHEMA's, its statistics (footer) and 64-bit hashes of its image ids."""
     import pandas as pd
@@ -265,9 +264,7 @@ def _facts(fs: pafs.FileSystem, path: str) -> tuple[int, bool, bytes | None, np.
     return footer.num_rows, footer.schema.equals(_output_parquet_schema()), raw, hashes
 
 
-def _check_unique_ids(
-    fs: pafs.FileSystem, paths: Sequence[str], hashes: Sequence[np.ndarray]
-) -> None:
+def _check_unique_ids(fs: FileSystem, paths: Sequence[str], hashes: Sequence[np.ndarray]) -> None:
     """Ids are unique within each shard by the commit; across shards, compare their 64-bit
     hashes, and the ids themselves only if two hashes collide."""
     every = np.sort(np.concatenate(hashes)) if hashes else np.empty(0, np.uint64)
@@ -279,13 +276,13 @@ def _check_unique_ids(
         raise SegmentError(f"{table.num_rows} rows but {distinct} distinct image ids")
 
 
-def _parquet_files(infos: Sequence[pafs.FileInfo]) -> list[pafs.FileInfo]:
+def _parquet_files(infos: Sequence[FileInfo]) -> list[FileInfo]:
     """The committed-or-staged Parquet files (hidden temporaries and "_" files left out)."""
     return sorted(
         (
             info
             for info in infos
-            if info.type == pafs.FileType.File
+            if info.type == FileType.File
             and info.base_name.endswith(".parquet")
             and not info.base_name.startswith((".", "_"))
         ),
@@ -293,7 +290,7 @@ def _parquet_files(infos: Sequence[pafs.FileInfo]) -> list[pafs.FileInfo]:
     )
 
 
-def read_columns(fs: pafs.FileSystem, paths: Sequence[str], columns: Sequence[str]) -> pa.Table:
+def read_columns(fs: FileSystem, paths: Sequence[str], columns: Sequence[str]) -> pa.Table:
     """Some columns of several Parquet files (no mask bytes read)."""
     if not paths:
         return OUTPUT_SCHEMA.empty_table().select(list(columns))

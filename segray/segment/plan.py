@@ -22,7 +22,6 @@ object per image, and walks local folders one directory at a time.
 from __future__ import annotations
 
 import hashlib
-import os
 import posixpath
 import re
 import zlib
@@ -33,12 +32,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from segray.data.folder import DatasetError
 from segray.data.io import IMAGE_EXTENSIONS
-from segray.storage import Location, glob_regex, glob_root, with_retries
+from segray.storage import FileType, Location, glob_regex, glob_root, with_retries
 from segray.storage import is_hidden as hidden
 
 __all__ = ["InputError", "Shard", "kind_of", "hidden", "plan_inputs"]
@@ -306,9 +304,9 @@ def _expand(
         return root, rels, True
     loc = Location.parse(where)
     info = with_retries(loc.info, what="stat input")
-    if info.type == pafs.FileType.NotFound:
+    if info.type == FileType.NotFound:
         raise InputError(f"input {where}: no such file or folder")
-    if info.type == pafs.FileType.File:
+    if info.type == FileType.File:
         parent, name = posixpath.split(loc.path)
         return Location(loc.fs, parent, posixpath.dirname(loc.uri)), iter([name]), False
     count = (lambda rel: ignored.update((_extension(rel),))) if ignored is not None else None
@@ -318,58 +316,14 @@ def _expand(
 def _walk(
     root: Location, *, hidden_too: bool = False, skip: Callable[[str], None] | None = None
 ) -> Iterator[str]:
-    """Relative paths of the files under ``root`` that could be inputs, sorted per folder;
-    ``skip`` is called with each other (not hidden) file's relative path.
-
-    Local folders are walked one directory at a time (only the names of candidate files are
-    held); other filesystems are listed once (pyarrow returns the whole listing)."""
-    if root.is_local:
-        yield from _walk_local(root.path, "", hidden_too, skip)
-        return
-    infos = with_retries(root.list, what="list input")
-    rels = []
-    for info in infos:
-        rel = posixpath.relpath(info.path, root.path)
-        if info.type != pafs.FileType.File or not (hidden_too or not hidden(rel)):
-            continue
+    """Relative paths of the files under ``root`` that could be inputs, sorted
+    (`Location.walk`: a local folder one directory at a time); ``skip`` is called with each
+    other file's relative path."""
+    for rel in root.walk(hidden=hidden_too, what="list input"):
         if kind_of(rel) is not None:
-            rels.append(rel)
+            yield rel
         elif skip is not None:
             skip(rel)
-    yield from sorted(rels)
-
-
-def _walk_local(
-    folder: str, prefix: str, hidden_too: bool, skip: Callable[[str], None] | None = None
-) -> Iterator[str]:
-    files: list[str] = []
-    dirs: list[str] = []
-    try:
-        with os.scandir(folder) as entries:
-            for e in entries:
-                if e.name.startswith(".") and not hidden_too:
-                    continue
-                if e.is_dir():
-                    dirs.append(e.name)
-                elif kind_of(e.name) is not None and e.is_file():
-                    files.append(e.name)
-                elif skip is not None and e.is_file():
-                    skip(prefix + e.name)
-    except FileNotFoundError:
-        return
-    files.sort()
-    dirs.sort()
-    # Files and folders interleaved by name: the order of the sorted relative paths.
-    i = j = 0
-    while i < len(files) or j < len(dirs):
-        if j >= len(dirs) or (i < len(files) and files[i] < dirs[j] + "/"):
-            yield prefix + files[i]
-            i += 1
-        else:
-            yield from _walk_local(
-                os.path.join(folder, dirs[j]), f"{prefix}{dirs[j]}/", hidden_too, skip
-            )
-            j += 1
 
 
 def _key(label: str, *identity: str) -> str:

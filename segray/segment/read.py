@@ -20,11 +20,10 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from segray.segment.plan import InputError, Shard, hidden, kind_of
-from segray.storage import Location, is_transient, with_retries
+from segray.storage import FileSystem, FileType, Location, is_transient, with_retries
 
 __all__ = ["IMAGE_ROW", "READ_SCHEMA", "INDEX_FILE", "MaskIndex", "read_shard"]
 
@@ -80,12 +79,12 @@ class MaskIndex:
     @classmethod
     def build(cls, where: str) -> MaskIndex:
         root = Location.parse(where)
-        if root.info().type != pafs.FileType.Directory:
+        if root.info().type != FileType.Directory:
             raise InputError(f"--masks {where}: not a folder")
         rels = [
             rel
             for info in with_retries(root.list, what="list masks")
-            if info.type == pafs.FileType.File
+            if info.type == FileType.File
             and kind_of(rel := posixpath.relpath(info.path, root.path)) == "image"
             and not hidden(rel)
         ]
@@ -225,7 +224,7 @@ def _unique(image_id: str, seen: set[str]) -> str:
     return out
 
 
-def _read_file(fs: pafs.FileSystem, path: str) -> bytes:
+def _read_file(fs: FileSystem, path: str) -> bytes:
     with fs.open_input_stream(path) as f:
         return f.read()
 

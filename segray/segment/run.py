@@ -4,27 +4,24 @@
       -> decode (tasks)  -> segment (actor pool)  -> stage (tasks: OUTPUT/_staging/<shard>/)
       -> driver: counts the rows staged per shard; a complete shard is committed by a task.
 
-Nothing but per-part counts reaches the driver. Staged part names are a function of the run
-and the ids they hold, so a retried Ray task overwrites its own part, and the commit
-de-duplicates by image id whatever happened. Rerunning the same command resumes.
+Nothing but per-part counts reaches the driver (staging and commits: `segray.segment.stage`).
+Rerunning the same command resumes.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 from ray.data import DataContext
 from ray.data.block import BlockMetadata
@@ -52,17 +49,16 @@ from segray.segment.infer import (
     decode,
     local_checkpoint,
 )
-from segray.segment.output import Output, SegmentError, commit_shard
+from segray.segment.output import Output
 from segray.segment.plan import Shard, plan_inputs
-from segray.segment.read import IMAGE_ROW, READ_SCHEMA, MaskIndex, read_shard
-from segray.segment.schema import OUTPUT_SCHEMA
+from segray.segment.read import READ_SCHEMA, MaskIndex, read_shard
+from segray.segment.stage import Commits, write_staged
 from segray.storage import Location, with_retries
 from segray.version import __version__
 
 __all__ = ["run_segment", "summary_line"]
 
 # A commit task that still fails after its own retries is run again by Ray (it is idempotent).
-_RETRIES = {"max_retries": 3, "retry_exceptions": [OSError]}
 
 
 # --------------------------------------------------------------------------- entry point
@@ -104,9 +100,49 @@ def run_segment(
             end: everything else is committed, and rerunning the command finishes it).
     """
     started = time.time()
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + os.urandom(3).hex()
+    job = _configure(checkpoint, overrides, config, masks, address)
+    job.run_id, job.started, job.progress = run_id, started, progress
+    job.inputs = [str(i) for i in inputs]
+    job.png = Location.parse(write_png) if write_png else None
+    out = Output(Location.parse(output))
+    shards = _plan(job)
+    # Everything that can refuse the run happens before the output folder is touched.
+    pending, kept = _open_output(job, out, shards, overwrite, retry_errors, address)
+    pipeline_start = time.time()
+    totals = _segment(job, out, pending, kept) if pending else {}
+    return _finish(job, out, shards, totals, time.time() - pipeline_start)
+
+
+@dataclass
+class _Job:
+    """One `run_segment` call: its resolved config and what the summary reports."""
+
+    cfg: Config
+    checkpoint: str  # as a URI (a local path absolute)
+    masks: MaskIndex | None
+    precision: dict[str, Any]  # actor_precision, resolved where the actors run
+    where: str | None  # the Ray cluster, once connected
+    settings: dict[str, Any]  # what the rows are computed with (Output.check)
+    run_id: str = ""
+    started: float = 0.0
+    progress: bool = True
+    inputs: list[str] = field(default_factory=list)
+    png: Location | None = None
+    ignored: Counter[str] = field(default_factory=Counter)
+
+
+def _configure(
+    checkpoint: str | Path,
+    overrides: Iterable[str],
+    config: str | Path | None,
+    masks: str | None,
+    address: str | None,
+) -> _Job:
+    """The checkpoint's config with the segment settings applied, the ground truth's mask
+    mapping resolved, and the precision the actors will run at."""
     from segray.checkpoint import model_id
 
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + os.urandom(3).hex()
     ckpt = local_checkpoint(str(checkpoint))
     cfg = segment_config(ckpt, overrides, config)
     mask_index = MaskIndex.build(masks) if masks else None
@@ -119,8 +155,6 @@ def run_segment(
         where = ensure_ray(address)
         check_resources(seg)
         precision = actor_precision(seg, on_worker=True)
-    out = Output(Location.parse(output))
-    png = Location.parse(write_png) if write_png else None
     settings = {
         "model_id": model_id(ckpt),
         **{k: getattr(seg, k) for k in ROW_SETTINGS},
@@ -132,89 +166,118 @@ def run_segment(
         "masks": Location.parse(masks).uri if masks else None,
         "mask_mapping": mask_mapping(cfg) if masks else None,
     }
-    inputs = [str(i) for i in inputs]
-    ignored: Counter[str] = Counter()
+    uri = Location.parse(checkpoint).uri
+    return _Job(cfg, uri, mask_index, precision, where, settings)
+
+
+def _plan(job: _Job) -> list[Shard]:
+    """The shards of the inputs; files that are no input are counted in ``job.ignored``."""
+    seg = job.cfg.segment
     shards = list(
         plan_inputs(
-            inputs,
+            job.inputs,
             shard_size=seg.shard_size,
             image_column=seg.image_column,
             id_column=seg.id_column,
-            ignored=ignored,
+            ignored=job.ignored,
         )
     )
-    if ignored:
-        _say(progress, f"segment: not read (not an image, tar or Parquet): {_counts(ignored)}")
+    if job.ignored:
+        _say(
+            job.progress,
+            f"segment: not read (not an image, tar or Parquet): {_counts(job.ignored)}",
+        )
+    return shards
+
+
+def _open_output(
+    job: _Job,
+    out: Output,
+    shards: list[Shard],
+    overwrite: bool,
+    retry_errors: bool,
+    address: str | None,
+) -> tuple[list[Shard], dict[str, int]]:
+    """Check the run against an earlier output and the cluster, then prepare the output
+    folder; returns the shards still to segment and the rows kept of the others."""
     keys = {s.key for s in shards}
-    # Everything that can refuse the run happens before the output folder is touched.
-    if mask_index is not None:
-        mask_index.check(shards)  # a flat masks folder's name match must be one to one
-    previous = out.check(settings, keys, inputs, overwrite=overwrite)
+    if job.masks is not None:
+        job.masks.check(shards)  # a flat masks folder's name match must be one to one
+    previous = out.check(job.settings, keys, job.inputs, overwrite=overwrite)
     pending, kept = (
         (shards, {})
         if overwrite or not previous
         else out.resume_plan(shards, retry_errors=retry_errors)
     )
     if pending:
-        where = ensure_ray(address)
-        check_resources(seg)
-        check_shared(out.root, png)
+        job.where = ensure_ray(address)
+        check_resources(job.cfg.segment)
+        check_shared(out.root, job.png)
     out.prepare(
         previous,
         keys,
-        settings,
+        job.settings,
         overwrite=overwrite,
-        run_id=run_id,
-        config_yaml=cfg.to_yaml(),
-        inputs=inputs,
+        run_id=job.run_id,
+        config_yaml=job.cfg.to_yaml(),
+        inputs=job.inputs,
     )
     _say(
-        progress,
+        job.progress,
         f"segment: {len(shards)} shards, {len(shards) - len(pending)} already done, "
         f"{len(pending)} to segment -> {out.root.uri}",
     )
-    totals: dict[str, int] = {}
-    pipeline_start = time.time()
-    if pending:
-        _say(
-            progress,
-            f"segment: {where}; {seg.concurrency} actor(s) x {seg.cpus_per_actor:g} CPU "
-            f"/ {seg.gpus_per_actor:g} GPU, batch {seg.batch_size}",
-        )
-        runtime = "torch.compile" if seg.compile else "eager"
-        precision["compile"] = seg.compile
-        _say(progress, f"segment: precision {precision.pop('describe')}, {runtime}")
-        totals = _run_pipeline(
-            pending,
-            kept,
-            cfg=cfg,
-            checkpoint=Location.parse(checkpoint).uri,
-            model=settings["model_id"],
-            run_id=run_id,
-            out=out,
-            masks=mask_index,
-            png=png,
-            progress=progress,
-        )
-    pipeline_s = time.time() - pipeline_start
-    summary = out.validate_and_summarise(shards, totals, run_id=run_id)
+    return pending, kept
+
+
+def _segment(job: _Job, out: Output, pending: list[Shard], kept: dict[str, int]) -> dict[str, int]:
+    """Run the pipeline over the pending shards; returns each shard's image count."""
+    seg = job.cfg.segment
+    _say(
+        job.progress,
+        f"segment: {job.where}; {seg.concurrency} actor(s) x {seg.cpus_per_actor:g} CPU "
+        f"/ {seg.gpus_per_actor:g} GPU, batch {seg.batch_size}",
+    )
+    runtime = "torch.compile" if seg.compile else "eager"
+    job.precision["compile"] = seg.compile
+    _say(job.progress, f"segment: precision {job.precision.pop('describe')}, {runtime}")
+    return _run_pipeline(
+        pending,
+        kept,
+        cfg=job.cfg,
+        checkpoint=job.checkpoint,
+        model=job.settings["model_id"],
+        run_id=job.run_id,
+        out=out,
+        masks=job.masks,
+        png=job.png,
+        progress=job.progress,
+    )
+
+
+def _finish(
+    job: _Job, out: Output, shards: list[Shard], totals: dict[str, int], pipeline_s: float
+) -> dict[str, Any]:
+    """Validate the output, write ``summary.json`` and drop the staging folder; returns the
+    summary."""
+    summary = out.validate_and_summarise(shards, totals, run_id=job.run_id)
     summary.update(
         images_per_s=round(summary["processed"] / pipeline_s, 3) if pipeline_s > 0 else 0.0,
         pipeline_s=round(pipeline_s, 2),
         output=out.root.uri,
         parquet=out.parquet.uri,
         complete=True,
-        run_id=run_id,
+        run_id=job.run_id,
         segray_version=__version__,
-        wall_time_s=round(time.time() - started, 2),
-        checkpoint=Location.parse(checkpoint).uri,
-        model_id=settings["model_id"],
-        inputs=inputs,
-        masks=settings["masks"],
-        write_png=png.uri if png else None,
-        ray=where,
-        **{k: v for k, v in precision.items() if k != "describe"},
-        ignored_files=dict(sorted(ignored.items())),
+        wall_time_s=round(time.time() - job.started, 2),
+        checkpoint=job.checkpoint,
+        model_id=job.settings["model_id"],
+        inputs=job.inputs,
+        masks=job.settings["masks"],
+        write_png=job.png.uri if job.png else None,
+        ray=job.where,
+        **{k: v for k, v in job.precision.items() if k != "describe"},
+        ignored_files=dict(sorted(job.ignored.items())),
     )
     text = json.dumps(scrub(summary), indent=2)  # inputs' URIs without their credentials
     with_retries(out.summary.write, text.encode(), what="summary")
@@ -234,11 +297,10 @@ def summary_line(summary: dict[str, Any]) -> str:
 
 
 def _counts(by_extension: Counter[str]) -> str:
-    """``3 .jp2, 1 .txt, 2 without an extension``, most frequent first."""
-    return ", ".join(
-        f"{n} {ext}" if ext else f"{n} without an extension"
-        for ext, n in by_extension.most_common()
-    )
+    """``3 .jp2, 1 .txt, 1 without an extension``: most frequent first, ties by name, whatever
+    order the files were listed in."""
+    ranked = sorted(by_extension.items(), key=lambda kv: (-kv[1], kv[0] == "", kv[0]))
+    return ", ".join(f"{n} {ext}" if ext else f"{n} without an extension" for ext, n in ranked)
 
 
 def _say(progress: bool, line: str) -> None:
@@ -288,161 +350,6 @@ class _ShardDatasource(Datasource):
             read = functools.partial(_read_task, shard, self.masks_ref, self.staging)
             tasks.append(ReadTask(read, meta, schema=READ_SCHEMA))
         return tasks
-
-
-def mask_png_name(image_id: str) -> list[str]:
-    """``write_png``'s path parts for an image id: the id's own extension kept and ".png"
-    added, each part percent-escaped ("%", and "." / ".." parts), so that distinct ids give
-    distinct files that stay inside the folder."""
-    parts = []
-    for part in image_id.split("/"):
-        part = quote(part, safe=" !$&'()+,;=@[]^`{}~-_.")
-        parts.append(part.replace(".", "%2E") if part in (".", "..", "") else part)
-    parts[-1] += ".png"
-    return parts
-
-
-def _write_staged(
-    batch: pa.Table, *, staging: Location, png: Location | None, run_id: str
-) -> pa.Table:
-    """Stage the rows of each shard in this batch as one Parquet part (one atomic write; the
-    name depends only on the run and the ids, so a retried task rewrites the same part);
-    mirror ok masks to ``png``. Returns per part: shard, file, rows; per end marker: the total
-    and, for a shard that could not be read to its end, why."""
-    meta: dict[str, list[Any]] = {k: [] for k in ("shard", "file", "rows", "total", "error")}
-    totals = batch.column("_total").to_pylist()
-    shards = batch.column("_shard").to_pylist()
-    errors = batch.column("error").to_pylist()
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, (key, total) in enumerate(zip(shards, totals, strict=True)):
-        if total == IMAGE_ROW:
-            groups[key].append(i)
-        else:
-            for k, v in zip(meta, (key, "", 0, total, errors[i]), strict=True):
-                meta[k].append(v)
-    for key, rows in groups.items():
-        part = batch.take(pa.array(rows, type=pa.int64())).select(OUTPUT_SCHEMA.names)
-        part = part.cast(OUTPUT_SCHEMA)
-        if png is not None:
-            _mirror_png(part, png)
-        ids = "\n".join(sorted(part.column("image_id").to_pylist()))
-        name = f"{run_id}-{hashlib.sha1(ids.encode()).hexdigest()[:16]}.parquet"
-        with_retries(staging.join(key, name).write, part, what="stage")
-        for k, v in zip(meta, (key, name, part.num_rows, IMAGE_ROW, None), strict=True):
-            meta[k].append(v)
-    return pa.table(
-        meta,
-        schema=pa.schema(
-            [
-                ("shard", pa.string()),
-                ("file", pa.string()),
-                ("rows", pa.int64()),
-                ("total", pa.int64()),
-                ("error", pa.string()),
-            ]
-        ),
-    )
-
-
-def _mirror_png(part: pa.Table, png: Location) -> None:
-    ok = part.filter(pc.equal(part.column("status"), "ok"))
-    for image_id, data in zip(
-        ok.column("image_id").to_pylist(), ok.column("mask_png").to_pylist(), strict=True
-    ):
-        with_retries(png.join(*mask_png_name(image_id)).write, data, what="write PNG")
-
-
-class _Commits:
-    """Driver-side bookkeeping: rows staged per shard; commit a shard once it is complete."""
-
-    def __init__(self, shards: list[Shard], kept: dict[str, int], out: Output, io_cpus: float):
-        self.expected: dict[str, int | None] = {s.key: s.known_total for s in shards}
-        self.source = {s.key: s.source for s in shards}
-        self.kept = kept
-        self.staged: dict[str, dict[str, int]] = defaultdict(dict)
-        self.out = out
-        self.task = ray.remote(commit_shard).options(num_cpus=io_cpus, **_RETRIES)
-        self.inflight: dict[Any, str] = {}
-        self.again: set[str] = set()
-        self.done: dict[str, int] = {}  # key -> rows committed
-        self.failed: dict[str, str] = {}
-        self.unreadable: dict[str, str] = {}  # key -> why its archive was not read to the end
-
-    def add(self, meta: pa.Table) -> None:
-        columns = (meta.column(c).to_pylist() for c in ("shard", "file", "rows", "total", "error"))
-        for key, file, rows, total, error in zip(*columns, strict=True):
-            if total == IMAGE_ROW:
-                self.staged[key][file] = rows
-            elif error is not None:
-                self.unreadable[key] = error
-            else:
-                self.expected[key] = total
-            self._maybe_commit(key)
-        self._collect(timeout=0)
-
-    def _complete(self, key: str) -> bool:
-        expected = self.expected[key]
-        return (
-            key not in self.unreadable
-            and expected is not None
-            and self.kept.get(key, 0) + sum(self.staged[key].values()) >= expected
-        )
-
-    def _maybe_commit(self, key: str, *, force: bool = False) -> None:
-        if key in self.done or key in self.unreadable:
-            return
-        if key in self.inflight.values():
-            self.again.add(key)
-        elif force or self._complete(key):
-            ref = self.task.remote(
-                key, self.expected[key], parquet=self.out.parquet, staging=self.out.staging
-            )
-            self.inflight[ref] = key
-
-    def _collect(self, timeout: float | None) -> None:
-        while self.inflight:
-            ready, _ = ray.wait(
-                list(self.inflight),
-                num_returns=len(self.inflight) if timeout is None else 1,
-                timeout=timeout,
-            )
-            if not ready:
-                return
-            for ref in ready:
-                key = self.inflight.pop(ref)
-                result = ray.get(ref)
-                if result["committed"]:
-                    self.done[key] = result["rows"]
-                    self.failed.pop(key, None)
-                else:
-                    self.failed[key] = result["reason"]
-                    if key in self.again:
-                        self.again.discard(key)
-                        self._maybe_commit(key)
-
-    def finish(self) -> dict[str, int]:
-        """After the stream: commit what is left, wait for every commit; raise if a shard is
-        short of rows (which would mean images were lost) or could not be read to its end."""
-        self._collect(timeout=None)
-        for key in self.expected:
-            if key not in self.done and self.expected[key] is not None:
-                self._maybe_commit(key, force=True)
-        self._collect(timeout=None)
-        if self.unreadable:
-            reasons = "; ".join(list(self.unreadable.values())[:3])
-            raise SegmentError(
-                f"{len(self.unreadable)} input archive(s) could not be read to the end ("
-                f"{reasons}). Every other shard is committed and the images read so far are "
-                "kept: rerun the same command once the files are readable (or leave them out "
-                "of the inputs) to finish"
-            )
-        unknown = [k for k, v in self.expected.items() if v is None]
-        if unknown:
-            raise SegmentError(f"shard {unknown[0]} never reported its image count")
-        short = [k for k in self.expected if k not in self.done]
-        if short:
-            raise SegmentError(f"{len(short)} shard(s) incomplete: {self.failed.get(short[0])}")
-        return {k: v for k, v in self.expected.items() if v is not None}
 
 
 def _run_pipeline(
@@ -524,13 +431,13 @@ def _stream(
         **actor_options(seg),
     )
     ds = ds.map_batches(
-        _write_staged,
+        write_staged,
         batch_format="pyarrow",
         batch_size=seg.shard_size,  # about one Parquet part per shard, few write tasks
         num_cpus=seg.io_cpus,
         fn_kwargs={"staging": out.staging, "png": png, "run_id": actor_kwargs["run_id"]},
     )
-    commits = _Commits(pending, kept, out, seg.io_cpus)
+    commits = Commits(pending, kept, out, seg.io_cpus)
     for meta in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         commits.add(meta)
     return commits.finish()

@@ -1,6 +1,7 @@
-"""Distributed training with Ray Train: the per-worker loop (`worker.py`) and the TorchTrainer
-around it (`driver.py`). ``run_training`` is the one entry point: `segray train`,
-`jobs/train.py` and every Tune trial call it.
+"""Distributed training with Ray Train: the per-worker loop (`worker.py`), the TorchTrainer
+around it (`driver.py`) and the hooks the loop calls after each epoch (`hooks.py`).
+``run_training`` is the one entry point: `segray train`, `jobs/train.py` and every Tune trial
+call it.
 """
 
 from segray.train.driver import (

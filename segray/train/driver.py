@@ -18,7 +18,6 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
 from ray.train import (
@@ -33,10 +32,9 @@ from segray.checkpoint import (
     HISTORY_FILE,
     INFERENCE_FILES,
     METRICS_FILE,
-    copy_checkpoint,
     load_history,
 )
-from segray.cluster import check_cuda, check_fits, ensure_ray, heap_env
+from segray.cluster import check_cuda, check_fits, ensure_ray, heap_env, total_resources
 from segray.config import Config, ConfigError, load_config
 from segray.data import build_datasets, inspect_data
 from segray.data.folder import DatasetError
@@ -236,6 +234,38 @@ def run_training(
     settings = tracking_settings(cfg) if own else None  # no mlflow for a URI: fail before Ray
     ensure_ray(address)
     out = Location.parse(output) if output is not None else None
+    storage_path = _run_storage(out, storage_path, name, resume)
+    cfg = _prepare(cfg, out, resume)
+    if own and out is not None:
+        tracker = _open_train_run(settings, cfg, out, resume)
+    trainer = build_trainer(
+        cfg,
+        storage_path=storage_path,
+        name=name,
+        callbacks=callbacks,
+        expect=expect,
+        monitor=monitor,
+        tracking=tracker.worker_spec() if tracker is not None else None,
+    )
+    result = _fit(trainer, tracker if own else None)
+    best_ckpt = _best_checkpoint(result, monitor)
+    history = pd.DataFrame(_checkpoint_history(result.checkpoint))
+    best_metrics = json.loads(_read_ckpt_file(best_ckpt, METRICS_FILE) or b"{}")
+    best = last = None
+    if out is not None:
+        last = _publish_checkpoint(result.checkpoint, out.join("checkpoints", "last"))
+        best = _publish_checkpoint(best_ckpt, out.join("checkpoints", "best"))
+        table = pa.Table.from_pandas(history, preserve_index=False)
+        with_retries(out.join("history.parquet").write, table, what="write")
+    if own and tracker is not None and out is not None:
+        _log_train_outputs(tracker, cfg, out, history, best)
+        tracker.end("FINISHED")
+    return TrainResult(_shown(out), best, last, best_metrics, history)
+
+
+def _run_storage(out: Location | None, storage_path: str | None, name: str, resume: bool) -> str:
+    """Where Ray keeps the run's state (default ``output/ray``); a run already there is
+    continued only with ``resume``."""
     if storage_path is None:
         if out is None:
             raise ValueError("run_training needs an output folder or a storage_path")
@@ -246,15 +276,36 @@ def run_training(
             f"{out.uri} already holds a training run: continue it with --resume {out.uri} or "
             "choose another --output"
         )
-    cfg, fingerprint = inspect_data(cfg, echo=True)  # mask_mode: auto resolved; one summary line
+    return storage_path
+
+
+def _prepare(cfg: Config, out: Location | None, resume: bool) -> Config:
+    """The config as the data makes it (``mask_mode: auto`` resolved; one summary line),
+    checked against a resumed run's and the cluster, and written into ``out`` with the
+    dataset's fingerprint and splits."""
+    cfg, fingerprint = inspect_data(cfg, echo=True)
     saved = out.join("config.yaml") if resume and out is not None else None
     if saved is not None and with_retries(saved.exists, what="stat"):
         check_resume_config(load_config(saved.uri), cfg, out.uri)
+    _check_trainable(cfg)
+    if out is not None:
+        with_retries(out.join("config.yaml").write, cfg.to_yaml().encode(), what="write")
+        # fingerprint.json: what the dataset holds, the mapping chosen
+        with_retries(
+            out.join("fingerprint.json").write, fingerprint.to_json().encode(), what="write"
+        )
+        write_splits(cfg, out.uri)  # splits.json: the keys of train, val and test
+    return cfg
+
+
+def _check_trainable(cfg: Config) -> None:
+    """Refuse, before any worker starts, an empty training split and workers the cluster
+    cannot hold (CPUs, GPUs, a CUDA build of torch where they run)."""
     if not len(build_datasets(cfg)["train"]):
         raise DatasetError(
             f"{cfg.data.root}: the training split is empty: check data.split / data.split_ids"
         )
-    if cfg.train.use_gpu and ray.cluster_resources().get("GPU", 0) == 0:
+    if cfg.train.use_gpu and total_resources().get("GPU", 0) == 0:
         raise ConfigError(
             "train.use_gpu=true but the Ray cluster has no GPU: set train.use_gpu=false "
             "(CPU workers, gloo) or join a cluster with GPUs"
@@ -271,31 +322,17 @@ def run_training(
             "CPU-only torch): set train.use_gpu=false, or run on nodes with GPUs and a CUDA "
             "build of torch",
         )
-    if out is not None:
-        with_retries(out.join("config.yaml").write, cfg.to_yaml().encode(), what="write")
-        # fingerprint.json: what the dataset holds, the mapping chosen
-        with_retries(
-            out.join("fingerprint.json").write, fingerprint.to_json().encode(), what="write"
-        )
-        write_splits(cfg, out.uri)  # splits.json: the keys of train, val and test
 
-    if own and out is not None:
-        tracker = _open_train_run(settings, cfg, out, resume)
-    trainer = build_trainer(
-        cfg,
-        storage_path=storage_path,
-        name=name,
-        callbacks=callbacks,
-        expect=expect,
-        monitor=monitor,
-        tracking=tracker.worker_spec() if tracker is not None else None,
-    )
+
+def _fit(trainer: ray.train.torch.TorchTrainer, tracker: Tracker | None) -> Any:
+    """``trainer.fit()``'s result, with a checkpoint. A failure ends ``tracker``'s run as
+    FAILED; a diverged run raises the workers' own one-line message, without a traceback."""
     try:
         result = trainer.fit()
         if result.error is not None:
             raise result.error
-    except Exception as e:  # a diverged run: the workers' own one-line message, no traceback
-        if own and tracker is not None:
+    except Exception as e:
+        if tracker is not None:
             tracker.end("FAILED")
         for failure in getattr(e, "worker_failures", {}).values():
             if isinstance(failure, NonFiniteLossError):
@@ -303,23 +340,16 @@ def run_training(
         raise
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
+    return result
 
+
+def _best_checkpoint(result: Any, monitor: tuple[str, str]) -> ray.train.Checkpoint:
+    """The kept checkpoint best by ``monitor`` (metric, mode); NaN is never the best. The
+    latest where none scored."""
     metric, sign = monitor[0], (1.0 if monitor[1] == "max" else -1.0)
     scored = [(c, m) for c, m in result.best_checkpoints if metric in m]
-    scored = [(c, m) for c, m in scored if math.isfinite(m[metric])]  # NaN is never the best
-    best_ckpt = max(scored, key=lambda cm: sign * cm[1][metric])[0] if scored else result.checkpoint
-    history = pd.DataFrame(_checkpoint_history(result.checkpoint))
-    best_metrics = json.loads(_read_ckpt_file(best_ckpt, METRICS_FILE) or b"{}")
-    best = last = None
-    if out is not None:
-        last = _publish_checkpoint(result.checkpoint, out.join("checkpoints", "last"))
-        best = _publish_checkpoint(best_ckpt, out.join("checkpoints", "best"))
-        table = pa.Table.from_pandas(history, preserve_index=False)
-        with_retries(out.join("history.parquet").write, table, what="write")
-    if own and tracker is not None and out is not None:
-        _log_train_outputs(tracker, cfg, out, history, best)
-        tracker.end("FINISHED")
-    return TrainResult(_shown(out), best, last, best_metrics, history)
+    scored = [(c, m) for c, m in scored if math.isfinite(m[metric])]
+    return max(scored, key=lambda cm: sign * cm[1][metric])[0] if scored else result.checkpoint
 
 
 def _open_train_run(
@@ -388,12 +418,8 @@ def _checkpoint_history(ckpt: ray.train.Checkpoint) -> list[dict[str, Any]]:
 
 
 def _publish_checkpoint(ckpt: ray.train.Checkpoint, dst: Location) -> Path | str:
-    """Copy a Ray checkpoint to ``dst`` (local: atomically replaced; object storage: a fresh
-    version behind a pointer written last, `segray.storage.publish_folder`). Returns where
-    it is."""
-    if dst.is_local and isinstance(ckpt.filesystem, pafs.LocalFileSystem):
-        return copy_checkpoint(ckpt.path, dst.path)
-    if dst.is_local:
-        with ckpt.as_directory() as directory:
-            return copy_checkpoint(directory, dst.path)
-    return publish_folder(Location(ckpt.filesystem, ckpt.path, ckpt.path), dst)
+    """Copy a Ray checkpoint to ``dst``, replacing it whole (`segray.storage.publish_folder`:
+    local: atomically renamed into place; object storage: a fresh version behind a pointer
+    written last). Returns where it is."""
+    publish_folder(Location(ckpt.filesystem, ckpt.path, ckpt.path), dst)
+    return _shown(dst)

@@ -9,16 +9,14 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
-import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
 import torch
@@ -50,7 +48,9 @@ from segray.engine import (
 )
 from segray.losses import create_loss
 from segray.metrics import SegMetrics
+from segray.storage import LocalFileSystem, remove
 from segray.tracking import Tracker, metric_values
+from segray.train.hooks import EpochContext, run_epoch_hooks
 
 __all__ = [
     "AppliedMismatchError",
@@ -122,14 +122,14 @@ def _same(a: Any, b: Any) -> bool:
 def check_applied(expected: Mapping[str, Any], applied: Mapping[str, Any], cfg: Config) -> None:
     """Fail loudly unless every sampled value is what the worker actually built and uses.
 
-    A key the resolved config ignores (`segray.search.space.unused_reason`: ``loss.bce_weight``
+    A key the resolved config ignores (`segray.config.usage.unused_reason`: ``loss.bce_weight``
     without bce_dice, ``optim.momentum`` without SGD, dilation rates of a plain decoder) is a
     mismatch. Keys the live objects report (``applied``: read back from the built modules,
     optimizer and loss) are compared with what they report; other keys, which have no physical
     read-back, with the worker's resolved config. Catches the classic HPO bug where every trial
     silently trains the same model.
     """
-    from segray.search.space import unused_reason
+    from segray.config.usage import unused_reason
 
     resolved = cfg.to_dict()
     problems = []
@@ -207,12 +207,12 @@ def report_with_checkpoint(metrics: dict[str, Any], name: str, save: Callable[[P
     """
     storage = ray.train.get_context().get_storage()
     final = Path(storage.build_checkpoint_path_from_name(name))
-    if isinstance(storage.storage_filesystem, pafs.LocalFileSystem) and final.parent.is_dir():
+    if isinstance(storage.storage_filesystem, LocalFileSystem) and final.parent.is_dir():
         partial = final.with_name(f".{name}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
+        remove(partial)
         partial.mkdir()
         save(partial)
-        shutil.rmtree(final, ignore_errors=True)  # left by an attempt that failed after it
+        remove(final)  # left by an attempt that failed after it
         partial.rename(final)
         directory, mode = final, CheckpointUploadMode.NO_UPLOAD
     else:
@@ -230,11 +230,11 @@ def report_with_checkpoint(metrics: dict[str, Any], name: str, save: Callable[[P
 def _quiet_report_log() -> None:
     """Ray Train logs every report (all metrics, ~40 of them) at INFO on every worker; the
     epoch line says what matters. Its logger is named after its file, not its module."""
-    try:
-        from ray.train.v2._internal.execution import context
-    except ImportError:  # another Ray layout: keep its logging as it is
-        return
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    from segray.cluster import train_report_logger
+
+    logger = train_report_logger()
+    if logger is not None:  # another Ray layout: keep its logging as it is
+        logger.setLevel(logging.WARNING)
 
 
 def _check_resumable(state: Mapping[str, Any], world: int, steps_per_epoch: int) -> None:
@@ -252,49 +252,87 @@ def _check_resumable(state: Mapping[str, Any], world: int, steps_per_epoch: int)
         )
 
 
-# A test-only fault hook: ``SEGRAY_TEST_FAIL_ONCE=EPOCH:MARKER`` in the workers' environment
-# makes rank 0 raise once, right after reporting epoch EPOCH, if it can create the file MARKER
-# (it then holds the run's name, and the retried attempt goes on). Tests use it to make Ray
-# Train or Tune retry a run or trial; it must be in the environment before Ray starts.
-FAIL_ONCE_ENV = "SEGRAY_TEST_FAIL_ONCE"
+@dataclass
+class _Worker:
+    """What one worker trains with: built once (`_build`), then stepped epoch by epoch."""
 
-
-def _injected_failure(epoch: int, run_name: str) -> None:
-    spec = os.environ.get(FAIL_ONCE_ENV)
-    if not spec:
-        return
-    at, _, marker = spec.partition(":")
-    if int(at) != epoch:
-        return
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return
-    os.write(fd, run_name.encode())
-    os.close(fd)
-    raise RuntimeError(f"{FAIL_ONCE_ENV}: injected failure after epoch {epoch}")
+    cfg: Config
+    rank: int
+    world: int
+    device: torch.device
+    run_name: str
+    model: torch.nn.Module
+    step: StepConfig
+    loss_fn: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: LRSchedule
+    scaler: torch.amp.GradScaler | None
+    early: EarlyStopping
+    sampler: Any
+    loader: Any
+    steps_per_epoch: int
+    train_size: int
+    val_ds: Any
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    val: Any = None  # the val loader, built after the restored state is loaded
+    metrics: SegMetrics | None = None
+    applied: dict[str, Any] = field(default_factory=dict)
+    num_nodes: int = 1
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: build, (resume,) train, evaluate, report, checkpoint."""
     cfg = Config.from_dict(loop_config["config"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)))
     _quiet_report_log()
     device = ray.train.torch.get_device()
     seed_everything(cfg.train.seed)  # identical init on every rank
 
+    w, state = _build(cfg, ray.train.get_context(), device)
+    if state is not None:
+        _restore(w, state)
+    w.val = val_loader(cfg, w.val_ds, w.rank, w.world)
+    w.metrics = build_metrics(cfg, device)
+    w.applied = applied_hparams(w.model, w.optimizer, w.loss_fn)
+    check_applied(loop_config.get("expect") or {}, w.applied, cfg)
+    w.num_nodes = count_nodes()  # after prepare_model: NCCL's gather needs the device set
+    if w.rank == 0:
+        _announce(w)
+
+    # MLflow: rank 0 alone logs (to the run its driver opened); an epoch already logged by an
+    # attempt that failed before its checkpoint counted is not logged again.
+    tracker = Tracker.attach(loop_config.get("tracking") if w.rank == 0 else None)
+    logged = tracker.logged_steps("train_loss")
+
+    if state is not None:  # last: nothing above may draw from the restored generators
+        set_rng_state(state["rng"][w.rank])
+    t_start = time.time()
+    for epoch in range(w.start_epoch, cfg.train.epochs):
+        row, stop = _train_epoch(w, epoch)
+        rng = gather_rng_states()  # every rank's, for an exact resume (a collective)
+        report = {**row, "best_val_dice": _best_val_dice(w.history)}
+        if w.rank == 0:
+            done = epoch + 1 - w.start_epoch
+            _say(_format_epoch(row, cfg.train.epochs, time.time() - t_start, done))
+            _checkpoint(w, epoch, report, rng)
+            if epoch + 1 not in logged:
+                tracker.log_metrics(metric_values(report), step=epoch + 1)
+        else:
+            ray.train.report(report)  # every rank reports the same number of times
+        run_epoch_hooks(epoch + 1, EpochContext(w.rank, w.world, w.run_name, report))
+        if stop:
+            if w.rank == 0:
+                _say(f"early stopping: no val Dice gain in {w.early.patience} epochs")
+            break
+
+
+def _build(cfg: Config, ctx: Any, device: torch.device) -> tuple[_Worker, dict[str, Any] | None]:
+    """Datasets, the model (wrapped for DDP), loss, optimizer, loaders, LR schedule, scaler and
+    early stopping; with the training state of the checkpoint Ray Train restores, if any."""
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     datasets = build_datasets(cfg)
-    model = build_model(cfg)
-    state = None
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as d:
-            model.load_state_dict(
-                torch.load(Path(d) / "model.pt", map_location="cpu", weights_only=True)
-            )
-            state = load_train_state(d)
+    model, state = _restored_model(cfg)
     if cfg.train.sync_batchnorm and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     step = StepConfig.from_config(cfg.train, cfg.optim, device)  # train.precision, channels_last
@@ -304,7 +342,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     loss_fn = build_loss(cfg)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
-    train_ds, val_ds = datasets["train"], datasets["val"]
+    train_ds = datasets["train"]
     sampler, loader = train_loader(cfg, train_ds, rank, world, pin_memory=device.type == "cuda")
     steps_per_epoch = len(loader)
     loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
@@ -313,101 +351,125 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         optimizer, cfg.optim, cfg.train.epochs * steps_per_epoch, steps_per_epoch
     )
     scaler = torch.amp.GradScaler(device.type) if step.precision.needs_scaler else None
-    early = EarlyStopping(cfg.train.early_stopping_patience)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    if state is not None:
-        _check_resumable(state, world, steps_per_epoch)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        early.best, early.bad_epochs = state["early_best"], state["early_bad_epochs"]
-        history, start_epoch = list(state["history"]), int(state["epoch"])
-    val = val_loader(cfg, val_ds, rank, world)
-    metrics = build_metrics(cfg, device)
-    applied = applied_hparams(model, optimizer, loss_fn)
-    check_applied(loop_config.get("expect") or {}, applied, cfg)
-    num_nodes = count_nodes()  # after prepare_model: NCCL's gather needs the device set
-    if rank == 0:
-        _say(
-            f"training: {_plural(world, 'worker')} on {_plural(num_nodes, 'node')} "
-            f"({device.type}), {len(train_ds)} train samples / {len(val_ds)} val images, "
-            f"epochs {start_epoch + 1}-{cfg.train.epochs}"
-        )
-        _say(f"precision: {step.precision.describe()}")
+    worker = _Worker(
+        cfg=cfg,
+        rank=rank,
+        world=world,
+        device=device,
+        run_name=ctx.get_experiment_name(),
+        model=model,
+        step=step,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        early=EarlyStopping(cfg.train.early_stopping_patience),
+        sampler=sampler,
+        loader=loader,
+        steps_per_epoch=steps_per_epoch,
+        train_size=len(train_ds),
+        val_ds=datasets["val"],
+    )
+    return worker, state
 
-    # MLflow: rank 0 alone logs (to the run its driver opened); an epoch already logged by an
-    # attempt that failed before its checkpoint counted is not logged again.
-    tracker = Tracker.attach(loop_config.get("tracking") if rank == 0 else None)
-    logged = tracker.logged_steps("train_loss")
 
-    if state is not None:  # last: nothing above may draw from the restored generators
-        set_rng_state(state["rng"][rank])
-    t_start = time.time()
-    for epoch in range(start_epoch, cfg.train.epochs):
-        t0 = time.time()
-        sampler.set_epoch(epoch)
-        row: dict[str, Any] = {"epoch": epoch + 1, "num_nodes": num_nodes}
-        losses = train_one_epoch(
-            model, loader, loss_fn, optimizer, step, scaler, schedule=scheduler, epoch=epoch
+def _restored_model(cfg: Config) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """The model, with the weights and training state of the checkpoint Ray Train restores
+    (after a worker failure, or on ``--resume``); fresh, and no state, without one."""
+    model = build_model(cfg)
+    restored = ray.train.get_checkpoint()
+    if restored is None:
+        return model, None
+    with restored.as_directory() as d:
+        model.load_state_dict(
+            torch.load(Path(d) / "model.pt", map_location="cpu", weights_only=True)
         )
-        row["lr"] = scheduler.last_lr  # of the epoch's last step
-        row.update({f"train_{k}": v for k, v in losses.items()})
-        if len(val_ds):
-            row.update(
-                {
-                    f"val_{k}": v
-                    for k, v in evaluate(model, val, loss_fn, metrics, step, epoch=epoch).items()
-                }
-            )
-        row["param_rank_spread"], row["param_fingerprint"] = rank_param_spread(model)
-        score = row.get("val_dice", -row["train_loss"])
-        scheduler.observe(score)
-        stop = early.step(score)
-        row["stopped_early"] = stop  # by train.early_stopping_patience (ASHA stops from outside)
-        row["epoch_time_s"] = time.time() - t0
-        history.append(row)
-        best = max(  # NaN (no foreground anywhere in val) is never the best
-            (v for h in history if math.isfinite(v := h.get("val_dice", math.nan))),
-            default=math.nan,
-        )
-        rng = gather_rng_states()  # every rank's, for an exact resume (a collective)
-        report = {**row, "best_val_dice": best}
-        if rank == 0:
-            _say(
-                _format_epoch(row, cfg.train.epochs, time.time() - t_start, epoch + 1 - start_epoch)
-            )
-            report_with_checkpoint(
-                report,
-                f"checkpoint_epoch_{epoch + 1:04d}",
-                functools.partial(
-                    save_checkpoint,
-                    model=model,
-                    config=cfg,
-                    metrics={**report, "applied": applied, **step.precision.record()},
-                    history=history,
-                    train_state={
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict() if scaler is not None else None,
-                        "early_best": early.best,
-                        "early_bad_epochs": early.bad_epochs,
-                        "epoch": epoch + 1,
-                        "history": history,
-                        "world_size": world,
-                        "steps_per_epoch": steps_per_epoch,
-                        "sampler": {"seed": cfg.train.seed, "epoch": epoch},
-                        "rng": rng,
-                    },
-                ),
-            )
-            if epoch + 1 not in logged:
-                tracker.log_metrics(metric_values(report), step=epoch + 1)
-            _injected_failure(epoch + 1, ctx.get_experiment_name())
-        else:
-            ray.train.report(report)  # every rank reports the same number of times
-        if stop:
-            if rank == 0:
-                _say(f"early stopping: no val Dice gain in {early.patience} epochs")
-            break
+        return model, load_train_state(d)
+
+
+def _restore(w: _Worker, state: Mapping[str, Any]) -> None:
+    """Continue where the checkpoint stopped: optimizer, LR schedule, scaler, early stopping,
+    history (the generators are restored last, by the caller)."""
+    _check_resumable(state, w.world, w.steps_per_epoch)
+    w.optimizer.load_state_dict(state["optimizer"])
+    w.scheduler.load_state_dict(state["scheduler"])
+    if w.scaler is not None and state.get("scaler"):
+        w.scaler.load_state_dict(state["scaler"])
+    w.early.best, w.early.bad_epochs = state["early_best"], state["early_bad_epochs"]
+    w.history, w.start_epoch = list(state["history"]), int(state["epoch"])
+
+
+def _announce(w: _Worker) -> None:
+    _say(
+        f"training: {_plural(w.world, 'worker')} on {_plural(w.num_nodes, 'node')} "
+        f"({w.device.type}), {w.train_size} train samples / {len(w.val_ds)} val images, "
+        f"epochs {w.start_epoch + 1}-{w.cfg.train.epochs}"
+    )
+    _say(f"precision: {w.step.precision.describe()}")
+
+
+def _train_epoch(w: _Worker, epoch: int) -> tuple[dict[str, Any], bool]:
+    """One epoch: train, evaluate, step the schedule and early stopping; the epoch's row
+    (appended to the history) and whether early stopping ends the run."""
+    t0 = time.time()
+    w.sampler.set_epoch(epoch)
+    row: dict[str, Any] = {"epoch": epoch + 1, "num_nodes": w.num_nodes}
+    losses = train_one_epoch(
+        w.model,
+        w.loader,
+        w.loss_fn,
+        w.optimizer,
+        w.step,
+        w.scaler,
+        schedule=w.scheduler,
+        epoch=epoch,
+    )
+    row["lr"] = w.scheduler.last_lr  # of the epoch's last step
+    row.update({f"train_{k}": v for k, v in losses.items()})
+    if len(w.val_ds):
+        scores = evaluate(w.model, w.val, w.loss_fn, w.metrics, w.step, epoch=epoch)
+        row.update({f"val_{k}": v for k, v in scores.items()})
+    row["param_rank_spread"], row["param_fingerprint"] = rank_param_spread(w.model)
+    score = row.get("val_dice", -row["train_loss"])
+    w.scheduler.observe(score)
+    stop = w.early.step(score)
+    row["stopped_early"] = stop  # by train.early_stopping_patience (ASHA stops from outside)
+    row["epoch_time_s"] = time.time() - t0
+    w.history.append(row)
+    return row, stop
+
+
+def _best_val_dice(history: list[dict[str, Any]]) -> float:
+    return max(  # NaN (no foreground anywhere in val) is never the best
+        (v for h in history if math.isfinite(v := h.get("val_dice", math.nan))),
+        default=math.nan,
+    )
+
+
+def _checkpoint(w: _Worker, epoch: int, report: dict[str, Any], rng: Any) -> None:
+    """Rank 0: report the epoch with its self-describing checkpoint (weights, config, metrics,
+    history and the full training state, every rank's generators included)."""
+    report_with_checkpoint(
+        report,
+        f"checkpoint_epoch_{epoch + 1:04d}",
+        functools.partial(
+            save_checkpoint,
+            model=w.model,
+            config=w.cfg,
+            metrics={**report, "applied": w.applied, **w.step.precision.record()},
+            history=w.history,
+            train_state={
+                "optimizer": w.optimizer.state_dict(),
+                "scheduler": w.scheduler.state_dict(),
+                "scaler": w.scaler.state_dict() if w.scaler is not None else None,
+                "early_best": w.early.best,
+                "early_bad_epochs": w.early.bad_epochs,
+                "epoch": epoch + 1,
+                "history": w.history,
+                "world_size": w.world,
+                "steps_per_epoch": w.steps_per_epoch,
+                "sampler": {"seed": w.cfg.train.seed, "epoch": epoch},
+                "rng": rng,
+            },
+        ),
+    )

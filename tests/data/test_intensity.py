@@ -234,8 +234,8 @@ def test_auto_derives_the_range_of_a_multi_band_tiff_dataset(tmp_path):
 
 def test_segmenter_maps_raw_arrays_and_files_as_decoding_does(tmp_path):
     from segray.config import apply_overrides
-    from segray.models import create_model
     from segray.inference.segmenter import Segmenter
+    from segray.models import create_model
 
     cfg = apply_overrides(load_config(None, []), {"data.intensity_range": [1000, 1040]})
     gray = Segmenter(create_model("unet", base_width=4, in_channels=1), cfg)

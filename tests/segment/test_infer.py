@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from segray.segment.infer import encode_mask_png, ground_truth_metrics, mask_stats
-from segray.segment.run import mask_png_name
+from segray.segment.stage import mask_png_name
 
 
 def test_mask_png_keeps_class_indices():
