@@ -3,11 +3,12 @@
     python scripts/config_trail.py tune --config configs/tune_local.yaml --output /tmp/t \
         tune.num_samples=1 train.epochs=1
 
-runs the command in this process with a profiler that notes every call of a segray function that
-receives the config, or one of its sections, as an argument. It prints the files in the order the config
-reaches them (consecutive calls in one file folded into one stay), then how many times it moves between
-files and how many of those moves return to a file it had already left: the fewer, the more the code
-reads in the order the data flows. Only the driver is followed; trial workers are other processes.
+runs the command in this process with a profiler that notes each segray function the first time it
+is handed the config, or one of its sections, as an argument (a section's own validators, which get
+it as ``self``, are not counted). It prints the files in the order the config reaches them
+(consecutive functions in one file folded into one stay), then how many times it moves between files
+and how many of those moves return to a file it had already left: the fewer, the more the code reads
+in the order the data flows. Only the driver is followed; trial workers are other processes.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def _holds_config(frame: FrameType, base: type) -> bool:
     defined in ``segray.config``)."""
     code = frame.f_code
     names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+    names = tuple(n for n in names if n not in ("self", "cls"))  # a section's own methods
     values = (frame.f_locals.get(n) for n in names)
     return any(
         isinstance(v, base) and type(v).__module__.startswith("segray.config") for v in values
@@ -40,12 +42,15 @@ def trail(argv: list[str]) -> list[str]:
     from segray.cli import main
 
     visits: list[str] = []
+    seen: set[Any] = set()
 
     def profile(frame: FrameType, event: str, arg: Any) -> None:
-        if event != "call" or not frame.f_code.co_filename.startswith(PACKAGE):
+        code = frame.f_code
+        if event != "call" or code in seen or not code.co_filename.startswith(PACKAGE):
             return
-        if frame.f_code.co_name.startswith("__") or not _holds_config(frame, BaseModel):
+        if code.co_name.startswith("__") or not _holds_config(frame, BaseModel):
             return
+        seen.add(code)  # a function counts once, where the code first hands it the config
         where = str(Path(frame.f_code.co_filename).relative_to(ROOT))
         if not visits or visits[-1] != where:
             visits.append(where)

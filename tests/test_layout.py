@@ -147,3 +147,21 @@ def test_functions_stay_short() -> None:
         and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert long == []
+
+
+def test_the_config_trail_counts_moves_and_returns() -> None:
+    """``scripts/config_trail.py``'s arithmetic: a return is a move back to a file already left."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "config_trail", PACKAGE.parent / "scripts" / "config_trail.py"
+    )
+    trail = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trail)
+    assert trail.summary(["a", "b", "a", "c", "b"]) == {
+        "stays": 5,
+        "files": 3,
+        "moves": 4,
+        "returns": 2,
+    }
+    assert trail.summary(["a"]) == {"stays": 1, "files": 1, "moves": 0, "returns": 0}
