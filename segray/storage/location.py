@@ -129,8 +129,8 @@ class Location:
         """Publish a file atomically: readers see the old file or the whole new one, never a part.
 
         A table is written as zstd Parquet (``row_group_size`` rows a row group; default
-        pyarrow's), ``metadata`` merged into its schema's key-value metadata (the footer). Local disk / HDFS: hidden ``.<name>.<random>.tmp`` beside the
-        target, then rename. Object stores: the bytes are built in memory and sent in one
+        pyarrow's), ``metadata`` merged into its schema's key-value metadata (the footer).
+        Local disk / HDFS: hidden ``.<name>.<random>.tmp`` beside the target, then rename. Object stores: the bytes are built in memory and sent in one
         write (one PUT, or a multipart upload that is only completed when every part is in).
         """
         if isinstance(data, pa.Table):
