@@ -58,6 +58,7 @@ from segray.config import Config, DataConfig, apply_overrides
 from segray.data import (
     DatasetError,
     ImageError,
+    Listing,
     MaskMapper,
     Sample,
     data_splits,
@@ -95,8 +96,12 @@ def evaluate_checkpoint(
     boundary_tol: float = DEFAULT_TOL,
     em: bool = False,
     tta: str | None = None,
+    listing: Listing | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` and write the report into ``output`` (module docstring).
+
+    ``listing`` (`segray auto`): the checkpoint's own dataset as the run listed it; its config
+    is used as prepared for training, and the dataset is neither fingerprinted nor listed.
 
     Args:
         checkpoint: a segray checkpoint directory.
@@ -141,6 +146,7 @@ def evaluate_checkpoint(
             progress,
             structure,
             tta=tta,
+            listing=listing,
         )
 
 
@@ -155,10 +161,14 @@ def _evaluate(
     progress: bool,
     structure: dict[str, Any],
     tta: str | None = None,
+    listing: Listing | None = None,
 ) -> dict[str, Any]:
     segmenter = load_segmenter(checkpoint, device=device, batch_size=batch_size, tta=tta)
-    config, source = _dataset_config(segmenter.config, data)
-    samples = _samples(config, data, split, source)
+    if data is None and listing is not None:  # prepared and listed by the caller's run
+        config, source = segmenter.config, dataset_root(segmenter.config.data)
+    else:
+        config, source = _dataset_config(segmenter.config, data)
+    samples = _samples(config, data, split, source, listing)
     (output / "overlays").mkdir(parents=True, exist_ok=True)
     tally = _Tally(segmenter, config.data, worst_k, structure)
     with tqdm(total=len(samples), desc="evaluate", unit="img", disable=not progress) as bar:
@@ -285,12 +295,18 @@ def _dataset_config(config: Config, data: str | Path | None) -> tuple[Config, Pa
     return prepared, dataset_root(prepared.data)
 
 
-def _samples(config: Config, data: str | Path | None, split: str, source: Path) -> list[Sample]:
+def _samples(
+    config: Config,
+    data: str | Path | None,
+    split: str,
+    source: Path,
+    listing: Listing | None = None,
+) -> list[Sample]:
     """The samples of ``split``: from ``data/images`` + ``data/masks`` or the config's source."""
     if data is not None:
         samples = find_pairs(source / "images", source / "masks")
     else:
-        samples = list_samples(config.data, check=False)  # prepare_data checked them
+        samples = list_samples(config.data, check=False, listing=listing)  # checked before
     if split != "all":
         samples = data_splits(samples, config.data)[split]
     if not samples:

@@ -240,21 +240,29 @@ def test_probe_times_a_real_step():
     assert 0 < p.step_s < 30 and (p.batch, p.patch, p.device) == (2, 32, "cpu")
 
 
-def test_cv_folds_are_refit_from_the_measured_full_trials():
-    from types import SimpleNamespace
-
-    from segray.auto.stages import _cv_s, _full_trial_s
+def test_cv_folds_are_refit_from_the_measured_trial_cost():
+    from segray.auto.plan import TRIAL_STARTUP_S
+    from segray.auto.stages import _cv_s, _folds_that_fit, measured_cost
 
     plan = plan_for(1800, folds=5)
+    assert plan.concurrency == 1
     trials = pd.DataFrame(
-        {"epochs_run": [plan.epochs, 2, 2, 0], "wall_time_s": [120.0, 30.0, 28.0, math.nan]}
+        {"epochs_run": [10, 2, 2, 0], "train_time_s": [100.0, 20.0, 22.0, math.nan]}
     )
-    # ASHA's 2-epoch trials (mostly start-up) do not inflate the estimate of a full trial.
-    assert _full_trial_s(SimpleNamespace(trials=trials), plan) == pytest.approx(120.0)
-    assert _full_trial_s(SimpleNamespace(trials=trials.iloc[:0]), plan) == plan.trial_s
-    assert _cv_s(5, 120.0, plan) == pytest.approx(5 * 120.0 * 1.1)  # one fold at a time
+    # epochs: 10 s each (the median per trial); start-up: all the search's wall clock that
+    # was not an epoch (its 142 s of epochs in 222 s), shared by its 4 trials.
+    assert measured_cost(trials, plan, 222.0) == pytest.approx((20.0, 10.0))
+    assert measured_cost(trials.iloc[:0], plan, 222.0) == (TRIAL_STARTUP_S, plan.epoch_s)
+    cost = (20.0, 10.0)
+    fold = 20.0 + plan.epochs * 10.0 * 1.1
+    assert _cv_s(5, cost, plan) == pytest.approx(5 * fold)  # one fold at a time
     wide = plan_for(1800, folds=5, resources=Resources(cpus=8))
-    assert _cv_s(5, 120.0, wide) == pytest.approx(2 * 120.0 * 1.1)  # 4 folds at once, then 1
+    assert _cv_s(5, cost, wide) == pytest.approx(2 * fold)  # 4 folds at once, then 1
+    # The folds that fit what is left, with no slack beyond it (the budget is a promise).
+    cfg = Config.from_dict({"tune": {"time_budget_s": 1000}})
+    assert _folds_that_fit(cfg, plan, cost, left=5 * fold) == 5
+    assert _folds_that_fit(cfg, plan, cost, left=5 * fold - 1) == 4
+    assert _folds_that_fit(cfg, plan, cost, left=2 * fold - 1) == 1
 
 
 @pytest.mark.parametrize(

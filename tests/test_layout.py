@@ -15,7 +15,17 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "segray"
 
 LAYERS: list[set[str]] = [
-    {"version", "errors", "secrets", "structure", "storage", "cluster", "metrics", "overlay"},
+    {
+        "version",
+        "errors",
+        "secrets",
+        "structure",
+        "storage",
+        "cluster",
+        "metrics",
+        "overlay",
+        "timeline",
+    },
     {"models"},
     {"config"},
     {"data", "losses", "precision"},

@@ -71,6 +71,7 @@ class AutoOptions:
 class Derived:
     config: Config
     reasons: dict[str, str] = field(default_factory=dict)  # key -> why it has its value
+    fingerprint: Any = field(default=None, repr=False, compare=False)  # the live Fingerprint
 
     def values(self) -> dict[str, Any]:
         """The derived value of every key that has a reason."""

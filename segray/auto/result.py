@@ -21,3 +21,6 @@ class AutoResult:
     derived: Derived
     plan: Plan
     summary: dict[str, Any]
+    # the dataset's `segray.data.Fingerprint` (listing included), when this process made it:
+    # the search, the CV and the test take it instead of fingerprinting and listing again
+    fingerprint: Any = None

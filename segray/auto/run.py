@@ -45,6 +45,7 @@ from segray.auto.progress import (
 from segray.auto.result import SUMMARY, AutoResult
 from segray.auto.stages import run_stages, stage
 from segray.config import Config, ConfigError, apply_overrides
+from segray.data.samples import listed_once
 
 __all__ = ["AutoResult", "parse_duration", "prepare_auto", "run_auto"]
 
@@ -126,9 +127,12 @@ def derive_for(
     fpd = fp.to_dict()
     if hints is not None:
         fpd["hints"] = hints.to_dict()
-    return derive_config(fpd, resources, root=data, options=options, base=prepared), fpd
+    derived = derive_config(fpd, resources, root=data, options=options, base=prepared)
+    derived.fingerprint = fp
+    return derived, fpd
 
 
+@listed_once()
 def prepare_auto(
     data: str,
     *,
@@ -148,7 +152,8 @@ def prepare_auto(
     resources = cluster()
     derived, fpd = derive_for(data, resources, options or AutoOptions(), overrides)
     cfg = apply_overrides(derived.config, list(overrides))  # the user's key=value win
-    splits = data_splits(list_samples(cfg.data, check=False), cfg.data)
+    fp = derived.fingerprint
+    splits = data_splits(list_samples(cfg.data, check=False, listing=fp.listing), cfg.data)
     check_splits(splits, cfg.data, folds)  # the derived split: before the probe and the search
     given = _given(overrides)
     plan = make_plan(
@@ -167,7 +172,8 @@ def prepare_auto(
     if small:
         print(f"warning: {small}", flush=True)
         plan.notes.append(small)
-    return AutoResult(str(data), cfg, replace(derived, config=cfg), plan, {"fingerprint": fpd})
+    derived = replace(derived, config=cfg)
+    return AutoResult(str(data), cfg, derived, plan, {"fingerprint": fpd}, fingerprint=fp)
 
 
 def _planned_config(cfg: Config, plan: Plan, overrides: Sequence[str], given: set[str]) -> Config:
@@ -198,6 +204,7 @@ def _explain_split(derived: Derived, cfg: Config, splits: dict[str, list[Any]]) 
         derived.reasons["data.split"] = f"{why + '; ' if why else ''}stable per stem: {counts}"
 
 
+@listed_once()  # one listing of the dataset for the whole run (a resume lists it again)
 def run_auto(
     data: str | None,
     output: str | Path = "segray-auto",

@@ -8,12 +8,15 @@ resumed run skips the stages that finished: ``state["summary"]`` holds their out
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from segray.auto.plan import CV_FOLD_FACTOR, Plan
+from segray.auto.plan import CV_FOLD_FACTOR, TRIAL_STARTUP_S, Plan
 from segray.auto.progress import finished_search, save_state
 from segray.auto.result import SUMMARY, AutoResult
 from segray.config import Config
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["print_summary", "run_stages", "stage"]
 
@@ -25,7 +28,8 @@ def run_stages(
     finished before (``state["summary"]`` holds it) is not run again, and the progress is
     saved after each."""
     summary = state["summary"]
-    search = _search(prep.config, out, address, state["times"], done="search" in summary)
+    fp = prep.fingerprint  # None when resumed: each stage then prepares its own
+    search = _search(prep.config, out, address, state["times"], done="search" in summary, fp=fp)
     summary["search"] = _search_summary(search, prep.config)
     save_state(out, state)
     if "cv" in summary and state.get("model"):  # cross-validated before
@@ -36,7 +40,7 @@ def run_stages(
         model, model_kind = _cross_validate(search, prep, out, state, started, address)
     state["model"] = [model, model_kind]
     save_state(out, state)
-    _test(model, model_kind, out, state)
+    _test(model, model_kind, out, state, fp.listing if fp is not None else None)
     if state["inputs"]["unlabelled"]:
         _segment(model, out, state)
     return _finish(prep, out, state, model, started)
@@ -54,7 +58,13 @@ def _search_summary(search, cfg: Config) -> dict[str, Any]:
 
 
 def _search(
-    cfg: Config, out: str, address: str | None, times: dict[str, float], *, done: bool = False
+    cfg: Config,
+    out: str,
+    address: str | None,
+    times: dict[str, float],
+    *,
+    done: bool = False,
+    fp: Any = None,
 ):
     """The search in OUT/tune: read back if it finished before (``done``), resumed from its
     saved state if it started, else started."""
@@ -77,7 +87,12 @@ def _search(
     how = f"segray auto --resume {out}"
     resume = search_exists(f"{out}/tune")
     search = run_tune(
-        None if resume else cfg, f"{out}/tune", resume=resume, address=address, continue_with=how
+        None if resume else cfg,
+        f"{out}/tune",
+        resume=resume,
+        address=address,
+        continue_with=how,
+        fingerprint=None if resume else fp,
     )
     times["search"] = round(times.get("search", 0.0) + time.time() - t0, 1)
     if search.best is None:
@@ -92,10 +107,11 @@ def _cross_validate(
     test: their ensemble, or the best trial when not even 2 folds fit."""
     cfg, plan, summary = prep.config, prep.plan, state["summary"]
     left = state["inputs"]["time_budget_s"] - (time.time() - started)
-    trial_s = _full_trial_s(search, plan)
-    folds = _folds_that_fit(cfg, plan, trial_s, left)
+    cost = measured_cost(search.trials, plan, state["times"].get("search"))
+    summary["measured"] = {"trial_startup_s": round(cost[0], 1), "epoch_s": round(cost[1], 2)}
+    folds = _folds_that_fit(cfg, plan, cost, left)
     if folds < 2:
-        need = _cv_s(2, trial_s, plan)
+        need = _cv_s(2, cost, plan)
         print(
             f"\ncross-validation skipped: 2 folds need ~{need:.0f}s, "
             f"{max(left, 0):.0f}s of the budget is left",
@@ -105,47 +121,58 @@ def _cross_validate(
         return search.best, "best trial"
     if folds < plan.folds:
         print(f"\n{folds} folds instead of {plan.folds}: what the budget holds", flush=True)
-    cv = _cv(search.best, out, folds, address, state["times"])
+    cv = _cv(search.best, out, folds, address, state["times"], prep.fingerprint)
     metric = cfg.tune.metric
     keys = ("folds", f"{metric}_mean", f"{metric}_std", "oof_dice", "oof_dice_postprocessed")
     summary["cv"] = {k: cv.summary.get(k) for k in (*keys, "postprocessing")}
     return cv.ensemble, f"{folds}-fold ensemble"
 
 
-def _folds_that_fit(cfg: Config, plan: Plan, trial_s: float, left: float) -> int:
-    """The planned folds, fewer while they overrun what is ``left`` of the budget: the search
-    may have ended early (plateau) or late (a trial that overran). Fixed work (no time
-    budget) keeps the planned folds."""
+def _folds_that_fit(cfg: Config, plan: Plan, cost: tuple[float, float], left: float) -> int:
+    """The planned folds, fewer while they overrun what is ``left`` of the budget, at the
+    trial ``cost`` the search measured: it may have ended early (plateau) or late (a trial
+    that overran). Fixed work (no time budget) keeps the planned folds."""
     folds = plan.folds
-    while (
-        cfg.tune.time_budget_s is not None
-        and folds >= 2
-        and _cv_s(folds, trial_s, plan) > left * 1.15 + 30
-    ):
+    while cfg.tune.time_budget_s is not None and folds >= 2 and _cv_s(folds, cost, plan) > left:
         folds -= 1
     return folds
 
 
-def _full_trial_s(search, plan: Plan) -> float:
-    """Measured seconds of a full trial: the trials that trained the most epochs (ASHA's
-    short ones are mostly start-up), else the plan's estimate."""
-    trials = search.trials
-    if len(trials) and {"wall_time_s", "epochs_run"} <= set(trials.columns):
-        done = trials[(trials["epochs_run"] > 0) & trials["wall_time_s"].notna()]
-        if len(done):
-            longest = done[done["epochs_run"] == done["epochs_run"].max()]
-            per_epoch = float((longest["wall_time_s"] / longest["epochs_run"]).median())
-            return per_epoch * plan.epochs
-    return plan.trial_s
+def measured_cost(trials: pd.DataFrame, plan: Plan, search_s: float | None) -> tuple[float, float]:
+    """(start-up, epoch) seconds of a trial as the search measured them: an epoch, the median
+    of the trials' (``train_time_s / epochs_run``); the start-up, everything else the search's
+    wall clock paid per trial (worker processes, imports, checkpoints, teardown, the gaps
+    between trials: ``search_s x concurrency - the trials' epochs``, over the trials). The
+    plan's estimates where no trial trained."""
+    cols = {"train_time_s", "epochs_run"}
+    if not len(trials) or not cols <= set(trials.columns):
+        return TRIAL_STARTUP_S, plan.epoch_s
+    done = trials[(trials["epochs_run"] > 0) & trials["train_time_s"].notna()]
+    if not len(done):
+        return TRIAL_STARTUP_S, plan.epoch_s
+    epoch_s = float((done["train_time_s"] / done["epochs_run"]).median())
+    if not search_s:
+        return TRIAL_STARTUP_S, epoch_s
+    outside = search_s * plan.concurrency - float(trials["train_time_s"].fillna(0).sum())
+    return max(0.0, outside / len(trials)), epoch_s
 
 
-def _cv_s(folds: int, trial_s: float, plan: Plan) -> float:
-    """Seconds of a ``folds``-fold CV: rounds of parallel folds, each a little longer than a
-    search trial (it trains on more images)."""
-    return -(-folds // plan.concurrency) * trial_s * CV_FOLD_FACTOR
+def _cv_s(folds: int, cost: tuple[float, float], plan: Plan) -> float:
+    """Seconds of a ``folds``-fold CV at a trial ``cost`` of (start-up, epoch) seconds: rounds
+    of parallel folds, each the start-up plus the plan's epochs, a little longer than a search
+    trial's (a fold trains on more images)."""
+    startup, epoch = cost
+    return -(-folds // plan.concurrency) * (startup + plan.epochs * epoch * CV_FOLD_FACTOR)
 
 
-def _cv(best: str, out: str, folds: int, address: str | None, times: dict[str, float]):
+def _cv(
+    best: str,
+    out: str,
+    folds: int,
+    address: str | None,
+    times: dict[str, float],
+    fp: Any = None,
+):
     from segray.checkpoint import fetch_checkpoint, load_checkpoint_config
     from segray.search.cv import run_cv
     from segray.search.run import search_exists
@@ -159,18 +186,25 @@ def _cv(best: str, out: str, folds: int, address: str | None, times: dict[str, f
         cv = run_cv(None, f"{out}/cv", resume=True, address=address, continue_with=how)
     else:
         cfg = load_checkpoint_config(fetch_checkpoint(best))
-        cv = run_cv(cfg, f"{out}/cv", folds=folds, address=address, continue_with=how)
+        cv = run_cv(
+            cfg, f"{out}/cv", folds=folds, address=address, continue_with=how, fingerprint=fp
+        )
     times["cv"] = round(time.time() - t0, 1)
     return cv
 
 
-def _test(model: str, model_kind: str, out: str, state: dict[str, Any]) -> None:
-    """The model on the held-out test split, which nothing was selected on."""
+def _test(
+    model: str, model_kind: str, out: str, state: dict[str, Any], listing: Any = None
+) -> None:
+    """The model on the held-out test split, which nothing was selected on (``listing``: the
+    dataset as the run listed it)."""
     from segray.evaluate import evaluate_checkpoint
 
     stage("test", f"the {model_kind} on the held-out test split (never searched on)")
     t0 = time.time()
-    metrics = evaluate_checkpoint(model, split="test", output=f"{out}/eval", progress=True)
+    metrics = evaluate_checkpoint(
+        model, split="test", output=f"{out}/eval", progress=True, listing=listing
+    )
     state["times"]["test"] = round(time.time() - t0, 1)
     state["summary"]["model"] = {"kind": model_kind, "checkpoint": str(model)}
     state["summary"]["test"] = {

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         cache_dir,
         inspect_data,
         prepare_data,
+        prepared_with,
     )
     from segray.data.folder import (
         MASK_SUFFIXES,
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from segray.data.masks import MaskMapper
     from segray.data.pet import download_pet, pet_samples
     from segray.data.remote import Mirror, dataset_root, is_remote, local_root, mirror, root_setting
-    from segray.data.samples import list_samples
+    from segray.data.samples import Listing, list_samples, listed_once
     from segray.data.split import assign_folds, assign_splits, data_splits, split_samples
     from segray.data.synth import generate
     from segray.data.transforms import (
@@ -63,6 +64,7 @@ _EXPORTS = {
         "cache_dir",
         "inspect_data",
         "prepare_data",
+        "prepared_with",
     ],
     "folder": [
         "MASK_SUFFIXES",
@@ -85,7 +87,7 @@ _EXPORTS = {
         "read_mask",
     ],
     "masks": ["MaskMapper"],
-    "samples": ["list_samples"],
+    "samples": ["Listing", "list_samples", "listed_once"],
     "pet": ["download_pet", "pet_samples"],
     "remote": ["Mirror", "dataset_root", "is_remote", "local_root", "mirror", "root_setting"],
     "split": ["assign_folds", "assign_splits", "data_splits", "split_samples"],
@@ -104,6 +106,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "Listing",
     "MASK_SUFFIXES",
     "DatasetError",
     "Fingerprint",
@@ -133,11 +136,13 @@ __all__ = [
     "is_remote",
     "list_images",
     "list_samples",
+    "listed_once",
     "local_root",
     "mirror",
     "pair_files",
     "pet_samples",
     "prepare_data",
+    "prepared_with",
     "read_header",
     "read_mask",
     "root_setting",

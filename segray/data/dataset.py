@@ -23,7 +23,7 @@ from segray.data.inspect import DEFAULT_SAMPLE, Fingerprint, fingerprint
 from segray.data.io import ImageError, decode_image, image_size
 from segray.data.masks import MaskMapper
 from segray.data.remote import cache_dir, dataset_root, is_remote
-from segray.data.samples import list_samples
+from segray.data.samples import Listing, list_samples
 from segray.data.split import data_splits
 from segray.data.synth import generate
 from segray.data.transforms import sample_seed, transforms_from_config
@@ -36,6 +36,7 @@ __all__ = [
     "inspect_data",
     "list_samples",
     "prepare_data",
+    "prepared_with",
 ]
 
 PairFn = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
@@ -140,6 +141,21 @@ def inspect_data(
     return prepared, fp
 
 
+def prepared_with(cfg: Config, fp: Fingerprint | None) -> bool:
+    """Whether ``cfg`` is `inspect_data`'s config for the dataset ``fp`` fingerprinted (its
+    root, source and resolved reading), so that a caller holding both need not inspect again."""
+    if fp is None or fp.listing is None:
+        return False
+    root = cfg.data.root or ""
+    shown = root.rstrip("/") if is_remote(root) else str(dataset_root(cfg.data))
+    same = (fp.root, fp.source) == (shown, cfg.data.source)
+    resolved = cfg.data.mask_mode == fp.mask_mode and fp.intensity_range in (
+        "auto",
+        cfg.data.intensity_range,
+    )
+    return same and resolved
+
+
 def _check_bands(fp: Fingerprint, in_channels: int) -> None:
     """A one-line error when the images' data bands cannot feed ``model.in_channels``
     (gray <-> RGB converts; a 4th band that is data would otherwise be read as alpha)."""
@@ -154,15 +170,16 @@ def _check_bands(fp: Fingerprint, in_channels: int) -> None:
     )
 
 
-def build_datasets(cfg: Config) -> dict[str, SegmentationDataset]:
+def build_datasets(cfg: Config, listing: Listing | None = None) -> dict[str, SegmentationDataset]:
     """``{"train", "val", "test"}`` datasets (a split may be empty) of a prepared config.
 
     Splits come from ``data.split_ids`` if set, else the exact hash-order cut by ``data.split``,
     ``data.split_seed`` and ``data.group_by`` (`segray.data.split`), then the cross-validation fold if ``data.fold`` is set; train gets the training augmentation (each image
-    ``data.samples_per_image`` times an epoch), val and test the eval one.
+    ``data.samples_per_image`` times an epoch), val and test the eval one. ``listing``: the
+    driver's (`segray.data.samples.Listing`), so that workers do not list the dataset again.
     """
     data = cfg.data
-    samples = list_samples(data, check=False)  # prepare_data checked them on the driver
+    samples = list_samples(data, check=False, listing=listing)  # checked on the driver
     splits = data_splits(samples, data)
     train_fn, eval_fn = transforms_from_config(data, cfg.model.in_channels)
     mapper = MaskMapper.from_config(data)

@@ -43,6 +43,9 @@ class Fingerprint:
     error: str | None = None
     warning: str | None = None  # a mask reading chosen with a caveat (near-binary masks)
     intensity_range: Any = "auto"  # data.intensity_range, ``auto`` resolved (from images)
+    # the samples as listed (`segray.data.samples.Listing`): what trials, workers and folds
+    # get instead of listing again; not part of fingerprint.json
+    listing: Any = field(default=None, repr=False, compare=False)
 
     @property
     def foreground_fraction(self) -> float | None:

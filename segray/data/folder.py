@@ -30,6 +30,7 @@ __all__ = [
     "Problems",
     "Sample",
     "find_layout",
+    "check_headers",
     "find_pairs",
     "list_images",
     "pair_files",
@@ -217,22 +218,30 @@ def find_pairs(
     """
     samples, problems = pair_files(images_dir, masks_dir, mask_suffix=mask_suffix)
     if check:
-        for sample in samples:
-            sizes = []
-            for path in (sample.image, sample.mask):
-                try:
-                    sizes.append(image_size(path))
-                except ImageError as e:
-                    problems.add("unreadable file", Path(path), str(e).removeprefix(f"{path}: "))
-            if len(sizes) == 2 and sizes[0] != sizes[1]:
-                (iw, ih), (mw, mh) = sizes
-                problems.add(
-                    "size mismatch",
-                    Path(sample.image),
-                    f"{iw}x{ih} but {problems.rel(Path(sample.mask))} is {mw}x{mh}",
-                )
+        check_headers(samples, problems)
     problems.raise_if_any()
     return samples
+
+
+def check_headers(samples: list[Sample], problems: Problems) -> None:
+    """Add to ``problems`` the unreadable files and image/mask size mismatches of ``samples``
+    (from the file headers)."""
+    for sample in samples:
+        sizes = []
+        for path in (sample.image, sample.mask):
+            if path is None:
+                continue
+            try:
+                sizes.append(image_size(path))
+            except ImageError as e:
+                problems.add("unreadable file", Path(path), str(e).removeprefix(f"{path}: "))
+        if len(sizes) == 2 and sizes[0] != sizes[1]:
+            (iw, ih), (mw, mh) = sizes
+            problems.add(
+                "size mismatch",
+                Path(sample.image),
+                f"{iw}x{ih} but {problems.rel(Path(sample.mask))} is {mw}x{mh}",
+            )
 
 
 class Problems:
@@ -249,6 +258,11 @@ class Problems:
         self.label = str(root)  # how messages name the dataset (a URI for a mirrored one)
         self.items: list[tuple[str, str]] = []
         self.counts: dict[str, int] = {}
+
+    def copy(self) -> Problems:
+        other = Problems(self.root)
+        other.label, other.items, other.counts = self.label, list(self.items), dict(self.counts)
+        return other
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()

@@ -31,7 +31,7 @@ from segray.data.intensity import mapped_mean_std, resolve_intensity_range, summ
 from segray.data.mask_mode import choose, no_foreground, resolve_mask_mode, values_text
 from segray.data.masks import MaskMapper
 from segray.data.remote import dataset_root, is_remote, renamed
-from segray.data.samples import list_pairs
+from segray.data.samples import Listing, list_pairs
 from segray.data.scan import (
     Pair,
     intensity_means,
@@ -41,6 +41,7 @@ from segray.data.scan import (
     spread_order,
 )
 from segray.data.split import slice_groups_hint
+from segray.timeline import mark
 
 __all__ = ["DEFAULT_SAMPLE", "Fingerprint", "fingerprint", "resolve_mask_mode"]
 
@@ -87,6 +88,7 @@ def fingerprint(
         raise ValueError("fingerprint needs data.root (run prepare_data first)")
     root = root or dataset_root(data_cfg)
     shown = data_cfg.root.rstrip("/") if is_remote(data_cfg.root) else str(root)
+    mark("fingerprint", root=shown)
     with renamed(data_cfg.root, root):
         samples, problems = list_pairs(data_cfg, root)
     workers = workers or min(32, (os.cpu_count() or 1) + 4)
@@ -129,6 +131,7 @@ def fingerprint(
         error=decided.error,
         warning=_warning(decided.mode, decided.updates, decided.reason),
         intensity_range=intensity_range,
+        listing=Listing.of(samples, root),
     )
 
 

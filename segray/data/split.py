@@ -251,13 +251,14 @@ def splits_record(samples: Sequence[Sample], data: Any) -> dict[str, Any]:
     return record
 
 
-def write_splits(cfg: Any, folder: str) -> str:
+def write_splits(cfg: Any, folder: str, *, listing: Any = None) -> str:
     """Write ``splits.json`` (`splits_record`) of a prepared config's dataset into ``folder``
-    (a local path or a URI), beside its ``config.yaml``; returns where it went."""
+    (a local path or a URI), beside its ``config.yaml``; returns where it went. ``listing``:
+    the dataset as listed already (`segray.data.samples.Listing`)."""
     from segray.data.samples import list_samples
     from segray.storage import Location, with_retries
 
-    record = splits_record(list_samples(cfg.data, check=False), cfg.data)
+    record = splits_record(list_samples(cfg.data, check=False, listing=listing), cfg.data)
     loc = Location.parse(folder).join(SPLITS_FILE)
     with_retries(loc.write, (json.dumps(record, indent=2) + "\n").encode(), what="write")
     return loc.uri

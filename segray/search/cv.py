@@ -74,6 +74,7 @@ def run_cv(
     resume: bool = False,
     address: str | None = None,
     continue_with: str | None = None,
+    fingerprint: Any = None,
 ) -> CVResult:
     """Cross-validate ``cfg`` over ``folds`` folds into ``output`` (module docstring).
 
@@ -81,9 +82,10 @@ def run_cv(
     that finished are not trained again; a config given then may change only what a resumed
     search may (`segray.search.run.SEARCH_RESUME_MUTABLE`). Interrupted (Ctrl-C), it publishes
     nothing and raises `RunInterrupted`, whose message ends with ``continue_with`` (default
-    ``segray cv --resume OUT``).
+    ``segray cv --resume OUT``). ``fingerprint``: the caller's of ``cfg``'s dataset (`segray
+    auto`), so that nothing fingerprints or lists it again.
     """
-    from segray.data import list_samples, prepare_data
+    from segray.data import inspect_data, list_samples, prepared_with
     from segray.data.split import data_splits
     from segray.search.run import run_tune
 
@@ -95,14 +97,21 @@ def run_cv(
             if cfg is None:
                 raise ValueError("run_cv needs a config unless resuming")
             cfg = cv_config(cfg, folds)
-            # Too few images (or groups) for K folds fails here, before Ray starts any trial.
-            prepared = prepare_data(cfg).data
-            data_splits(
-                list_samples(prepared, check=False), prepared.model_copy(update={"fold": 0})
-            )
+            if not prepared_with(cfg, fingerprint):
+                cfg, fingerprint = inspect_data(cfg, echo=True)
+            # Too few images (or groups) for K folds fails here, before any trial starts.
+            samples = list_samples(cfg.data, check=False, listing=fingerprint.listing)
+            data_splits(samples, cfg.data.model_copy(update={"fold": 0}))
         if resume and cfg is not None:  # the resume compares it with the saved cv config
             cfg = cv_config(cfg, int(_saved_config(out).data.folds or folds))
-        search = run_tune(cfg, out, resume=resume, address=address, continue_with=how)
+        search = run_tune(
+            cfg,
+            out,
+            resume=resume,
+            address=address,
+            continue_with=how,
+            fingerprint=None if resume else fingerprint,
+        )
         cfg = _saved_config(out)
         k = int(cfg.data.folds or folds)
         trials = search.trials.copy()
@@ -118,19 +127,21 @@ def run_cv(
         done = done.sort_values(fold_col)
         checkpoints = [str(c) for c in done["best_checkpoint"]]
         print(f"cv: {k} folds trained; out-of-fold predictions of each fold's best checkpoint")
-        predictions = _out_of_fold(cfg, checkpoints)
+        listing = None if resume or fingerprint is None else fingerprint.listing
+        predictions = _out_of_fold(cfg, checkpoints, listing)
         return _finish(cfg, out, done, checkpoints, predictions, time.time() - started)
 
 
 # --------------------------------------------------------------------------- out-of-fold
-def _out_of_fold(cfg: Config, checkpoints: list[str]) -> list[dict[str, Any]]:
-    """Every fold's validation images predicted by that fold's model, one Ray task a fold."""
+def _out_of_fold(cfg: Config, checkpoints: list[str], listing: Any = None) -> list[dict[str, Any]]:
+    """Every fold's validation images predicted by that fold's model, one Ray task a fold
+    (``listing``: the dataset as the run listed it; without, each task lists it)."""
     from segray.train import worker_resources
 
     per = worker_resources(cfg)
     folds = map_remote(
         _predict_fold,
-        [(c,) for c in checkpoints],
+        [(c, listing) for c in checkpoints],
         num_cpus=per.get("CPU", 1),
         num_gpus=per.get("GPU", 0),
         max_retries=2,
@@ -138,15 +149,17 @@ def _out_of_fold(cfg: Config, checkpoints: list[str]) -> list[dict[str, Any]]:
     return [row for fold_rows in folds for row in fold_rows]
 
 
-def _predict_fold(checkpoint: str) -> list[dict[str, Any]]:
-    """(key, fold, float16 probabilities, target) of every validation image of a fold model."""
+def _predict_fold(checkpoint: str, listing: Any = None) -> list[dict[str, Any]]:
+    """(key, fold, float16 probabilities, target) of every validation image of a fold model.
+    The fold's config was prepared by the run; with its ``listing`` it is used as it is."""
     from segray.data import MaskMapper, list_samples, prepare_data
     from segray.data.split import data_splits
     from segray.inference.segmenter import load_segmenter
 
     segmenter = load_segmenter(checkpoint)
-    cfg = prepare_data(segmenter.config)
-    samples = data_splits(list_samples(cfg.data, check=False), cfg.data)["val"]
+    cfg = segmenter.config if listing is not None else prepare_data(segmenter.config)
+    samples = list_samples(cfg.data, check=False, listing=listing)
+    samples = data_splits(samples, cfg.data)["val"]
     mapper = MaskMapper.from_config(cfg.data)
     rows = []
     for i, proba in segmenter.iter_batch_proba([s.image for s in samples]):

@@ -43,7 +43,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from segray.cluster import ResourceError, RunInterrupted, check_fits, ensure_ray
 from segray.config import Config, apply_overrides
-from segray.data import inspect_data
+from segray.data import Fingerprint, Listing, inspect_data, prepared_with
 from segray.data.split import write_splits
 from segray.search.results import (
     DONE_MARKER,
@@ -70,6 +70,7 @@ from segray.storage import (
     write_json,
     write_text,
 )
+from segray.timeline import mark
 from segray.tracking import (
     TRIAL_TAG,
     Tracker,
@@ -95,16 +96,19 @@ def _trial(
     space: SearchSpace,
     trials_uri: str,
     tracking: dict[str, Any] | None = None,
+    listing: Listing | None = None,
 ) -> None:
     """One trial: decode the sample, re-validate, train with DDP, report every epoch to Tune.
 
     ``tracking`` (the parent run's `Tracker.worker_spec`): the trial's nested MLflow run, found
-    again by its ``segray.trial_id`` tag when Tune retries the trial."""
+    again by its ``segray.trial_id`` tag when Tune retries the trial. ``listing``: the dataset
+    as the search listed it (the trial neither fingerprints nor lists it again)."""
+    trial_id = tune.get_context().get_trial_id()
+    name = f"trial_{trial_id}"
+    mark("trial_start", run=name)
     sampled = space.decode(config)
     cfg = apply_overrides(Config.from_dict(base), sampled)
     settings = search_settings(cfg)
-    trial_id = tune.get_context().get_trial_id()
-    name = f"trial_{trial_id}"
     marker = f"{trials_uri}/{name}/{DONE_MARKER}"
     done = read_json(marker)
     if done is not None:  # finished before an interrupted driver could record it: don't train twice
@@ -129,6 +133,7 @@ def _trial(
             expect=sampled,
             monitor=(settings.metric, settings.mode),
             tracker=tracker,
+            listing=listing,
         )
     except BaseException:
         tracker.end("FAILED")
@@ -136,6 +141,7 @@ def _trial(
     tracker.end("FINISHED")
     last = result.history.iloc[-1].to_dict() if len(result.history) else {}
     write_json(marker, {"last": last, "best": result.best_metrics})
+    mark("trial_end", run=name)
 
 
 # --------------------------------------------------------------------------- driver
@@ -221,10 +227,19 @@ def _watch_sigint() -> Iterator[Callable[[], bool]]:
 
 
 def _trainable(
-    cfg: Config, space: SearchSpace, trials_uri: str, tracking: dict[str, Any] | None = None
+    cfg: Config,
+    space: SearchSpace,
+    trials_uri: str,
+    tracking: dict[str, Any] | None = None,
+    listing: Listing | None = None,
 ):
-    fn = tune.with_parameters(
-        _trial, base=cfg.to_dict(), space=space, trials_uri=trials_uri, tracking=tracking
+    fn = tune.with_parameters(  # the arguments go into Ray's object store once
+        _trial,
+        base=cfg.to_dict(),
+        space=space,
+        trials_uri=trials_uri,
+        tracking=tracking,
+        listing=listing,
     )
     # The trial driver only orchestrates: it must not hold a CPU its own workers need (on a
     # 2-CPU machine, 1 driver CPU + 2 worker CPUs waits forever). Tune needs a non-empty
@@ -250,8 +265,12 @@ def run_tune(
     resume: bool = False,
     address: str | None = None,
     continue_with: str | None = None,
+    fingerprint: Fingerprint | None = None,
 ) -> TuneResult:
     """Run (or with ``resume=True`` continue) the search described by ``cfg.tune``.
+
+    ``fingerprint``: the caller's of ``cfg``'s dataset (``cfg`` prepared with it: `segray
+    auto`, `segray cv`); the search then neither fingerprints nor lists the dataset again.
 
     Resuming, ``cfg`` (None: the saved config) may change only `SEARCH_RESUME_MUTABLE`, and the
     dataset must still match the saved ``fingerprint.json``. Interrupted (Ctrl-C), it
@@ -263,9 +282,9 @@ def run_tune(
     space = parse_space(cfg.tune.space, cfg)  # a bad space fails before Ray starts
     tracking = settings_from_config(cfg)  # a tracking URI without mlflow: fails here too
     ensure_ray(address)
-    cfg = _prepare(cfg, saved_cfg, out, resume)
+    cfg, listing = _prepare(cfg, saved_cfg, out, resume, fingerprint)
     parent = _open_search_run(tracking, cfg, out, resume)
-    tuner = _tuner(cfg, saved_cfg, space, out, resume, parent.worker_spec())
+    tuner = _tuner(cfg, saved_cfg, space, out, resume, parent.worker_spec(), listing)
     try:
         with _watch_sigint() as interrupted:
             grid = tuner.fit()
@@ -305,11 +324,20 @@ def _config_to_run(cfg: Config | None, out: str, resume: bool) -> tuple[Config, 
     return cfg, None
 
 
-def _prepare(cfg: Config, saved_cfg: Config | None, out: str, resume: bool) -> Config:
-    """Before any trial (Ray running): the data inspected (``mask_mode: auto`` resolved), a
-    resume checked against the saved config and data, a trial checked to fit the cluster; a
-    new search writes its config.yaml, fingerprint.json and splits.json."""
-    cfg, fingerprint = inspect_data(cfg, echo=True)  # one summary line
+def _prepare(
+    cfg: Config,
+    saved_cfg: Config | None,
+    out: str,
+    resume: bool,
+    fingerprint: Fingerprint | None = None,
+) -> tuple[Config, Listing]:
+    """Before any trial (Ray running): the data inspected (``mask_mode: auto`` resolved) unless
+    the caller's ``fingerprint`` is of this config's dataset, a resume checked against the saved
+    config and data, a trial checked to fit the cluster; a new search writes its config.yaml,
+    fingerprint.json and splits.json. Returns the config and the dataset's listing."""
+    if resume or not prepared_with(cfg, fingerprint):
+        cfg, fingerprint = inspect_data(cfg, echo=True)  # one summary line
+    assert fingerprint is not None
     if saved_cfg is not None:
         _check_resume(saved_cfg, cfg, out, fingerprint.to_dict())
     per_worker = worker_resources(cfg)
@@ -322,8 +350,8 @@ def _prepare(cfg: Config, saved_cfg: Config | None, out: str, resume: bool) -> C
     if not resume:
         write_text(f"{out}/config.yaml", cfg.to_yaml())
         write_text(f"{out}/fingerprint.json", fingerprint.to_json())
-        write_splits(cfg, out)  # splits.json: the keys of each split (and fold, for cv)
-    return cfg
+        write_splits(cfg, out, listing=fingerprint.listing)  # splits.json: split/fold keys
+    return cfg, fingerprint.listing
 
 
 def _tuner(
@@ -333,11 +361,12 @@ def _tuner(
     out: str,
     resume: bool,
     tracking: dict[str, Any] | None,
+    listing: Listing | None = None,
 ) -> tune.Tuner:
     """A new Tuner for the search, or with ``resume`` the one restored from ``OUT/ray/tune``."""
     exp_uri = f"{out}/ray/{EXPERIMENT}"
     trials_uri = f"{out}/ray/trials"
-    trainable = _trainable(cfg, space, trials_uri, tracking)
+    trainable = _trainable(cfg, space, trials_uri, tracking, listing)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # lose little if the driver dies
     if resume:
         if not _can_restore(exp_uri):

@@ -1,43 +1,24 @@
 """Distributed training with Ray Train: the per-worker loop (`worker.py`), the TorchTrainer
-around it (`driver.py`) and the hooks the loop calls after each epoch (`hooks.py`).
-``run_training`` is the one entry point: `segray train`, `jobs/train.py` and every Tune trial
-call it.
+around it (`driver.py`), the function Ray Train pickles (`entry.py`) and the hooks the loop
+calls after each epoch (`hooks.py`). ``run_training`` is the one entry point: `segray train`,
+`jobs/train.py` and every Tune trial call it.
+
+``segray.train.NAME`` imports the module that defines NAME on first use (the driver's names
+first), so that a Train worker, which imports `worker.py`, does not also import the driver's
+(pandas, result tables, MLflow artefacts).
 """
 
-from segray.train.driver import (
-    RUN_NAME,
-    TrainResult,
-    build_trainer,
-    check_resume_config,
-    run_training,
-    worker_env,
-    worker_resources,
-)
-from segray.train.worker import (
-    AppliedMismatchError,
-    applied_hparams,
-    build_loss,
-    build_metrics,
-    check_applied,
-    count_nodes,
-    report_with_checkpoint,
-    train_loop_per_worker,
-)
+from __future__ import annotations
 
-__all__ = [
-    "RUN_NAME",
-    "AppliedMismatchError",
-    "TrainResult",
-    "applied_hparams",
-    "build_loss",
-    "build_metrics",
-    "build_trainer",
-    "check_applied",
-    "check_resume_config",
-    "count_nodes",
-    "report_with_checkpoint",
-    "run_training",
-    "train_loop_per_worker",
-    "worker_env",
-    "worker_resources",
-]
+import importlib
+from typing import Any
+
+_MODULES = ("driver", "worker", "hooks")
+
+
+def __getattr__(name: str) -> Any:
+    for module in _MODULES:
+        found = importlib.import_module(f"{__name__}.{module}")
+        if name in getattr(found, "__all__", ()):
+            return getattr(found, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

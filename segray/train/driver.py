@@ -36,13 +36,14 @@ from segray.checkpoint import (
 )
 from segray.cluster import check_cuda, check_fits, ensure_ray, heap_env, total_resources
 from segray.config import Config, ConfigError, load_config
-from segray.data import build_datasets, inspect_data
+from segray.data import Listing, build_datasets, inspect_data
 from segray.data.folder import DatasetError
 from segray.data.split import write_splits
 from segray.engine import (
     NonFiniteLossError,
 )
 from segray.storage import Location, publish_folder, with_retries
+from segray.timeline import mark
 from segray.tracking import (
     CLIENT_ENV,
     Tracker,
@@ -52,7 +53,7 @@ from segray.tracking import (
     saved_run_id,
 )
 from segray.tracking import settings_from_config as tracking_settings
-from segray.train.worker import train_loop_per_worker
+from segray.train.entry import train_loop_per_worker
 
 __all__ = [
     "RUN_NAME",
@@ -157,12 +158,14 @@ def build_trainer(
     expect: Mapping[str, Any] | None = None,
     monitor: tuple[str, str] = ("val_dice", "max"),
     tracking: Mapping[str, Any] | None = None,
+    listing: Listing | None = None,
 ) -> ray.train.torch.TorchTrainer:
     """A TorchTrainer for ``cfg`` persisting to ``storage_path/name`` (same name = resume);
     ``storage_path`` is a local path or any URI `segray.storage` reads (s3://, gs://, ...).
 
     Ray keeps the latest checkpoint and the best one by ``monitor`` (metric, mode).
     ``tracking`` (`segray.tracking.Tracker.worker_spec`): the MLflow run rank 0 logs to.
+    ``listing``: the dataset as the driver listed it, so that the workers do not list it again.
     """
     storage = Location.parse(storage_path)
     env = worker_env(cfg)
@@ -174,6 +177,8 @@ def build_trainer(
             "config": cfg.to_dict(),
             "expect": dict(expect or {}),
             "tracking": dict(tracking) if tracking else None,
+            # plain tuples: Train's controller unpickles this too, and needs no segray.data
+            "listing": listing.samples if listing is not None else None,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
@@ -212,6 +217,7 @@ def run_training(
     expect: Mapping[str, Any] | None = None,
     monitor: tuple[str, str] = ("val_dice", "max"),
     tracker: Tracker | None = None,
+    listing: Listing | None = None,
 ) -> TrainResult:
     """Train ``cfg`` with DDP on Ray Train.
 
@@ -229,13 +235,19 @@ def run_training(
     the history and the best checkpoint's inference files (on object storage: its URI as the
     tag ``segray.best_checkpoint``). A ``tracker`` opened by the caller (a search trial) only
     receives the epochs' metrics.
+
+    ``listing`` (a search trial, `segray.data.samples.Listing`): ``cfg`` was prepared, and its
+    dataset fingerprinted and listed, by the caller once for the whole run; neither is redone.
     """
     own = tracker is None and output is not None  # this call opens, fills and closes the run
     settings = tracking_settings(cfg) if own else None  # no mlflow for a URI: fail before Ray
     ensure_ray(address)
     out = Location.parse(output) if output is not None else None
     storage_path = _run_storage(out, storage_path, name, resume)
-    cfg = _prepare(cfg, out, resume)
+    _speed_up_polling()
+    if listing is None:
+        cfg, listing = _prepare(cfg, out, resume)
+    _check_trainable(cfg, listing)
     if own and out is not None:
         tracker = _open_train_run(settings, cfg, out, resume)
     trainer = build_trainer(
@@ -246,8 +258,11 @@ def run_training(
         expect=expect,
         monitor=monitor,
         tracking=tracker.worker_spec() if tracker is not None else None,
+        listing=listing,
     )
+    mark("fit_start", run=name)
     result = _fit(trainer, tracker if own else None)
+    mark("fit_end", run=name)
     best_ckpt = _best_checkpoint(result, monitor)
     history = pd.DataFrame(_checkpoint_history(result.checkpoint))
     best_metrics = json.loads(_read_ckpt_file(best_ckpt, METRICS_FILE) or b"{}")
@@ -260,6 +275,7 @@ def run_training(
     if own and tracker is not None and out is not None:
         _log_train_outputs(tracker, cfg, out, history, best)
         tracker.end("FINISHED")
+    mark("results_read", run=name)
     return TrainResult(_shown(out), best, last, best_metrics, history)
 
 
@@ -279,29 +295,38 @@ def _run_storage(out: Location | None, storage_path: str | None, name: str, resu
     return storage_path
 
 
-def _prepare(cfg: Config, out: Location | None, resume: bool) -> Config:
-    """The config as the data makes it (``mask_mode: auto`` resolved; one summary line),
-    checked against a resumed run's and the cluster, and written into ``out`` with the
+def _prepare(cfg: Config, out: Location | None, resume: bool) -> tuple[Config, Listing]:
+    """The config as the data makes it (``mask_mode: auto`` resolved; one summary line) and
+    the dataset's listing, checked against a resumed run's, and written into ``out`` with the
     dataset's fingerprint and splits."""
     cfg, fingerprint = inspect_data(cfg, echo=True)
     saved = out.join("config.yaml") if resume and out is not None else None
     if saved is not None and with_retries(saved.exists, what="stat"):
         check_resume_config(load_config(saved.uri), cfg, out.uri)
-    _check_trainable(cfg)
     if out is not None:
         with_retries(out.join("config.yaml").write, cfg.to_yaml().encode(), what="write")
         # fingerprint.json: what the dataset holds, the mapping chosen
         with_retries(
             out.join("fingerprint.json").write, fingerprint.to_json().encode(), what="write"
         )
-        write_splits(cfg, out.uri)  # splits.json: the keys of train, val and test
-    return cfg
+        write_splits(cfg, out.uri, listing=fingerprint.listing)  # splits.json: split keys
+    return cfg, fingerprint.listing
 
 
-def _check_trainable(cfg: Config) -> None:
+# The Train controller checks its workers this often (Ray's default: 2 s), and so also notices
+# that they started or finished up to that late: on a short trial, seconds of every trial.
+# A check is one small call per worker. Ray Train passes the variable on to its controller.
+POLL_INTERVAL_S = "0.25"
+
+
+def _speed_up_polling() -> None:
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", POLL_INTERVAL_S)
+
+
+def _check_trainable(cfg: Config, listing: Listing | None) -> None:
     """Refuse, before any worker starts, an empty training split and workers the cluster
     cannot hold (CPUs, GPUs, a CUDA build of torch where they run)."""
-    if not len(build_datasets(cfg)["train"]):
+    if not len(build_datasets(cfg, listing)["train"]):
         raise DatasetError(
             f"{cfg.data.root}: the training split is empty: check data.split / data.split_ids"
         )

@@ -32,7 +32,7 @@ from segray.checkpoint import (
     unwrap,
 )
 from segray.config import Config
-from segray.data import build_datasets
+from segray.data import Listing, build_datasets
 from segray.data.loaders import train_loader, val_loader
 from segray.engine import (
     EarlyStopping,
@@ -49,6 +49,7 @@ from segray.engine import (
 from segray.losses import create_loss
 from segray.metrics import SegMetrics
 from segray.storage import LocalFileSystem, remove
+from segray.timeline import mark, process_started
 from segray.tracking import Tracker, metric_values
 from segray.train.hooks import EpochContext, run_epoch_hooks
 
@@ -65,6 +66,7 @@ __all__ = [
 ]
 
 HEADLINE = ("val_dice", "val_iou", "val_loss", "val_accuracy")
+_IMPORTED = time.time()  # this module, torch and segray imported (for `segray.timeline`)
 
 
 # --------------------------------------------------------------------------- worker side
@@ -219,6 +221,7 @@ def report_with_checkpoint(metrics: dict[str, Any], name: str, save: Callable[[P
         directory = Path(tempfile.mkdtemp(prefix="segray-ckpt-"))
         save(directory)
         mode = CheckpointUploadMode.ASYNC
+    mark("checkpoint_saved", run=ray.train.get_context().get_experiment_name(), name=name)
     ray.train.report(
         metrics,
         checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
@@ -283,13 +286,20 @@ class _Worker:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: build, (resume,) train, evaluate, report, checkpoint."""
+    run = ray.train.get_context().get_experiment_name()
+    rank = ray.train.get_context().get_world_rank()
+    mark("worker_process", t=process_started(), run=run, rank=rank)
+    mark("worker_imported", t=_IMPORTED, run=run, rank=rank)
+    mark("loop_start", run=run, rank=rank)
     cfg = Config.from_dict(loop_config["config"])
     torch.set_num_threads(cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)))
     _quiet_report_log()
     device = ray.train.torch.get_device()
     seed_everything(cfg.train.seed)  # identical init on every rank
 
-    w, state = _build(cfg, ray.train.get_context(), device)
+    listed = loop_config.get("listing")
+    listing = Listing(tuple(map(tuple, listed))) if listed is not None else None
+    w, state = _build(cfg, ray.train.get_context(), device, listing)
     if state is not None:
         _restore(w, state)
     w.val = val_loader(cfg, w.val_ds, w.rank, w.world)
@@ -299,6 +309,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     w.num_nodes = count_nodes()  # after prepare_model: NCCL's gather needs the device set
     if w.rank == 0:
         _announce(w)
+    mark("ready", run=run, rank=rank)
 
     # MLflow: rank 0 alone logs (to the run its driver opened); an epoch already logged by an
     # attempt that failed before its checkpoint counted is not logged again.
@@ -309,9 +320,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         set_rng_state(state["rng"][w.rank])
     t_start = time.time()
     for epoch in range(w.start_epoch, cfg.train.epochs):
+        mark("epoch_start", run=run, rank=rank, epoch=epoch + 1)
         row, stop = _train_epoch(w, epoch)
         rng = gather_rng_states()  # every rank's, for an exact resume (a collective)
         report = {**row, "best_val_dice": _best_val_dice(w.history)}
+        mark("epoch_end", run=run, rank=rank, epoch=epoch + 1)
         if w.rank == 0:
             done = epoch + 1 - w.start_epoch
             _say(_format_epoch(row, cfg.train.epochs, time.time() - t_start, done))
@@ -320,18 +333,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 tracker.log_metrics(metric_values(report), step=epoch + 1)
         else:
             ray.train.report(report)  # every rank reports the same number of times
+        mark("reported", run=run, rank=rank, epoch=epoch + 1)
         run_epoch_hooks(epoch + 1, EpochContext(w.rank, w.world, w.run_name, report))
         if stop:
             if w.rank == 0:
                 _say(f"early stopping: no val Dice gain in {w.early.patience} epochs")
             break
+    mark("loop_end", run=run, rank=rank)
 
 
-def _build(cfg: Config, ctx: Any, device: torch.device) -> tuple[_Worker, dict[str, Any] | None]:
-    """Datasets, the model (wrapped for DDP), loss, optimizer, loaders, LR schedule, scaler and
-    early stopping; with the training state of the checkpoint Ray Train restores, if any."""
+def _build(
+    cfg: Config, ctx: Any, device: torch.device, listing: Any = None
+) -> tuple[_Worker, dict[str, Any] | None]:
+    """Datasets (from the driver's ``listing``), the model (wrapped for DDP), loss, optimizer,
+    loaders, LR schedule, scaler and early stopping; with the training state of the checkpoint
+    Ray Train restores, if any."""
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    datasets = build_datasets(cfg)
+    datasets = build_datasets(cfg, listing)
+    mark("data_ready", run=ctx.get_experiment_name(), rank=rank)
     model, state = _restored_model(cfg)
     if cfg.train.sync_batchnorm and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
