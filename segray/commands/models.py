@@ -11,16 +11,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the registered models with their encoders and parameter counts."""
-    from segray.models import create_model, list_models, model_info
+    """Print the registered models with their encoders and parameter counts (from the
+    catalog: no model is built, torch is not imported)."""
+    from segray.models import list_models, model_info, parameter_count
 
     rows = [("model", "encoder", "params (3 ch, 1 class)", "description")]
     for name in list_models():
         info = model_info(name)
         for enc in info["encoders"] or [None]:
-            kwargs = {"encoder": enc} if enc else {}
-            model = create_model(name, in_channels=3, num_classes=1, **kwargs)
-            n = sum(p.numel() for p in model.parameters())
+            n = parameter_count(name, enc)
             rows.append((name, enc or "-", f"{n / 1e6:.1f} M", info["description"]))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights, deeplabv3_resnet50
 
-from segray.models import register_model
 from segray.models.blocks import SegmentationModel, input_conv
+from segray.models.registry import register_model
 from segray.models.weights import check_pretrained_args, load_pretrained
 
 

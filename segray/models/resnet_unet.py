@@ -25,7 +25,6 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, ResNet34_Weights, ResNet50_Weights, WeightsEnum
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from segray.models import register_model
 from segray.models.blocks import (
     AtrousBlock,
     ConvBNReLU,
@@ -33,6 +32,7 @@ from segray.models.blocks import (
     input_conv,
     resize_to,
 )
+from segray.models.registry import register_model
 from segray.models.weights import check_pretrained_args, load_pretrained
 
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segray.models import register_model
 from segray.models.blocks import DoubleConv, SegmentationModel
+from segray.models.registry import register_model
 from segray.models.weights import check_pretrained_args
 
 
