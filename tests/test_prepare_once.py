@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from segray.config import Config, apply_overrides
-from segray.data import Listing, inspect_data, list_samples, listed_once, prepared_with
+from segray.data import Listing, Sample, inspect_data, list_samples, listed_once, prepared_with
 from segray.data.synth import generate
 from segray.timeline import ENV, mark, process_started
 
@@ -43,6 +43,9 @@ def test_a_listing_rebases_on_another_copy_of_the_dataset(tmp_path):
     # what the Train workers get: the same samples, without listing the folder
     again = list_samples(cfg.data, check=False, listing=listing)
     assert again == samples
+    # a file outside the root (a layout that points elsewhere) keeps its absolute path
+    outside = Listing.of([Sample("x", str(tmp_path / "elsewhere.png"), None)], tmp_path / "a")
+    assert outside.at(tmp_path / "b") == [Sample("x", str(tmp_path / "elsewhere.png"), None)]
 
 
 def test_within_a_run_a_folder_is_listed_once(tmp_path, monkeypatch):

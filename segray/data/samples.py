@@ -41,16 +41,22 @@ class Listing:
 
     @classmethod
     def of(cls, samples: Sequence[Sample], root: str | Path) -> Listing:
-        base = Path(root)
+        """``samples`` relative to ``root``; a file outside it keeps its absolute path."""
+        base = Path(root).absolute()
 
         def rel(path: str | None) -> str | None:
-            return None if path is None else Path(path).relative_to(base).as_posix()
+            if path is None:
+                return None
+            try:
+                return Path(path).absolute().relative_to(base).as_posix()
+            except ValueError:
+                return str(Path(path).absolute())
 
         return cls(tuple((s.key, rel(s.image), rel(s.mask)) for s in samples))
 
     def at(self, root: str | Path) -> list[Sample]:
         """The samples under ``root`` (this process's copy of the dataset)."""
-        base = Path(root)
+        base = Path(root).absolute()
         return [
             Sample(key, str(base / image), None if mask is None else str(base / mask))
             for key, image, mask in self.samples

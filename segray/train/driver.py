@@ -247,7 +247,8 @@ def run_training(
     _speed_up_polling()
     if listing is None:
         cfg, listing = _prepare(cfg, out, resume)
-    _check_trainable(cfg, listing)
+    else:
+        _check_trainable(cfg, listing)
     if own and out is not None:
         tracker = _open_train_run(settings, cfg, out, resume)
     trainer = build_trainer(
@@ -297,12 +298,13 @@ def _run_storage(out: Location | None, storage_path: str | None, name: str, resu
 
 def _prepare(cfg: Config, out: Location | None, resume: bool) -> tuple[Config, Listing]:
     """The config as the data makes it (``mask_mode: auto`` resolved; one summary line) and
-    the dataset's listing, checked against a resumed run's, and written into ``out`` with the
-    dataset's fingerprint and splits."""
+    the dataset's listing, checked against a resumed run's and the cluster, and written into
+    ``out`` with the dataset's fingerprint and splits."""
     cfg, fingerprint = inspect_data(cfg, echo=True)
     saved = out.join("config.yaml") if resume and out is not None else None
     if saved is not None and with_retries(saved.exists, what="stat"):
         check_resume_config(load_config(saved.uri), cfg, out.uri)
+    _check_trainable(cfg, fingerprint.listing)
     if out is not None:
         with_retries(out.join("config.yaml").write, cfg.to_yaml().encode(), what="write")
         # fingerprint.json: what the dataset holds, the mapping chosen
