@@ -22,7 +22,7 @@ from segray.data.folder import Sample
 from segray.data.inspect import DEFAULT_SAMPLE, Fingerprint, fingerprint
 from segray.data.io import ImageError, decode_image, image_size
 from segray.data.masks import MaskMapper
-from segray.data.remote import cache_dir, dataset_root, is_remote
+from segray.data.remote import cache_dir, dataset_root, is_remote, shown_root
 from segray.data.samples import Listing, list_samples
 from segray.data.split import data_splits
 from segray.data.synth import generate
@@ -146,8 +146,7 @@ def prepared_with(cfg: Config, fp: Fingerprint | None) -> bool:
     root, source and resolved reading), so that a caller holding both need not inspect again."""
     if fp is None or fp.listing is None:
         return False
-    root = cfg.data.root or ""
-    shown = root.rstrip("/") if is_remote(root) else str(dataset_root(cfg.data))
+    shown = shown_root(cfg.data, dataset_root(cfg.data))
     same = (fp.root, fp.source) == (shown, cfg.data.source)
     resolved = cfg.data.mask_mode == fp.mask_mode and fp.intensity_range in (
         "auto",

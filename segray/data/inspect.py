@@ -30,7 +30,7 @@ from segray.data.folder import Problems, Sample
 from segray.data.intensity import mapped_mean_std, resolve_intensity_range, summarise_bands
 from segray.data.mask_mode import choose, no_foreground, resolve_mask_mode, values_text
 from segray.data.masks import MaskMapper
-from segray.data.remote import dataset_root, is_remote, renamed
+from segray.data.remote import dataset_root, is_remote, renamed, shown_root
 from segray.data.samples import Listing, list_pairs
 from segray.data.scan import (
     Pair,
@@ -87,7 +87,7 @@ def fingerprint(
     if not data_cfg.root:
         raise ValueError("fingerprint needs data.root (run prepare_data first)")
     root = root or dataset_root(data_cfg)
-    shown = data_cfg.root.rstrip("/") if is_remote(data_cfg.root) else str(root)
+    shown = shown_root(data_cfg, root)
     mark("fingerprint", root=shown)
     with renamed(data_cfg.root, root):
         samples, problems = list_pairs(data_cfg, root)

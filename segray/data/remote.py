@@ -49,6 +49,7 @@ __all__ = [
     "mirror_dir",
     "renamed",
     "root_setting",
+    "shown_root",
 ]
 
 DOWNLOAD_WORKERS = 8
@@ -105,6 +106,13 @@ def dataset_root(data_cfg: DataConfig) -> Path:
     params = synth_params(num=s.num, size=s.size, num_classes=len(data_cfg.classes), seed=s.seed)
     digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     return cache_dir() / "synth" / digest
+
+
+def shown_root(data_cfg: DataConfig, local: Path) -> str:
+    """How fingerprints and messages name ``data_cfg``'s dataset read from ``local``: its URI
+    (not the mirror in the cache), else the local folder."""
+    root = data_cfg.root or ""
+    return root.rstrip("/") if is_remote(root) else str(local)
 
 
 @contextmanager

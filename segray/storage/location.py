@@ -130,8 +130,9 @@ class Location:
 
         A table is written as zstd Parquet (``row_group_size`` rows a row group; default
         pyarrow's), ``metadata`` merged into its schema's key-value metadata (the footer).
-        Local disk / HDFS: hidden ``.<name>.<random>.tmp`` beside the target, then rename. Object stores: the bytes are built in memory and sent in one
-        write (one PUT, or a multipart upload that is only completed when every part is in).
+        Local disk / HDFS: hidden ``.<name>.<random>.tmp`` beside the target, then rename.
+        Object stores: the bytes are built in memory and sent in one write (one PUT, or a
+        multipart upload that is only completed when every part is in).
         """
         if isinstance(data, pa.Table):
             if metadata:
